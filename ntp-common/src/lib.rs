@@ -1,0 +1,14 @@
+//! Shared by ntpx's XDP program (no_std, bpf) and its daemon (std, with the `user` feature):
+//! the NTP wire format, the kernel/daemon map types, and the pure responder.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod maps;
+pub mod responder;
+pub mod state;
+pub mod wire;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: ServerState is repr(C), has no padding (size asserted) and is bytemuck::Pod.
+    unsafe impl aya::Pod for crate::state::ServerState {}
+}

@@ -1,0 +1,394 @@
+//! The real XDP program, run by the kernel on crafted frames (BPF_PROG_TEST_RUN), compared with
+//! the oracle: it answers exactly when the oracle does, with the same bytes apart from the two
+//! server timestamps (and the UDP checksum that covers them), and those lie between clock
+//! readings taken just before and after the run. Its counters move as the oracle says.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ntp_common::{
+    maps::Counter,
+    state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
+    wire::{Leap, NtpShort, NtpTimestamp, ReferenceId, offset},
+};
+use ntp_userspace::{
+    access::{Access, AccessRule, AccessTable, Subnet},
+    clock,
+    dataplane::Dataplane,
+};
+use ntpx_tests::{
+    frame::{self, Environment, Expected, Frame, Network, UdpChecksum},
+    privileged,
+};
+
+// The XDP actions (linux/bpf.h).
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const DENIED_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 200);
+const UNLISTED_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const DENIED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0xdead, 1);
+
+struct Fixture {
+    dataplane: Dataplane,
+    access: AccessTable,
+    local_addresses: Vec<IpAddr>,
+    state: ServerState,
+}
+
+fn synchronised_header(dispersion_rate: f64) -> ReplyHeader {
+    ReplyHeader {
+        leap: Leap::NoWarning,
+        stratum: 3,
+        precision: -24,
+        root_delay: NtpShort::from_fixed(0x0000_1234),
+        root_dispersion: NtpShort::from_fixed(0x0000_0567),
+        dispersion_rate,
+        reference_id: ReferenceId::from_bits([192, 0, 2, 7]),
+        reference_time: NtpTimestamp::from_unix_nanos(clock::realtime_ns() - 3_000_000_000),
+    }
+}
+
+/// The state a daemon would publish now, serving the system clock with a 250 ppm correction so
+/// that the rate arithmetic is exercised.
+fn current_state(header: ReplyHeader) -> ServerState {
+    let tai_ns = clock::tai_ns();
+    let tai_offset = i64::from(clock::KernelClock::read().unwrap().tai_offset_s) * 1_000_000_000;
+    let anchor = TimeAnchor {
+        tai_ns,
+        served_unix_ns: (tai_ns as i64 - tai_offset) as u64 + 1_000_000,
+        frequency: 250e-6,
+    };
+    ServerState::new(anchor, header, MAX_STATE_AGE_NS)
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mut dataplane = Dataplane::load(123).expect("loading the XDP program");
+        let rules = [
+            AccessRule { access: Access::Allow, all: false, subnet: Subnet::V4(Ipv4Addr::new(10, 0, 0, 0), 24) },
+            AccessRule { access: Access::Deny, all: false, subnet: Subnet::V4(Ipv4Addr::new(10, 0, 0, 128), 25) },
+            AccessRule { access: Access::Allow, all: false, subnet: Subnet::V4(Ipv4Addr::new(224, 0, 0, 0), 4) },
+            AccessRule { access: Access::Allow, all: false, subnet: Subnet::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 64) },
+            AccessRule { access: Access::Deny, all: false, subnet: Subnet::V6(DENIED_V6, 112) },
+        ];
+        let access = AccessTable::from_rules(&rules);
+        dataplane.set_access(&access).unwrap();
+        let local_addresses = vec![SERVER_V4.into(), SERVER_V6.into()];
+        dataplane.set_local_addresses(&local_addresses).unwrap();
+        let state = current_state(synchronised_header(0.0));
+        dataplane.publish(&state).unwrap();
+        Self { dataplane, access, local_addresses, state }
+    }
+
+    fn publish(&mut self, state: ServerState) {
+        self.dataplane.publish(&state).unwrap();
+        self.state = state;
+    }
+
+    /// Runs the program on `frame` and checks it against the oracle.
+    fn check(&mut self, label: &str, frame: &[u8]) {
+        let counters_before = self.dataplane.counters().unwrap();
+        let before = clock::tai_ns();
+        let outcome = self.dataplane.test_run(frame).unwrap_or_else(|e| panic!("{label}: {e:#}"));
+        let after = clock::tai_ns();
+        let counters_after = self.dataplane.counters().unwrap();
+        let moved: Vec<Counter> = Counter::ALL
+            .into_iter()
+            .filter(|c| counters_after[*c as usize] != counters_before[*c as usize])
+            .collect();
+        for c in &moved {
+            assert_eq!(counters_after[*c as usize] - counters_before[*c as usize], 1, "{label}: {c:?}");
+        }
+        let env = Environment {
+            port: 123,
+            access: &self.access,
+            local_addresses: &self.local_addresses,
+            state: &self.state,
+        };
+        match frame::expected(frame, &env, before, before) {
+            Expected::Ignored => {
+                assert_eq!(outcome.action, XDP_PASS, "{label}: should be passed");
+                assert_eq!(outcome.frame, frame, "{label}: a passed frame is untouched");
+                assert_eq!(moved, [], "{label}: not NTP, not counted");
+            }
+            Expected::Refused(counter) => {
+                let action = if counter == Counter::DroppedDenied { XDP_DROP } else { XDP_PASS };
+                assert_eq!(outcome.action, action, "{label}: expected {counter:?}");
+                if action == XDP_PASS {
+                    assert_eq!(outcome.frame, frame, "{label}: a passed frame is untouched");
+                }
+                assert_eq!(moved, [Counter::Received, counter], "{label}: counters");
+            }
+            Expected::Answered(expected) => {
+                assert_eq!(outcome.action, XDP_TX, "{label}: should be answered");
+                assert_eq!(moved, [Counter::Received, Counter::Answered], "{label}: counters");
+                self.check_reply(label, &outcome.frame, &expected, before, after);
+                assert!(outcome.frame.len() <= frame.len(), "{label}: reply longer than request");
+            }
+        }
+    }
+
+    fn check_reply(&self, label: &str, reply: &[u8], expected: &[u8], before: u64, after: u64) {
+        assert_eq!(reply.len(), expected.len(), "{label}: reply length");
+        let (l4, src, dst) = frame::reply_layout(reply);
+        let ntp = l4 + 8;
+        let masked = |bytes: &[u8]| {
+            let mut bytes = bytes.to_vec();
+            bytes[l4 + 6..l4 + 8].fill(0);
+            bytes[ntp + offset::RECEIVE_TIMESTAMP..ntp + offset::RECEIVE_TIMESTAMP + 16].fill(0);
+            bytes
+        };
+        assert_eq!(masked(reply), masked(expected), "{label}: reply differs from the oracle's");
+        assert!(frame::udp_checksum_is_valid(src, dst, &reply[l4..]), "{label}: bad UDP checksum");
+        let timestamp = |at: usize| {
+            NtpTimestamp::from_bits(reply[ntp + at..ntp + at + 8].try_into().unwrap())
+        };
+        let receive = timestamp(offset::RECEIVE_TIMESTAMP);
+        let transmit = timestamp(offset::TRANSMIT_TIMESTAMP);
+        let earliest = self.state.served_time(before).unwrap();
+        let latest = self.state.served_time(after).unwrap();
+        assert!(earliest <= receive && receive <= transmit && transmit <= latest,
+            "{label}: timestamps {receive:?} {transmit:?} outside [{earliest:?}, {latest:?}]");
+    }
+}
+
+fn v4(src: Ipv4Addr) -> Frame {
+    Frame::request(src.into(), SERVER_V4.into())
+}
+
+fn v6(src: Ipv6Addr) -> Frame {
+    Frame::request(src.into(), SERVER_V6.into())
+}
+
+fn with_payload(mut frame: Frame, payload: Vec<u8>) -> Frame {
+    frame.payload = payload;
+    frame
+}
+
+fn set_v4(mut frame: Frame, change: impl FnOnce(&mut Vec<u8>, &mut bool, &mut u16)) -> Frame {
+    if let Network::V4 { options, more_fragments, fragment_offset, .. } = &mut frame.network {
+        change(options, more_fragments, fragment_offset);
+    }
+    frame
+}
+
+/// Frames covering every rule of the fast path, each with a label.
+fn corpus() -> Vec<(String, Frame)> {
+    let mut frames = Vec::new();
+    let mut add = |label: String, frame: Frame| frames.push((label, frame));
+    for version in 0..8 {
+        add(format!("v{version} IPv4"), with_payload(v4(CLIENT_V4), frame::client_request(version, 7).to_vec()));
+        add(format!("v{version} IPv6"), with_payload(v6(CLIENT_V6), frame::client_request(version, 7).to_vec()));
+    }
+    for mode in 0..8u8 {
+        let mut request = frame::client_request(4, 9);
+        request[0] = (request[0] & !7) | mode;
+        add(format!("mode {mode}"), with_payload(v4(CLIENT_V4), request.to_vec()));
+    }
+    for options in [vec![1, 1, 1, 0], vec![7, 7, 4, 0, 0, 0, 0, 0], vec![1; 40]] {
+        let len = options.len();
+        add(format!("IPv4 with {len} bytes of options"), set_v4(v4(CLIENT_V4), |o, _, _| *o = options));
+    }
+    for (label, tci) in [("VLAN 100", 100u16), ("VLAN 4094 priority 5", 0xafffu16)] {
+        let mut frame = v4(CLIENT_V4);
+        frame.vlan = Some(tci);
+        add(format!("{label} IPv4"), frame);
+        let mut frame = v6(CLIENT_V6);
+        frame.vlan = Some(tci);
+        add(format!("{label} IPv6"), frame);
+    }
+    let mut tagged_with_options = set_v4(v4(CLIENT_V4), |o, _, _| *o = vec![1; 8]);
+    tagged_with_options.vlan = Some(7);
+    add("VLAN with IPv4 options".into(), tagged_with_options);
+    for checksum in [UdpChecksum::Wrong, UdpChecksum::Zero] {
+        let mut frame = v4(CLIENT_V4);
+        frame.checksum = checksum;
+        add(format!("IPv4 UDP checksum {checksum:?}"), frame);
+        let mut frame = v6(CLIENT_V6);
+        frame.checksum = checksum;
+        add(format!("IPv6 UDP checksum {checksum:?}"), frame);
+    }
+    add("first fragment".into(), set_v4(v4(CLIENT_V4), |_, more, _| *more = true));
+    add("later fragment".into(), set_v4(v4(CLIENT_V4), |_, _, offset| *offset = 7));
+    add("last fragment".into(), set_v4(v4(CLIENT_V4), |_, more, offset| { *more = false; *offset = 1 }));
+    let request = frame::client_request(4, 11).to_vec();
+    for (label, extra) in [
+        ("MAC (key id + MD5)", 20),
+        ("MAC (key id + SHA1)", 24),
+        ("extension field 16", 16),
+        ("extension field 28", 28),
+        ("extension field + MAC", 48),
+    ] {
+        let mut payload = request.clone();
+        payload.extend((0..extra).map(|i| i as u8));
+        add(format!("IPv4 {label}"), with_payload(v4(CLIENT_V4), payload.clone()));
+        add(format!("IPv6 {label}"), with_payload(v6(CLIENT_V6), payload));
+    }
+    add("short NTP payload".into(), with_payload(v4(CLIENT_V4), request[..47].to_vec()));
+    add("empty UDP".into(), with_payload(v4(CLIENT_V4), Vec::new()));
+    let mut frame = v4(CLIENT_V4);
+    frame.dst_port = 124;
+    add("other port".into(), frame);
+    let mut frame = v4(CLIENT_V4);
+    frame.src_port = 123;
+    add("from port 123".into(), frame);
+    add("denied IPv4".into(), v4(DENIED_V4));
+    add("IPv4 without a rule".into(), v4(UNLISTED_V4));
+    add("denied IPv6".into(), v6(DENIED_V6));
+    add("IPv6 without a rule".into(), v6(Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0, 1)));
+    add("to another host".into(), Frame::request(CLIENT_V4.into(), Ipv4Addr::new(10, 0, 0, 99).into()));
+    add("to a broadcast address".into(), Frame::request(CLIENT_V4.into(), Ipv4Addr::new(10, 0, 0, 255).into()));
+    let mut frame = v4(CLIENT_V4);
+    frame.dst_mac = [0xff; 6];
+    add("to the broadcast MAC".into(), frame);
+    add("from a multicast address".into(), v4(Ipv4Addr::new(224, 0, 0, 1)));
+    add("IPv6 to another host".into(), Frame::request(CLIENT_V6.into(), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).into()));
+    let mut frame = v6(CLIENT_V6);
+    if let Network::V6 { next_header, .. } = &mut frame.network {
+        *next_header = 0; // hop-by-hop options
+    }
+    add("IPv6 extension header".into(), frame);
+    frames
+}
+
+#[test]
+fn the_program_agrees_with_the_oracle_on_the_corpus() {
+    if !privileged("the_program_agrees_with_the_oracle_on_the_corpus") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let corpus = corpus();
+    let mut answered = 0;
+    for (label, frame) in &corpus {
+        let bytes = frame.build();
+        fixture.check(label, &bytes);
+        let env = Environment { port: 123, access: &fixture.access, local_addresses: &fixture.local_addresses, state: &fixture.state };
+        answered += matches!(frame::expected(&bytes, &env, clock::tai_ns(), clock::tai_ns()), Expected::Answered(_)) as usize;
+    }
+    assert!(answered >= 15, "the corpus answers only {answered} frames");
+}
+
+#[test]
+fn malformed_frames_are_passed_untouched() {
+    if !privileged("malformed_frames_are_passed_untouched") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let mut wrong_length = v4(CLIENT_V4).build();
+    wrong_length.extend_from_slice(&[0; 6]);
+    fixture.check("trailing bytes after the IP datagram", &wrong_length);
+    let mut bad_ip_checksum = v4(CLIENT_V4).build();
+    bad_ip_checksum[14 + 10] ^= 0x40;
+    fixture.check("bad IPv4 header checksum", &bad_ip_checksum);
+    let mut wrong_udp_length = v6(CLIENT_V6).build();
+    wrong_udp_length[14 + 40 + 5] = 55;
+    fixture.check("UDP length shorter than the IPv6 payload", &wrong_udp_length);
+    let mut tiny_ihl = v4(CLIENT_V4).build();
+    tiny_ihl[14] = 0x44;
+    fixture.check("IHL below 5", &tiny_ihl);
+}
+
+#[test]
+fn truncated_frames_are_never_answered() {
+    if !privileged("truncated_frames_are_never_answered") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let mut tagged = v6(CLIENT_V6);
+    tagged.vlan = Some(5);
+    for (label, frame) in [
+        ("IPv4", v4(CLIENT_V4)),
+        ("IPv4 with options", set_v4(v4(CLIENT_V4), |o, _, _| *o = vec![1; 12])),
+        ("tagged IPv6", tagged),
+    ] {
+        let bytes = frame.build();
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+        for len in frame::ETH_HLEN..bytes.len() {
+            fixture.check(&format!("{label} truncated to {len}"), &bytes[..len]);
+        }
+    }
+}
+
+#[test]
+fn mutated_requests_agree_with_the_oracle() {
+    if !privileged("mutated_requests_agree_with_the_oracle") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let mut tagged = v4(CLIENT_V4);
+    tagged.vlan = Some(42);
+    let seeds = [v4(CLIENT_V4).build(), v6(CLIENT_V6).build(), tagged.build(),
+        set_v4(v4(CLIENT_V4), |o, _, _| *o = vec![1; 8]).build()];
+    // xorshift64*, fixed seed: the same mutations on every run.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    for round in 0..3000 {
+        let mut bytes = seeds[round % seeds.len()].clone();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << (next() % 8);
+        }
+        fixture.check(&format!("mutation {round}: {bytes:02x?}"), &bytes);
+    }
+}
+
+#[test]
+fn a_stale_state_is_passed_to_the_slow_path() {
+    if !privileged("a_stale_state_is_passed_to_the_slow_path") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let anchor = TimeAnchor { tai_ns: clock::tai_ns() - 2_000_000_000, served_unix_ns: clock::realtime_ns(), frequency: 0.0 };
+    fixture.publish(ServerState::new(anchor, synchronised_header(0.0), 1_000_000_000));
+    fixture.check("stale state", &v4(CLIENT_V4).build());
+    fixture.publish(current_state(synchronised_header(0.0)));
+    fixture.check("fresh again", &v4(CLIENT_V4).build());
+    fixture.publish(ServerState::default());
+    fixture.check("never published", &v6(CLIENT_V6).build());
+}
+
+#[test]
+fn an_unsynchronised_state_is_served_with_li_3() {
+    if !privileged("an_unsynchronised_state_is_served_with_li_3") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    fixture.publish(current_state(ReplyHeader::UNSYNCHRONISED));
+    let bytes = v4(CLIENT_V4).build();
+    fixture.check("unsynchronised", &bytes);
+    let reply = fixture.dataplane.test_run(&bytes).unwrap().frame;
+    assert_eq!(reply[14 + 20 + 8] >> 6, 3, "leap indicator");
+    assert_eq!(reply[14 + 20 + 8 + 1], 0, "stratum");
+}
+
+#[test]
+fn root_dispersion_grows_between_updates() {
+    if !privileged("root_dispersion_grows_between_updates") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let rate = 0.01; // exaggerated, so that the growth shows within the test
+    let anchor_age = 500_000_000;
+    let mut state = current_state(synchronised_header(rate));
+    state.base_tai_ns -= anchor_age;
+    fixture.publish(state);
+    let before = clock::tai_ns();
+    let reply = fixture.dataplane.test_run(&v4(CLIENT_V4).build()).unwrap().frame;
+    let after = clock::tai_ns();
+    let at = 14 + 20 + 8 + offset::ROOT_DISPERSION;
+    let dispersion = NtpShort::from_bits(reply[at..at + 4].try_into().unwrap());
+    let low = state.root_dispersion_after(before - state.base_tai_ns);
+    let high = state.root_dispersion_after(after - state.base_tai_ns);
+    assert!(low <= dispersion && dispersion <= high, "{dispersion:?} outside [{low:?}, {high:?}]");
+    assert!(dispersion.to_fixed() >= 0x567 + 300, "5 ms of growth is missing: {dispersion:?}");
+}

@@ -2,6 +2,8 @@
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "ntpx";
+/// A program that passes everything, for the peer of a veth (see ntp-ebpf).
+pub const PASS_PROGRAM: &str = "ntpx_pass";
 
 /// Global (read-only after load) holding the UDP port served, in host byte order.
 pub const GLOBAL_NTP_PORT: &str = "NTP_PORT";

@@ -47,6 +47,8 @@ pub struct TestRunOutcome {
     pub action: u32,
     /// The frame after the program ran.
     pub frame: Vec<u8>,
+    /// How long the program ran, as the kernel measured it.
+    pub duration: std::time::Duration,
 }
 
 /// The loaded program and its maps.
@@ -168,7 +170,7 @@ impl Dataplane {
             })
             .context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome { action: result.return_value, frame: out })
+        Ok(TestRunOutcome { action: result.return_value, frame: out, duration: result.duration })
     }
 
     /// The loaded program, for tools that drive it directly (benchmarks).
@@ -177,10 +179,32 @@ impl Dataplane {
     }
 }
 
+/// The pass-everything program attached to the peer of a veth, so that the veth delivers the
+/// XDP_TX replies sent to it at once (a veth flushes them only to a peer running XDP). Detached
+/// when dropped.
+pub struct VethPeerProgram {
+    _ebpf: Ebpf,
+}
+
+impl VethPeerProgram {
+    /// Attaches to `interface` (native mode) in the calling thread's network namespace.
+    pub fn attach(interface: &str) -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the XDP object")?;
+        let program: &mut Xdp = named_program_mut(&mut ebpf, maps::PASS_PROGRAM)?;
+        program.load()?;
+        program
+            .attach(interface, XdpMode::Driver)
+            .with_context(|| format!("attaching {} to {interface}", maps::PASS_PROGRAM))?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
 fn program_mut(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let program = ebpf
-        .program_mut(maps::PROGRAM)
-        .ok_or_else(|| anyhow!("the object has no program {}", maps::PROGRAM))?;
+    named_program_mut(ebpf, maps::PROGRAM)
+}
+
+fn named_program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("the object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
@@ -220,19 +244,19 @@ fn replace_prefixes<const N: usize>(
     Ok(())
 }
 
-/// Makes the hash map's key set exactly `keys`.
+/// Makes the hash map's key set exactly `keys`, touching only what changed (every update of a
+/// hash map entry gives it new memory, cold for the program's next lookup).
 fn replace_set<const N: usize>(
     set: &mut HashMap<&mut MapData, [u8; N], u32>,
     keys: impl Iterator<Item = [u8; N]>,
 ) -> anyhow::Result<()> {
     let wanted: Vec<[u8; N]> = keys.collect();
-    for key in &wanted {
+    let present: Vec<[u8; N]> = set.keys().filter_map(Result::ok).collect();
+    for key in wanted.iter().filter(|key| !present.contains(key)) {
         set.insert(key, 1, 0).context("inserting a local address")?;
     }
-    let stale: Vec<[u8; N]> =
-        set.keys().filter_map(Result::ok).filter(|key| !wanted.contains(key)).collect();
-    for key in stale {
-        set.remove(&key).context("removing a local address")?;
+    for key in present.iter().filter(|key| !wanted.contains(key)) {
+        set.remove(key).context("removing a local address")?;
     }
     Ok(())
 }

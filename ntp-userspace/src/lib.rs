@@ -2,4 +2,11 @@
 
 pub mod access;
 pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod reference;
+pub mod report;
+pub mod server;
+pub mod socket;

@@ -1,7 +1,10 @@
 //! Test support for ntpx: frames and the frame-level oracle, network namespaces with veth pairs,
 //! and the real programs the tests run in them (ntpxd, chronyd, ntpdig).
 
+pub mod client;
 pub mod frame;
+pub mod netns;
+pub mod peers;
 
 /// Whether privileged tests can run. `cargo xtask test` sets `NTPX_REQUIRE_PRIVILEGED=1`, and
 /// then a missing privilege fails the test; a plain `cargo test` without root skips it, saying why.

@@ -1,1 +1,141 @@
-fn main() {}
+//! ntpxd: an NTP server that answers in the kernel (XDP), configured and run like chronyd.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use ntp_userspace::{
+    config::{self, DEFAULT_CONFIG_FILE},
+    daemon::{self, Options},
+};
+use tracing::level_filters::LevelFilter;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "NTP server answering client requests in the kernel (XDP); \
+    reads chrony.conf syntax")]
+struct Args {
+    /// Configuration file (chrony.conf syntax).
+    #[arg(short = 'f', value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+    config: PathBuf,
+    /// Do not detach from the terminal.
+    #[arg(short = 'n')]
+    no_detach: bool,
+    /// Do not detach, and log to the terminal (twice: debug messages too).
+    #[arg(short = 'd', action = clap::ArgAction::Count)]
+    debug: u8,
+    /// Never adjust the system clock.
+    #[arg(short = 'x')]
+    no_clock_control: bool,
+    /// Minimum log severity: 0 informational, 1 warning, 2 error, 3 fatal.
+    #[arg(short = 'L', value_name = "LEVEL", default_value_t = 0, allow_negative_numbers = true)]
+    log_level: i8,
+    /// Log to FILE instead of the terminal or syslog.
+    #[arg(short = 'l', value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Print the effective configuration and exit (checks the file).
+    #[arg(short = 'p')]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = match config::load(&args.config) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("ntpxd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.print_config {
+        for warning in &loaded.warnings {
+            eprintln!("ntpxd: warning: {warning}");
+        }
+        print!("{}", loaded.config);
+        return ExitCode::SUCCESS;
+    }
+    let foreground = args.no_detach || args.debug > 0;
+    if !foreground && let Err(error) = nix::unistd::daemon(false, false) {
+        eprintln!("ntpxd: cannot detach: {error}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(error) = init_logging(&args, foreground) {
+        eprintln!("ntpxd: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options { no_clock_control: args.no_clock_control };
+    match runtime.block_on(daemon::run(loaded.config, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            if foreground {
+                eprintln!("ntpxd: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(args: &Args, foreground: bool) -> anyhow::Result<()> {
+    let level = match (args.debug, args.log_level) {
+        (2.., _) | (_, ..=-1) => LevelFilter::DEBUG,
+        (_, 0) => LevelFilter::INFO,
+        (_, 1) => LevelFilter::WARN,
+        _ => LevelFilter::ERROR,
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_target(false);
+    if let Some(path) = &args.log_file {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+    } else if foreground {
+        builder.with_writer(std::io::stderr).init();
+    } else {
+        builder.with_ansi(false).without_time().with_writer(syslog::Writer::open).init();
+    }
+    Ok(())
+}
+
+/// Log lines to syslog (daemon facility), as chronyd logs when detached.
+mod syslog {
+    use std::{ffi::CString, io, sync::Once};
+
+    pub struct Writer(Vec<u8>);
+
+    impl Writer {
+        pub fn open() -> Self {
+            static OPEN: Once = Once::new();
+            // SAFETY: the identifier is a static C string, valid for the process's lifetime.
+            OPEN.call_once(|| unsafe { libc::openlog(c"ntpxd".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) });
+            Self(Vec::new())
+        }
+    }
+
+    impl io::Write for Writer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            let line = String::from_utf8_lossy(&self.0).trim_end().replace('\0', " ");
+            if let Ok(line) = CString::new(line) {
+                // SAFETY: both strings are NUL-terminated; "%s" takes exactly one argument.
+                unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), line.as_ptr()) };
+            }
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! chrony.conf, read as ntpxd understands it.
+//!
+//! Every directive of chrony 4.3 is recognised. Those ntpxd implements are parsed and checked;
+//! the others are accepted with a warning naming the file and line, so that an existing
+//! chrony.conf works. An unknown word or a bad value is an error with file and line, and nothing
+//! of the file is applied. New directives of ntpxd use the same syntax (`xdp IFACE [MODE]`).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    access::{Access, AccessRule, Subnet},
+    dataplane::AttachMode,
+};
+
+/// Where ntpxd looks for its configuration by default.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ntpx/ntpx.conf";
+pub const DEFAULT_COMMAND_SOCKET: &str = "/run/ntpx/ntpxd.sock";
+pub const DEFAULT_PIDFILE: &str = "/run/ntpx/ntpxd.pid";
+pub const DEFAULT_NTP_PORT: u16 = 123;
+
+/// A line of a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ConfigError {
+    pub location: Location,
+    pub message: String,
+}
+
+/// A directive accepted but not acted on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// `local [stratum N] [orphan] [distance D] ...`: serve the local clock when nothing better.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalReference {
+    pub stratum: u8,
+    pub orphan: bool,
+    pub distance: f64,
+}
+
+/// `xdp IFACE [native|generic]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpInterface {
+    pub interface: String,
+    pub mode: AttachMode,
+}
+
+/// The configuration ntpxd acts on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub local: Option<LocalReference>,
+    /// `allow` / `deny` lines in order.
+    pub access: Vec<AccessRule>,
+    /// 0: no NTP server.
+    pub port: u16,
+    pub bind_v4: Option<Ipv4Addr>,
+    pub bind_v6: Option<Ipv6Addr>,
+    pub command_socket: PathBuf,
+    pub pidfile: PathBuf,
+    pub xdp: Vec<XdpInterface>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            local: None,
+            access: Vec::new(),
+            port: DEFAULT_NTP_PORT,
+            bind_v4: None,
+            bind_v6: None,
+            command_socket: PathBuf::from(DEFAULT_COMMAND_SOCKET),
+            pidfile: PathBuf::from(DEFAULT_PIDFILE),
+            xdp: Vec::new(),
+        }
+    }
+}
+
+/// The effective configuration in chrony.conf syntax (what `ntpxd -p` prints); parsing it
+/// gives the same configuration back.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { local, access, port, bind_v4, bind_v6, command_socket, pidfile, xdp } = self;
+        if let Some(LocalReference { stratum, orphan, distance }) = local {
+            write!(f, "local stratum {stratum} distance {distance}")?;
+            writeln!(f, "{}", if *orphan { " orphan" } else { "" })?;
+        }
+        for AccessRule { access, all, subnet } in access {
+            let directive = match access {
+                Access::Allow => "allow",
+                Access::Deny => "deny",
+            };
+            let all = if *all { " all" } else { "" };
+            match subnet {
+                Subnet::Everything => writeln!(f, "{directive}{all}")?,
+                subnet => writeln!(f, "{directive}{all} {subnet}")?,
+            }
+        }
+        writeln!(f, "port {port}")?;
+        if let Some(address) = bind_v4 {
+            writeln!(f, "bindaddress {address}")?;
+        }
+        if let Some(address) = bind_v6 {
+            writeln!(f, "bindaddress {address}")?;
+        }
+        writeln!(f, "bindcmdaddress {}", command_socket.display())?;
+        writeln!(f, "pidfile {}", pidfile.display())?;
+        for XdpInterface { interface, mode } in xdp {
+            let mode = match mode {
+                AttachMode::Native => "native",
+                AttachMode::Generic => "generic",
+            };
+            writeln!(f, "xdp {interface} {mode}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed configuration and what was accepted without effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Warning>,
+}
+
+/// What ntpxd does with a chrony directive it does not implement.
+enum Unsupported {
+    /// Meaningful for ntpxd, not implemented yet.
+    NotYet,
+    /// Has no meaning for ntpxd.
+    NoEffect(&'static str),
+}
+
+/// chrony 4.3's directives that ntpxd accepts without acting on them.
+fn unsupported(directive: &str) -> Option<Unsupported> {
+    use Unsupported::{NoEffect, NotYet};
+    Some(match directive {
+        "server" | "pool" | "peer" | "refclock" | "makestep" | "maxdistance" | "driftfile"
+        | "rtcsync" | "leapsectz" | "leapsecmode" | "ratelimit" | "clientloglimit"
+        | "noclientlog" | "maxupdateskew" | "maxchange" | "maxclockerror" | "maxdrift"
+        | "maxslewrate" | "minsources" | "maxjitter" | "minsamples" | "maxsamples"
+        | "combinelimit" | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift"
+        | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
+        | "clockprecision" | "hwtimestamp" | "hwtstimeout" | "acquisitionport"
+        | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp"
+        | "manual" | "refresh" => NotYet,
+        "cmdallow" | "cmddeny" | "cmdport" | "cmdratelimit" | "bindcmddevice" => {
+            NoEffect("ntpxd's control socket is a Unix socket: access is by file permissions")
+        }
+        "keyfile" | "nocerttimecheck" | "ntpsigndsocket" | "ntsdumpdir" | "ntsntpserver"
+        | "ntsport" | "ntsprocesses" | "maxntsconnections" | "ntsratelimit" | "ntsrefresh"
+        | "ntsrotate" | "ntsservercert" | "ntsserverkey" | "ntstrustedcerts" | "ptpport" => {
+            NoEffect("authentication (symmetric keys, NTS) is not supported: such requests get no reply")
+        }
+        "dumpdir" | "hwclockfile" | "lock_all" | "log" | "logbanner" | "logchange" | "logdir"
+        | "mailonchange" | "rtcautotrim" | "rtcdevice" | "rtcfile" | "rtconutc"
+        | "sched_priority" | "user" => NoEffect("ntpxd does not use it"),
+        _ => return None,
+    })
+}
+
+/// Reads `path` and the files it includes.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let mut parser = Parser::default();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        location: Location { file: path.to_owned(), line: 0 },
+        message: format!("cannot read: {error}"),
+    })?;
+    parser.parse(path, &text, 0)?;
+    Ok(parser.finish())
+}
+
+/// Parses `text` as if read from `file` (includes are read from disk).
+pub fn parse(file: &Path, text: &str) -> Result<Loaded, ConfigError> {
+    let mut parser = Parser::default();
+    parser.parse(file, text, 0)?;
+    Ok(parser.finish())
+}
+
+#[derive(Default)]
+struct Parser {
+    config: Config,
+    warnings: Vec<Warning>,
+}
+
+/// Nesting limit for `include` and `confdir`, against include loops.
+const MAX_INCLUDE_DEPTH: usize = 10;
+
+impl Parser {
+    fn finish(self) -> Loaded {
+        Loaded { config: self.config, warnings: self.warnings }
+    }
+
+    fn parse(&mut self, file: &Path, text: &str, depth: usize) -> Result<(), ConfigError> {
+        for (index, line) in text.lines().enumerate() {
+            let location = Location { file: file.to_owned(), line: index + 1 };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with(['!', ';', '#', '%']) {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let directive = words.next().unwrap_or_default().to_ascii_lowercase();
+            let args: Vec<&str> = words.collect();
+            self.directive(&directive, &args, &location, depth).map_err(|message| ConfigError {
+                location: location.clone(),
+                message,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn directive(
+        &mut self,
+        directive: &str,
+        args: &[&str],
+        location: &Location,
+        depth: usize,
+    ) -> Result<(), String> {
+        let config = &mut self.config;
+        match directive {
+            "allow" | "deny" => {
+                let access = if directive == "allow" { Access::Allow } else { Access::Deny };
+                config.access.push(parse_access(access, args)?);
+            }
+            "local" => config.local = Some(parse_local(args)?),
+            "port" => config.port = parse_number(one(args)?, "a UDP port")?,
+            "bindaddress" => match one(args)?.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) => config.bind_v4 = Some(a),
+                Ok(IpAddr::V6(a)) => config.bind_v6 = Some(a),
+                Err(_) => return Err(format!("bindaddress needs an IP address, not {:?}", args[0])),
+            },
+            "bindcmdaddress" => {
+                let address = one(args)?;
+                if address.starts_with('/') {
+                    config.command_socket = PathBuf::from(address);
+                } else if address.parse::<IpAddr>().is_ok() {
+                    self.warn(location, "ntpxd's control socket is a Unix socket; an IP \
+                        bindcmdaddress has no effect");
+                } else {
+                    return Err(format!("bindcmdaddress needs a socket path or an IP address, not {address:?}"));
+                }
+            }
+            "pidfile" => config.pidfile = PathBuf::from(one(args)?),
+            "xdp" => {
+                let interface = match args {
+                    [interface] | [interface, _] => (*interface).to_owned(),
+                    _ => return Err("usage: xdp INTERFACE [native|generic]".into()),
+                };
+                let mode = match args.get(1).copied() {
+                    None | Some("native") => AttachMode::Native,
+                    Some("generic") => AttachMode::Generic,
+                    Some(other) => return Err(format!("xdp mode must be native or generic, not {other:?}")),
+                };
+                if config.xdp.iter().any(|x| x.interface == interface) {
+                    return Err(format!("xdp {interface} is given twice"));
+                }
+                config.xdp.push(XdpInterface { interface, mode });
+            }
+            "include" => {
+                for path in expand_glob(one(args)?)? {
+                    self.include(&path, depth)?;
+                }
+            }
+            "confdir" => {
+                if args.is_empty() {
+                    return Err("confdir needs at least one directory".into());
+                }
+                // chrony reads the *.conf files of all the directories in name order, a name
+                // found in an earlier directory hiding the same name in later ones.
+                let mut files = std::collections::BTreeMap::new();
+                for dir in args {
+                    for path in files_in(dir, "conf") {
+                        let name = path.file_name().map(ToOwned::to_owned).unwrap_or_default();
+                        files.entry(name).or_insert(path);
+                    }
+                }
+                for path in files.values() {
+                    self.include(path, depth)?;
+                }
+            }
+            other => match unsupported(other) {
+                Some(Unsupported::NotYet) => {
+                    self.warn(location, &format!("`{other}` is not implemented by ntpxd yet; ignored"))
+                }
+                Some(Unsupported::NoEffect(why)) => {
+                    self.warn(location, &format!("`{other}` has no effect: {why}"))
+                }
+                None => return Err(format!("unknown directive `{other}`")),
+            },
+        }
+        Ok(())
+    }
+
+    fn include(&mut self, path: &Path, depth: usize) -> Result<(), String> {
+        if depth >= MAX_INCLUDE_DEPTH {
+            return Err("includes nested too deeply (a loop?)".into());
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        self.parse(path, &text, depth + 1).map_err(|error| format!("in included file: {error}"))
+    }
+
+    fn warn(&mut self, location: &Location, message: &str) {
+        self.warnings.push(Warning { location: location.clone(), message: message.to_owned() });
+    }
+}
+
+fn one<'a>(args: &[&'a str]) -> Result<&'a str, String> {
+    match args {
+        [value] => Ok(value),
+        [] => Err("a value is missing".into()),
+        _ => Err(format!("one value expected, found {}", args.len())),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(word: &str, what: &str) -> Result<T, String> {
+    word.parse().map_err(|_| format!("{word:?} is not {what}"))
+}
+
+fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
+    let mut local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+    let mut args = args.iter();
+    while let Some(&option) = args.next() {
+        let mut value = |what: &str| args.next().copied().ok_or(format!("local {option} needs {what}"));
+        match option.to_ascii_lowercase().as_str() {
+            "stratum" => {
+                local.stratum = parse_number(value("a stratum")?, "a stratum")?;
+                if !(1..=15).contains(&local.stratum) {
+                    return Err(format!("local stratum must be 1 to 15, not {}", local.stratum));
+                }
+            }
+            "orphan" => local.orphan = true,
+            "distance" => local.distance = parse_number(value("a distance")?, "a distance in seconds")?,
+            "activate" => {
+                parse_number::<f64>(value("a distance")?, "a distance in seconds")?;
+            }
+            "waitsynced" | "waitunsynced" => {
+                parse_number::<f64>(value("an interval")?, "an interval in seconds")?;
+            }
+            other => return Err(format!("unknown local option `{other}`")),
+        }
+    }
+    Ok(local)
+}
+
+/// `allow|deny [all] [SUBNET]` with chrony's address forms: an address, ADDRESS/BITS, one to
+/// three decimal numbers (a shortened IPv4 network, 8 bits each), or a host name.
+fn parse_access(access: Access, args: &[&str]) -> Result<AccessRule, String> {
+    let (all, subnet) = match args {
+        [] => (false, None),
+        ["all"] => (true, None),
+        ["all", subnet] => (true, Some(*subnet)),
+        [subnet] => (false, Some(*subnet)),
+        _ => return Err("usage: allow|deny [all] [SUBNET]".into()),
+    };
+    let subnet = match subnet {
+        None => Subnet::Everything,
+        Some(text) => parse_subnet(text)?,
+    };
+    Ok(AccessRule { access, all, subnet })
+}
+
+pub fn parse_subnet(text: &str) -> Result<Subnet, String> {
+    let (net, bits) = match text.split_once('/') {
+        Some((net, bits)) => {
+            let bits: u8 = parse_number(bits, "a prefix length")?;
+            (net, Some(bits))
+        }
+        None => (text, None),
+    };
+    let too_long = |max: u8| format!("prefix length {} is longer than {max} bits", bits.unwrap_or(0));
+    if let Ok(address) = net.parse::<IpAddr>() {
+        return match address {
+            IpAddr::V4(a) if bits.unwrap_or(32) <= 32 => Ok(Subnet::V4(a, bits.unwrap_or(32))),
+            IpAddr::V6(a) if bits.unwrap_or(128) <= 128 => Ok(Subnet::V6(a, bits.unwrap_or(128))),
+            IpAddr::V4(_) => Err(too_long(32)),
+            IpAddr::V6(_) => Err(too_long(128)),
+        };
+    }
+    let parts: Vec<&str> = net.split('.').collect();
+    if (1..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        let mut octets = [0u8; 4];
+        for (octet, part) in octets.iter_mut().zip(&parts) {
+            *octet = part.parse().map_err(|_| format!("{text:?}: {part} is not a number 0 to 255"))?;
+        }
+        let bits = bits.unwrap_or(8 * parts.len() as u8);
+        if bits > 32 {
+            return Err(too_long(32));
+        }
+        return Ok(Subnet::V4(Ipv4Addr::from(octets), bits));
+    }
+    if bits.is_none() && !net.is_empty() && net.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        let address = (net, 0)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .ok_or_else(|| format!("cannot resolve {net:?}"))?
+            .ip();
+        return Ok(match address {
+            IpAddr::V4(a) => Subnet::V4(a, 32),
+            IpAddr::V6(a) => Subnet::V6(a, 128),
+        });
+    }
+    Err(format!("{text:?} is not an address, a subnet or a host name"))
+}
+
+/// `include` takes a glob pattern; only `*` in the file name is supported, as in chrony's
+/// typical use (`include /etc/chrony/conf.d/*.conf`).
+fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let path = Path::new(pattern);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let Some((prefix, suffix)) = name.split_once('*') else {
+        return Ok(vec![path.to_owned()]);
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut matches: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.len() >= prefix.len() + suffix.len() && n.starts_with(prefix) && n.ends_with(suffix)
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    matches.sort();
+    Ok(matches)
+}
+
+/// The files of `dir` with the extension `ext`, sorted; none if the directory is missing.
+fn files_in(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Loaded, ConfigError> {
+        parse(Path::new("test.conf"), text)
+    }
+
+    fn error_of(text: &str) -> String {
+        parse_text(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_the_server_role_directives() {
+        let loaded = parse_text(
+            "# a comment\n\
+             ! another\n\
+             local stratum 8 orphan\n\
+             allow 192.0.2.0/24\n\
+             deny all 192.0.2.128/25\n\
+             Allow 2001:db8::/32\n\
+             port 1123\n\
+             bindaddress 192.0.2.1\n\
+             bindaddress 2001:db8::1\n\
+             bindcmdaddress /run/test/ntpxd.sock\n\
+             pidfile /run/test/ntpxd.pid\n\
+             xdp eth0\n\
+             xdp eth1 generic\n",
+        )
+        .unwrap();
+        let config = loaded.config;
+        assert_eq!(config.local, Some(LocalReference { stratum: 8, orphan: true, distance: 1.0 }));
+        assert_eq!(config.access.len(), 3);
+        assert_eq!(config.access[1], AccessRule {
+            access: Access::Deny,
+            all: true,
+            subnet: Subnet::V4(Ipv4Addr::new(192, 0, 2, 128), 25),
+        });
+        assert_eq!(config.port, 1123);
+        assert_eq!(config.bind_v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(config.bind_v6, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(config.command_socket, Path::new("/run/test/ntpxd.sock"));
+        assert_eq!(config.pidfile, Path::new("/run/test/ntpxd.pid"));
+        assert_eq!(config.xdp, [
+            XdpInterface { interface: "eth0".into(), mode: AttachMode::Native },
+            XdpInterface { interface: "eth1".into(), mode: AttachMode::Generic },
+        ]);
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn accepts_every_address_form_of_chrony() {
+        let cases = [
+            ("1.2.3.4", Subnet::V4(Ipv4Addr::new(1, 2, 3, 4), 32)),
+            ("3.4.5.0/24", Subnet::V4(Ipv4Addr::new(3, 4, 5, 0), 24)),
+            ("3.4.5", Subnet::V4(Ipv4Addr::new(3, 4, 5, 0), 24)),
+            ("10", Subnet::V4(Ipv4Addr::new(10, 0, 0, 0), 8)),
+            ("10/12", Subnet::V4(Ipv4Addr::new(10, 0, 0, 0), 12)),
+            ("0/0", Subnet::V4(Ipv4Addr::UNSPECIFIED, 0)),
+            ("::/0", Subnet::V6(Ipv6Addr::UNSPECIFIED, 0)),
+            ("2001:db8::/32", Subnet::V6("2001:db8::".parse().unwrap(), 32)),
+            ("::1", Subnet::V6(Ipv6Addr::LOCALHOST, 128)),
+            ("localhost", Subnet::V4(Ipv4Addr::LOCALHOST, 32)),
+        ];
+        for (text, subnet) in cases {
+            assert_eq!(parse_subnet(text), Ok(subnet), "{text}");
+        }
+        let bare = parse_text("allow\ndeny all\n").unwrap().config.access;
+        assert_eq!(bare[0].subnet, Subnet::Everything);
+        assert!(bare[1].all && bare[1].subnet == Subnet::Everything);
+    }
+
+    #[test]
+    fn bad_lines_are_errors_with_file_and_line() {
+        assert_eq!(error_of("local stratum 10\nbogus 1\n"), "test.conf:2: unknown directive `bogus`");
+        assert!(error_of("allow 1.2.3.4/33").starts_with("test.conf:1: prefix length 33"));
+        assert!(error_of("allow 256.1").starts_with("test.conf:1:"));
+        assert!(error_of("allow 1.2.3.4 5.6.7.8").starts_with("test.conf:1: usage"));
+        assert!(error_of("\n\nport 70000").starts_with("test.conf:3: \"70000\" is not a UDP port"));
+        assert!(error_of("local stratum 16").contains("1 to 15"));
+        assert!(error_of("local speed 3").contains("unknown local option"));
+        assert!(error_of("xdp eth0 fast").contains("native or generic"));
+        assert!(error_of("xdp eth0\nxdp eth0 generic").starts_with("test.conf:2: xdp eth0 is given twice"));
+        assert!(error_of("bindaddress somewhere").contains("IP address"));
+        assert!(error_of("port").contains("missing"));
+    }
+
+    #[test]
+    fn directives_not_implemented_are_accepted_with_a_warning() {
+        let loaded = parse_text("allow\nserver 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 3);
+        assert!(warnings[0].starts_with("test.conf:2: `server` is not implemented"), "{warnings:?}");
+        assert!(warnings[1].starts_with("test.conf:3: `user` has no effect"));
+        assert!(warnings[2].starts_with("test.conf:4: `keyfile` has no effect"));
+    }
+
+    #[test]
+    fn includes_and_confdirs_are_read_with_their_own_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("a/10-x.conf"), "allow 10.1\n").unwrap();
+        std::fs::write(dir.path().join("b/10-x.conf"), "allow 10.2\n").unwrap();
+        std::fs::write(dir.path().join("b/20-y.conf"), "\nallow 10.3\nnonsense\n").unwrap();
+        std::fs::write(dir.path().join("extra.conf"), "local stratum 5\n").unwrap();
+        let main = format!(
+            "include {}/extra*.conf\nconfdir {}/a {}/b\n",
+            dir.path().display(),
+            dir.path().display(),
+            dir.path().display()
+        );
+        let error = parse_text(&main).unwrap_err().to_string();
+        assert!(error.contains("b/20-y.conf:3: unknown directive `nonsense`"), "{error}");
+        std::fs::write(dir.path().join("b/20-y.conf"), "allow 10.3\n").unwrap();
+        let config = parse_text(&main).unwrap().config;
+        assert_eq!(config.local.unwrap().stratum, 5);
+        let subnets: Vec<Subnet> = config.access.iter().map(|r| r.subnet).collect();
+        assert_eq!(subnets, [
+            Subnet::V4(Ipv4Addr::new(10, 1, 0, 0), 16),
+            Subnet::V4(Ipv4Addr::new(10, 3, 0, 0), 16),
+        ]);
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_the_same() {
+        let text = "local stratum 8 orphan\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
+            port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nxdp eth0\nxdp eth1 generic\n";
+        let config = parse_text(text).unwrap().config;
+        let printed = config.to_string();
+        assert_eq!(parse_text(&printed).unwrap().config, config, "{printed}");
+    }
+
+    #[test]
+    fn debians_chrony_conf_is_accepted() {
+        let debian = "confdir /nonexistent/conf.d\n\
+            pool 2.debian.pool.ntp.org iburst\n\
+            sourcedir /run/chrony-dhcp\n\
+            sourcedir /etc/chrony/sources.d\n\
+            keyfile /etc/chrony/chrony.keys\n\
+            driftfile /var/lib/chrony/chrony.drift\n\
+            ntsdumpdir /var/lib/chrony\n\
+            logdir /var/log/chrony\n\
+            maxupdateskew 100.0\n\
+            rtcsync\n\
+            makestep 1 3\n\
+            leapsectz right/UTC\n";
+        let loaded = parse_text(debian).unwrap();
+        assert_eq!(loaded.warnings.len(), 11);
+    }
+}

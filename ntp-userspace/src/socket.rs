@@ -1,0 +1,133 @@
+//! The slow path's UDP sockets: kernel receive timestamps (SO_TIMESTAMPNS) and the request's
+//! destination address (IP_PKTINFO), so that a reply leaves from the address the client asked.
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _},
+};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6, SockaddrStorage, sockopt,
+};
+use tokio::io::Interest;
+
+/// A received datagram.
+pub struct Datagram {
+    pub len: usize,
+    pub source: SocketAddr,
+    /// The address the client sent to and the interface it came in on, if the kernel said.
+    pub destination: Option<(IpAddr, u32)>,
+    /// CLOCK_REALTIME when the kernel received it, in ns.
+    pub received_realtime_ns: Option<u64>,
+}
+
+pub struct NtpSocket {
+    socket: tokio::net::UdpSocket,
+}
+
+impl NtpSocket {
+    /// Binds `address` (v6 sockets are v6-only; IPv4 has its own socket).
+    pub fn bind(address: SocketAddr) -> io::Result<Self> {
+        let family = match address {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = socket::socket(
+            family,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        socket::setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
+        match address {
+            SocketAddr::V4(a) => {
+                socket::setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
+                socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+            }
+            SocketAddr::V6(a) => {
+                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+                socket::setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+                socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+            }
+        }
+        // SAFETY: `fd` is an open, bound, non-blocking UDP socket we own.
+        let std = unsafe { std::net::UdpSocket::from_raw_fd(fd.into_raw_fd()) };
+        Ok(Self { socket: tokio::net::UdpSocket::from_std(std)? })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Waits for the next datagram.
+    pub async fn recv(&self, buffer: &mut [u8]) -> io::Result<Datagram> {
+        self.socket.async_io(Interest::READABLE, || receive(self.socket.as_raw_fd(), buffer)).await
+    }
+
+    /// Sends `reply` to `to`, from the address and interface `from` when known.
+    pub async fn send(&self, reply: &[u8], to: SocketAddr, from: Option<(IpAddr, u32)>) -> io::Result<()> {
+        self.socket.async_io(Interest::WRITABLE, || send(self.socket.as_raw_fd(), reply, to, from)).await
+    }
+}
+
+fn receive(fd: i32, buffer: &mut [u8]) -> io::Result<Datagram> {
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec, libc::in6_pktinfo);
+    let mut iov = [IoSliceMut::new(buffer)];
+    let message = socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::empty())?;
+    let source = message
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))))
+        })
+        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    let mut datagram = Datagram { len: message.bytes, source, destination: None, received_realtime_ns: None };
+    for cmsg in message.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                datagram.received_realtime_ns = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+            }
+            ControlMessageOwned::Ipv4PacketInfo(info) => {
+                let address = IpAddr::from(u32::from_be(info.ipi_addr.s_addr).to_be_bytes());
+                datagram.destination = Some((address, info.ipi_ifindex as u32));
+            }
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                datagram.destination = Some((IpAddr::from(info.ipi6_addr.s6_addr), info.ipi6_ifindex));
+            }
+            _ => {}
+        }
+    }
+    Ok(datagram)
+}
+
+fn send(fd: i32, reply: &[u8], to: SocketAddr, from: Option<(IpAddr, u32)>) -> io::Result<()> {
+    let iov = [IoSlice::new(reply)];
+    let v4_info;
+    let v6_info;
+    let cmsgs: Vec<ControlMessage<'_>> = match from {
+        Some((IpAddr::V4(from), interface)) => {
+            v4_info = libc::in_pktinfo {
+                ipi_ifindex: interface as i32,
+                ipi_spec_dst: libc::in_addr { s_addr: u32::from(from).to_be() },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            vec![ControlMessage::Ipv4PacketInfo(&v4_info)]
+        }
+        Some((IpAddr::V6(from), interface)) => {
+            v6_info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr { s6_addr: from.octets() },
+                ipi6_ifindex: interface,
+            };
+            vec![ControlMessage::Ipv6PacketInfo(&v6_info)]
+        }
+        None => Vec::new(),
+    };
+    match to {
+        SocketAddr::V4(to) => socket::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&SockaddrIn::from(to)))?,
+        SocketAddr::V6(to) => socket::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&SockaddrIn6::from(to)))?,
+    };
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Minimal NTP clients for the tests: a UDP client bound to a chosen source address, and a raw
+//! Ethernet client (AF_PACKET) for frames the kernel cannot build here, such as 802.1Q-tagged ones.
+
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use ntp_common::wire::{HEADER_LEN, NtpHeader, NtpTimestamp};
+
+/// Sends a client request from `source` to `server` and waits up to `timeout` for the reply
+/// whose origin timestamp matches.
+pub fn query(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Option<NtpHeader> {
+    let socket = UdpSocket::bind(source).unwrap_or_else(|e| panic!("binding {source}: {e}"));
+    let transmit = NtpTimestamp::from_fixed(0x0123_4567_89ab_cdef ^ u64::from(std::process::id()));
+    let request = NtpHeader::client_request(4, 6, transmit).to_bytes();
+    socket.send_to(&request, server).expect("sending a request");
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 512];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        match socket.recv_from(&mut buffer) {
+            Ok((HEADER_LEN, from)) if from == server => {
+                let reply = NtpHeader::from_bytes(buffer[..HEADER_LEN].try_into().unwrap());
+                if reply.origin_timestamp == transmit {
+                    return Some(reply);
+                }
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return None,
+            Err(e) => panic!("receiving: {e}"),
+        }
+    }
+}
+
+/// A received frame and the 802.1Q tag the kernel took off it, if any.
+pub struct RawFrame {
+    pub bytes: Vec<u8>,
+    pub vlan_tci: Option<u16>,
+}
+
+/// An AF_PACKET socket on one interface, seeing every frame with its VLAN tag (PACKET_AUXDATA:
+/// the kernel moves a received tag out of the frame into metadata).
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+impl PacketSocket {
+    pub fn open(interface: &str) -> Self {
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket creation; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a new socket we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let index = nix::net::if_::if_nametoindex(interface).expect("an interface index");
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = index as i32;
+        // SAFETY: `address` is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(fd.as_raw_fd(), (&raw const address).cast(), size_of::<libc::sockaddr_ll>() as u32)
+        };
+        assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
+        let on: libc::c_int = 1;
+        // SAFETY: the option value is a valid int.
+        let rc = unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, (&raw const on).cast(), 4)
+        };
+        assert_eq!(rc, 0, "PACKET_AUXDATA: {}", io::Error::last_os_error());
+        Self { fd }
+    }
+
+    pub fn send(&self, frame: &[u8]) {
+        // SAFETY: `frame` is valid for reads of its length.
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(sent, frame.len() as isize, "send: {}", io::Error::last_os_error());
+    }
+
+    /// Waits up to `timeout` for a frame that `wanted` accepts.
+    pub fn receive(&self, timeout: Duration, wanted: impl Fn(&RawFrame) -> bool) -> Option<RawFrame> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let mut poll = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&self.fd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if nix::poll::poll(&mut poll, millis).unwrap_or(0) == 0 {
+                continue;
+            }
+            let frame = self.receive_one();
+            if wanted(&frame) {
+                return Some(frame);
+            }
+        }
+        None
+    }
+
+    fn receive_one(&self) -> RawFrame {
+        let mut buffer = vec![0u8; 2048];
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+        // SAFETY: msghdr is plain old data; the pointers set below outlive the call.
+        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+        message.msg_iov = &raw mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = size_of_val(&control);
+        // SAFETY: `message` describes valid buffers.
+        let len = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut message, 0) };
+        assert!(len >= 0, "recvmsg: {}", io::Error::last_os_error());
+        buffer.truncate(len as usize);
+        let mut vlan_tci = None;
+        // SAFETY: walking the control messages the kernel wrote into `control`.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&raw const message);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == libc::PACKET_AUXDATA {
+                    let aux = libc::CMSG_DATA(cmsg).cast::<libc::tpacket_auxdata>().read_unaligned();
+                    if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                        vlan_tci = Some(aux.tp_vlan_tci);
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&raw const message, cmsg);
+            }
+        }
+        RawFrame { bytes: buffer, vlan_tci }
+    }
+}

@@ -1,0 +1,200 @@
+//! The real programs the end-to-end tests run inside namespaces: ntpxd (built from this
+//! workspace), chronyd and ntpdig (from Debian).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use ntp_userspace::control::{self, Request, Response, ServerStats};
+
+use crate::netns::Netns;
+
+/// Where the workspace's binaries are: `NTPX_BIN_DIR` (set by `cargo xtask test`) or the
+/// workspace's debug target directory.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("NTPX_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build it first (cargo build --bins, or use cargo xtask test)", path.display());
+    path
+}
+
+/// A private directory for a test's files (sockets, configs, logs), mode 700 as chronyd wants
+/// for its command socket.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("ntpx-test-").tempdir().expect("a temporary directory");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod 700");
+    dir
+}
+
+/// A process running in a namespace; stopped (SIGTERM, then SIGKILL) when dropped. Its log is
+/// printed if the test is failing.
+pub struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, netns: &Netns, program: &Path, args: &[&str], log: PathBuf) -> Self {
+        let file = fs::File::create(&log).expect("a log file");
+        let child = netns
+            .command(program.to_str().expect("a UTF-8 path"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("a log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { name, child, log }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("kill");
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process and returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // `ip netns exec` execs the program, so the child is the program itself.
+        let _ = nix::sys::signal::kill(self.pid(), Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(self.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ({}) ---\n{}", self.name, self.log.display(), self.log());
+        }
+    }
+}
+
+/// ntpxd in a namespace, run with `-d -x` (foreground, never touching the clock).
+pub struct Ntpxd {
+    pub process: Process,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Ntpxd {
+    /// Starts ntpxd with `config` (its bindcmdaddress and pidfile are added) and waits until
+    /// its control socket answers.
+    pub fn start(netns: &Netns, config: &str) -> Self {
+        let dir = scratch_dir();
+        let socket = dir.path().join("ntpxd.sock");
+        let config_path = dir.path().join("ntpxd.conf");
+        let config = format!(
+            "{config}\nbindcmdaddress {}\npidfile {}\n",
+            socket.display(),
+            dir.path().join("ntpxd.pid").display()
+        );
+        fs::write(&config_path, config).expect("writing the config");
+        let process = Process::spawn(
+            "ntpxd",
+            netns,
+            &binary("ntpxd"),
+            &["-d", "-x", "-f", config_path.to_str().unwrap()],
+            dir.path().join("ntpxd.log"),
+        );
+        let ntpxd = Self { process, socket, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while control::call(&ntpxd.socket, &Request::ServerStats).is_err() {
+            assert!(Instant::now() < deadline, "ntpxd did not start:\n{}", ntpxd.process.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ntpxd
+    }
+
+    pub fn serverstats(&self) -> ServerStats {
+        match control::call(&self.socket, &Request::ServerStats).expect("ntpxd's control socket") {
+            Response::ServerStats(stats) => stats,
+            other => panic!("unexpected response {other:?}"),
+        }
+    }
+}
+
+/// chronyd in a namespace with `-x` (never touching the clock), as a client or a server.
+pub struct Chronyd {
+    pub process: Process,
+    pub socket: PathBuf,
+    netns_name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Chronyd {
+    pub fn start(netns: &Netns, config: &str) -> Self {
+        let dir = scratch_dir();
+        let socket = dir.path().join("chronyd.sock");
+        let config_path = dir.path().join("chrony.conf");
+        let config = format!(
+            "{config}\nbindcmdaddress {}\npidfile {}\ncmdport 0\n",
+            socket.display(),
+            dir.path().join("chronyd.pid").display()
+        );
+        fs::write(&config_path, config).expect("writing the config");
+        let process = Process::spawn(
+            "chronyd",
+            netns,
+            Path::new("chronyd"),
+            &["-x", "-d", "-u", "root", "-f", config_path.to_str().unwrap()],
+            dir.path().join("chronyd.log"),
+        );
+        Self { process, socket, netns_name: netns.name().to_owned(), _dir: dir }
+    }
+
+    /// `chronyc -h SOCKET ARGS...` in the chronyd's namespace; its standard output.
+    pub fn chronyc(&self, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", &self.netns_name, "chronyc", "-h"];
+        let socket = self.socket.to_str().unwrap().to_owned();
+        all.push(&socket);
+        all.extend_from_slice(args);
+        let output = std::process::Command::new("ip").args(&all).output().expect("chronyc");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// A seconds value from a `chronyc` text report line such as `Offset : +0.000000123 seconds`.
+pub fn report_seconds(report: &str, label: &str) -> Option<f64> {
+    report.lines().find(|line| line.starts_with(label))?.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// Polls `condition` every 200 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

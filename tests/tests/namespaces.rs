@@ -1,0 +1,183 @@
+//! ntpxd serving real clients across a veth pair between two network namespaces, with the XDP
+//! program attached in native mode to the server's end.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use ntp_common::wire::{Leap, Mode};
+use ntpx_tests::{
+    client::{self, PacketSocket},
+    frame::{self, Frame},
+    netns::{self, Link},
+    peers::{self, Chronyd, Ntpxd},
+    privileged,
+};
+
+/// The server's configuration: the test subnets allowed, except the top half of the IPv4 one.
+fn ntpxd_config(xdp: bool) -> String {
+    let xdp = if xdp { "xdp veth-srv native\n" } else { "" };
+    format!("local stratum 10\nallow 10.77.0.0/24\ndeny 10.77.0.128/25\nallow fd77::/64\n{xdp}")
+}
+
+fn ntp_port(address: IpAddr) -> SocketAddr {
+    SocketAddr::new(address, 123)
+}
+
+#[test]
+fn chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times() {
+    if !privileged("chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times") {
+        return;
+    }
+    let link = Link::new();
+    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    let chronyd = Chronyd::start(&link.client_ns, &format!("server {} iburst minpoll 0 maxpoll 0\n", netns::SERVER_V4));
+    let selected = peers::wait_for(Duration::from_secs(30), || {
+        chronyd.chronyc(&["-c", "sources"]).lines().any(|line| line.starts_with(&format!("^,*,{}", netns::SERVER_V4)))
+    });
+    assert!(selected, "chronyd did not select ntpxd:\n{}", chronyd.chronyc(&["sources"]));
+    // A few more exchanges at the 1 s poll, so that the filter holds settled samples.
+    std::thread::sleep(Duration::from_secs(4));
+    let ntpdata = chronyd.chronyc(&["ntpdata", netns::SERVER_V4]);
+    let offset = peers::report_seconds(&ntpdata, "Offset").expect("an offset");
+    let response_time = peers::report_seconds(&ntpdata, "Response time").expect("a response time");
+    let stratum = peers::report_seconds(&ntpdata, "Stratum").expect("a stratum");
+    eprintln!("chronyd's view of ntpxd: offset {offset:+.9} s, response time {response_time:.9} s\n{ntpdata}");
+    assert!(offset.abs() < 10e-6, "offset {offset} s");
+    assert!(response_time < 1e-6, "response time {response_time} s");
+    assert_eq!(stratum, 10.0);
+    let stats = ntpxd.serverstats();
+    assert!(stats.kernel.answered >= 4, "answered in the kernel: {}", stats.kernel.answered);
+    assert_eq!(stats.slow_path.answered, 0, "nothing should reach the slow path: {stats:?}");
+    drop(chronyd);
+}
+
+#[test]
+fn ntpdig_is_answered_over_ipv4_and_ipv6() {
+    if !privileged("ntpdig_is_answered_over_ipv4_and_ipv6") {
+        return;
+    }
+    let link = Link::new();
+    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    for server in [netns::SERVER_V4, netns::SERVER_V6] {
+        let output = link.client_ns.run("ntpdig", &["-t", "2", server]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(server) && text.contains("s10"), "ntpdig {server}: {text}");
+    }
+    let stats = ntpxd.serverstats();
+    assert_eq!(stats.kernel.answered, 2, "{stats:?}");
+    assert_eq!(stats.ntp_packets_received, 2);
+    // ntpxc reads the same counters in chronyc's layout.
+    let output = std::process::Command::new(peers::binary("ntpxc"))
+        .args(["-h", ntpxd.socket.to_str().unwrap(), "serverstats"])
+        .output()
+        .expect("ntpxc");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("NTP packets received       : 2\n"), "{report}");
+    assert!(report.contains("NTP answered in kernel     : 2\n"), "{report}");
+}
+
+#[test]
+fn a_client_on_a_vlan_is_answered_with_its_tag() {
+    if !privileged("a_client_on_a_vlan_is_answered_with_its_tag") {
+        return;
+    }
+    let link = Link::new();
+    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    let mut request = Frame::request(link.client.v4, link.server.v4);
+    request.src_mac = link.client.mac;
+    request.dst_mac = link.server.mac;
+    request.vlan = Some(0x2064); // priority 1, VLAN 100
+    let bytes = request.build();
+    let reply = link.client_ns.enter(|| {
+        let socket = PacketSocket::open(&link.client.interface);
+        socket.send(&bytes);
+        socket.receive(Duration::from_secs(2), |frame| {
+            let b = &frame.bytes;
+            b.len() > 42 && b[0..6] == link.client.mac && b[12..14] == [8, 0] && b[34..36] == [0, 123]
+        })
+    });
+    let reply = reply.expect("no reply to the tagged request");
+    assert_eq!(reply.vlan_tci, Some(0x2064), "the reply must carry the request's tag");
+    // The kernel has taken the tag off: an untagged IPv4 frame remains.
+    let ntp = &reply.bytes[14 + 20 + 8..];
+    let header = ntp_common::wire::NtpHeader::from_bytes(ntp[..48].try_into().unwrap());
+    assert_eq!((header.mode, header.stratum), (Mode::Server, 10));
+    assert_eq!(header.origin_timestamp.to_fixed(), 0xe000_0000_1234_5678);
+    assert!(frame::udp_checksum_is_valid(link.server.v4, link.client.v4, &reply.bytes[34..]));
+    assert_eq!(ntpxd.serverstats().kernel.answered, 1);
+}
+
+#[test]
+fn a_denied_source_gets_nothing() {
+    if !privileged("a_denied_source_gets_nothing") {
+        return;
+    }
+    let link = Link::new();
+    link.client_ns.ip(&["addr", "add", "10.77.0.200/24", "dev", "veth-cli"]);
+    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    let server = ntp_port(link.server.v4);
+    let (allowed, denied) = link.client_ns.enter(|| {
+        let allowed = client::query("10.77.0.2:0".parse().unwrap(), server, Duration::from_secs(2));
+        let denied = client::query("10.77.0.200:0".parse().unwrap(), server, Duration::from_secs(2));
+        (allowed, denied)
+    });
+    assert!(allowed.is_some(), "the allowed source got no reply");
+    assert!(denied.is_none(), "the denied source got a reply");
+    let stats = ntpxd.serverstats();
+    assert_eq!((stats.kernel.answered, stats.kernel.dropped_denied), (1, 1), "{stats:?}");
+    assert_eq!(stats.slow_path.received + stats.slow_path.denied, 0);
+}
+
+#[test]
+fn the_slow_path_serves_without_xdp() {
+    if !privileged("the_slow_path_serves_without_xdp") {
+        return;
+    }
+    let link = Link::new();
+    link.client_ns.ip(&["addr", "add", "10.77.0.201/24", "dev", "veth-cli"]);
+    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(false));
+    let (v4, v6, denied) = link.client_ns.enter(|| {
+        (
+            client::query(SocketAddr::new(link.client.v4, 0), ntp_port(link.server.v4), Duration::from_secs(2)),
+            client::query(SocketAddr::new(link.client.v6, 0), ntp_port(link.server.v6), Duration::from_secs(2)),
+            client::query("10.77.0.201:0".parse().unwrap(), ntp_port(link.server.v4), Duration::from_secs(2)),
+        )
+    });
+    for reply in [v4.expect("no IPv4 reply"), v6.expect("no IPv6 reply")] {
+        assert_eq!((reply.mode, reply.stratum, reply.leap), (Mode::Server, 10, Leap::NoWarning));
+    }
+    assert!(denied.is_none(), "the slow path answered a denied source");
+    let stats = ntpxd.serverstats();
+    assert_eq!((stats.slow_path.answered, stats.slow_path.denied, stats.kernel.answered), (2, 1, 0), "{stats:?}");
+}
+
+#[test]
+fn a_stale_state_sends_requests_to_the_slow_path() {
+    if !privileged("a_stale_state_sends_requests_to_the_slow_path") {
+        return;
+    }
+    let link = Link::new();
+    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    // A stopped daemon stops refreshing the kernel's state; after its freshness deadline the
+    // program passes requests on, and they wait in the socket until the daemon runs again.
+    ntpxd.process.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(3_500));
+    let reply = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            link.client_ns.enter(|| {
+                client::query(SocketAddr::new(link.client.v4, 0), ntp_port(link.server.v4), Duration::from_secs(5))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        ntpxd.process.signal(Signal::SIGCONT);
+        waiting.join().unwrap()
+    });
+    let reply = reply.expect("the slow path did not answer");
+    assert_eq!(reply.stratum, 10);
+    let stats = ntpxd.serverstats();
+    assert_eq!(stats.kernel.passed_stale, 1, "{stats:?}");
+    assert_eq!((stats.slow_path.answered, stats.kernel.answered), (1, 0), "{stats:?}");
+}

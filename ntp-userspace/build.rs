@@ -11,11 +11,8 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .find(|package| package.name.as_str() == "ntp-ebpf")
         .ok_or_else(|| anyhow!("ntp-ebpf is not in the workspace"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("ntp-ebpf has no directory"))?
-        .as_str();
+    let root_dir =
+        ebpf.manifest_path.parent().ok_or_else(|| anyhow!("ntp-ebpf has no directory"))?.as_str();
     aya_build::build_ebpf(
         [Package { name: ebpf.name.as_str(), root_dir, ..Default::default() }],
         Toolchain::default(),

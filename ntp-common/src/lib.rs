@@ -11,4 +11,6 @@ pub mod wire;
 mod pod {
     // SAFETY: ServerState is repr(C), has no padding (size asserted) and is bytemuck::Pod.
     unsafe impl aya::Pod for crate::state::ServerState {}
+    // SAFETY: as above, for the page that holds it.
+    unsafe impl aya::Pod for crate::maps::ServerPage {}
 }

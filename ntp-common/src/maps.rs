@@ -1,22 +1,87 @@
-//! The maps and globals shared by the XDP program and the daemon: names, keys, values.
+//! The maps shared by the XDP program and the daemon: names, keys, values.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::state::ServerState;
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "ntpx";
 /// A program that passes everything, for the peer of a veth (see ntp-ebpf).
 pub const PASS_PROGRAM: &str = "ntpx_pass";
 
-/// Global (read-only after load) holding the UDP port served, in host byte order.
-pub const GLOBAL_NTP_PORT: &str = "NTP_PORT";
+/// `Array<ServerPage>` of one entry, memory-mapped by the daemon (BPF_F_MMAPABLE): everything
+/// the program reads for every request, in one page, so that a request arriving after a long
+/// quiet spell touches as little cold memory as possible.
+pub const SERVER: &str = "SERVER";
 
-/// `Array<ServerState>` of [`STATE_SLOTS`] entries: the published state, double-buffered.
-pub const SERVER_STATE: &str = "SERVER_STATE";
-/// `Array<u32>` of one entry: the index of the [`SERVER_STATE`] slot in use.
+/// Most local addresses the program checks destinations against; a host with more serves
+/// the others through the slow path.
+pub const MAX_LOCAL_V4: usize = 64;
+pub const MAX_LOCAL_V6: usize = 32;
+
+/// What the daemon publishes, double-buffered.
 ///
-/// The daemon writes the other slot, then switches this index, so the program never reads a
-/// slot while it is being written: the slot it might still be reading is rewritten only a whole
-/// refresh period later, and a program run takes microseconds, without preemption.
-pub const ACTIVE_STATE: &str = "ACTIVE_STATE";
-pub const STATE_SLOTS: u32 = 2;
+/// The daemon writes the slot not in use, then switches `active` to it, so the program never
+/// reads a slot while it is being written: the slot it may still be reading is rewritten only a
+/// whole refresh period later, while a program run takes microseconds without preemption.
+/// (x86 keeps stores in order; on weakly ordered CPUs a program that reads the new index right
+/// after the switch could still see the slot's previous contents, which are a state of one
+/// period earlier.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServerPage {
+    /// Index of the slot in use.
+    pub active: u32,
+    pub reserved: u32,
+    pub slots: [Published; 2],
+}
+
+/// One published snapshot: the served state, the served port, and this host's addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Published {
+    pub state: ServerState,
+    /// The served UDP port, host byte order; 0: nothing is served.
+    pub port: u16,
+    pub local_v4_count: u16,
+    pub local_v6_count: u16,
+    pub reserved: u16,
+    /// IPv4 addresses as their four bytes in a native u32 (`u32::from_ne_bytes(octets)`).
+    pub local_v4: [u32; MAX_LOCAL_V4],
+    /// IPv6 addresses as their sixteen bytes in two native u64.
+    pub local_v6: [[u64; 2]; MAX_LOCAL_V6],
+}
+
+const _: () = assert!(size_of::<Published>() == 64 + 8 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6);
+const _: () = assert!(size_of::<ServerPage>() <= 4096);
+
+impl Published {
+    /// Whether `address` (its bytes in a native u32) is one of the local IPv4 addresses.
+    #[inline(always)]
+    pub fn is_local_v4(&self, address: u32) -> bool {
+        let mut i = 0;
+        while i < MAX_LOCAL_V4 && i < self.local_v4_count as usize {
+            if self.local_v4[i] == address {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Whether `address` (its bytes in two native u64) is one of the local IPv6 addresses.
+    #[inline(always)]
+    pub fn is_local_v6(&self, address: [u64; 2]) -> bool {
+        let mut i = 0;
+        while i < MAX_LOCAL_V6 && i < self.local_v6_count as usize {
+            if self.local_v6[i][0] == address[0] && self.local_v6[i][1] == address[1] {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 /// `LpmTrie<[u8; 4], u32>` and `LpmTrie<[u8; 16], u32>`: the access rules, value [`ACCESS_ALLOW`]
 /// or [`ACCESS_DENY`]; an address no rule covers is denied.
@@ -25,12 +90,6 @@ pub const ACCESS_V6: &str = "ACCESS_V6";
 pub const ACCESS_DENY: u32 = 0;
 pub const ACCESS_ALLOW: u32 = 1;
 pub const MAX_ACCESS_RULES: u32 = 65_536;
-
-/// `HashMap<[u8; 4], u32>` and `HashMap<[u8; 16], u32>`: the addresses this server answers for
-/// (a router's XDP program must not answer NTP traffic it forwards to others).
-pub const LOCAL_V4: &str = "LOCAL_V4";
-pub const LOCAL_V6: &str = "LOCAL_V6";
-pub const MAX_LOCAL_ADDRESSES: u32 = 1024;
 
 /// `PerCpuArray<u64>` of [`Counter::COUNT`] entries.
 pub const COUNTERS: &str = "COUNTERS";

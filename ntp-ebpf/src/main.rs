@@ -7,112 +7,61 @@
 //! from a unicast address the access rules admit to one of this host's addresses; while the
 //! daemon's published state is fresh. A reply is never longer than its request.
 //!
-//! The rules are those of `ntp_common::responder`, the oracle the tests compare this program with.
+//! The rules are those of `ntp_common::responder`, the oracle the tests compare this program
+//! with. The code reads and writes packets in aligned 16-bit words, and everything it needs per
+//! request sits in one memory-mapped page: a request after a quiet spell finds little in cache.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::{bpf_ktime_get_tai_ns, bpf_xdp_adjust_head},
+    bindings::{
+        BPF_F_MMAPABLE,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_tai_ns, bpf_xdp_adjust_head},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use ntp_common::{
-    maps::{
-        ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, MAX_LOCAL_ADDRESSES, STATE_SLOTS,
-    },
+    maps::{ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage},
     state::ServerState,
-    wire::{self, HEADER_LEN, Mode, offset},
+    wire::{self, Mode},
 };
 
-/// The served UDP port, host byte order; set by the loader.
-#[unsafe(no_mangle)]
-static NTP_PORT: u16 = 123;
-
 #[map]
-static SERVER_STATE: Array<ServerState> = Array::with_max_entries(STATE_SLOTS, 0);
-#[map]
-static ACTIVE_STATE: Array<u32> = Array::with_max_entries(1, 0);
+static SERVER: Array<ServerPage> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static ACCESS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
 #[map]
 static ACCESS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
 #[map]
-static LOCAL_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRESSES, 0);
-#[map]
-static LOCAL_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRESSES, 0);
-#[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
-const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
-const ETH_P_8021Q: [u8; 2] = 0x8100u16.to_be_bytes();
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const IPPROTO_UDP: u8 = 17;
-const UDP_HLEN: usize = 8;
+/// Header sizes in 16-bit words.
+const ETH_WORDS: usize = 7;
+const VLAN_WORDS: usize = 2;
+const IPV4_WORDS: usize = 10;
+const IPV6_WORDS: usize = 20;
+const UDP_WORDS: usize = 4;
+const NTP_WORDS: usize = wire::HEADER_LEN / 2;
 /// UDP header and a plain NTP header: the only datagram answered here.
-const UDP_NTP_LEN: usize = UDP_HLEN + HEADER_LEN;
+const DATAGRAM_WORDS: usize = UDP_WORDS + NTP_WORDS;
+const DATAGRAM_LEN: u16 = 2 * DATAGRAM_WORDS as u16;
+const IPPROTO_UDP: u8 = 17;
 const REPLY_TTL: u8 = 64;
 
-#[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    ether_type: [u8; 2],
+/// A 16-bit word as it lies in the packet (network byte order), read as a native integer.
+/// Checksums are summed over such words (RFC 1071: the sum is byte-order independent).
+const fn word(bytes: [u8; 2]) -> u16 {
+    u16::from_ne_bytes(bytes)
 }
 
-#[repr(C)]
-struct VlanTag {
-    tci: [u8; 2],
-    inner_type: [u8; 2],
-}
-
-#[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    total_len: [u8; 2],
-    id: [u8; 2],
-    flags_fragment: [u8; 2],
-    ttl: u8,
-    protocol: u8,
-    checksum: [u8; 2],
-    src: [u8; 4],
-    dst: [u8; 4],
-}
-
-#[repr(C)]
-struct Ipv6Hdr {
-    version_class_flow: [u8; 4],
-    payload_len: [u8; 2],
-    next_header: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-
-#[repr(C)]
-struct UdpHdr {
-    src_port: [u8; 2],
-    dst_port: [u8; 2],
-    len: [u8; 2],
-    checksum: [u8; 2],
-}
-
-/// A UDP datagram carrying exactly an NTP header, as the program reads and rewrites it.
-#[repr(C)]
-struct UdpNtp {
-    udp: UdpHdr,
-    ntp: [u8; HEADER_LEN],
-}
-
-const _: () = assert!(size_of::<UdpNtp>() == UDP_NTP_LEN);
+const ETH_P_IP: u16 = word([0x08, 0x00]);
+const ETH_P_IPV6: u16 = word([0x86, 0xdd]);
+const ETH_P_8021Q: u16 = word([0x81, 0x00]);
 
 /// Why a datagram to the NTP port is not answered: the counter to bump, which also decides
 /// between passing it to the kernel and dropping it.
@@ -139,20 +88,22 @@ pub fn ntpx_pass(_ctx: XdpContext) -> u32 {
 /// Finds UDP datagrams to the NTP port; everything else is passed untouched and uncounted.
 #[inline(always)]
 fn try_ntpx(ctx: &XdpContext, receive_tai_ns: u64) -> Result<u32, ()> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let page = SERVER.get(0).ok_or(())?;
+    let published = &page.slots[(page.active & 1) as usize];
+    let eth: *mut [u16; ETH_WORDS] = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
-    let mut ether_type = unsafe { (*eth).ether_type };
-    let mut l3 = ETH_HLEN;
+    let mut ether_type = unsafe { (*eth)[6] };
+    let mut l3 = 2 * ETH_WORDS;
     if ether_type == ETH_P_8021Q {
-        let tag: *const VlanTag = ptr_at(ctx, ETH_HLEN)?;
+        let tag: *const [u16; VLAN_WORDS] = ptr_at(ctx, l3)?;
         // SAFETY: ptr_at checked the bounds.
-        ether_type = unsafe { (*tag).inner_type };
-        l3 += VLAN_HLEN;
+        ether_type = unsafe { (*tag)[1] };
+        l3 += 2 * VLAN_WORDS;
     }
     let outcome = if ether_type == ETH_P_IP {
-        ipv4(ctx, l3, receive_tai_ns)?
+        ipv4(ctx, published, l3, receive_tai_ns)?
     } else if ether_type == ETH_P_IPV6 {
-        ipv6(ctx, l3, receive_tai_ns)?
+        ipv6(ctx, published, l3, receive_tai_ns)?
     } else {
         return Ok(XDP_PASS);
     };
@@ -175,70 +126,79 @@ fn try_ntpx(ctx: &XdpContext, receive_tai_ns: u64) -> Result<u32, ()> {
 
 /// `Err(())`: not a UDP datagram to the NTP port. `Ok(Ok(()))`: the reply is in place.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, receive_tai_ns: u64) -> Result<Result<(), Refusal>, ()> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+fn ipv4(
+    ctx: &XdpContext,
+    published: &Published,
+    l3: usize,
+    receive_tai_ns: u64,
+) -> Result<Result<(), Refusal>, ()> {
+    let ip: *mut [u16; IPV4_WORDS] = ptr_at(ctx, l3)?;
     // SAFETY: ptr_at checked the bounds of the fixed header.
-    let (version_ihl, protocol, flags_fragment) =
-        unsafe { ((*ip).version_ihl, (*ip).protocol, u16::from_be_bytes((*ip).flags_fragment)) };
+    let header = unsafe { *ip };
+    let [version_ihl, _] = header[0].to_ne_bytes();
+    let [_, protocol] = header[4].to_ne_bytes();
+    let flags_fragment = u16::from_be(header[3]);
     let header_len = usize::from(version_ihl & 0x0f) * 4;
-    // A later fragment carries no UDP header, so it cannot be recognised as NTP.
-    if version_ihl >> 4 != 4 || header_len < IPV4_HLEN || protocol != IPPROTO_UDP {
+    if version_ihl >> 4 != 4 || header_len < 2 * IPV4_WORDS || protocol != IPPROTO_UDP {
         return Err(());
     }
+    // A later fragment carries no UDP header, so it cannot be recognised as NTP.
     if flags_fragment & 0x1fff != 0 {
         return Err(());
     }
     let l4 = l3 + header_len;
-    if !is_ntp_port(ptr_at::<UdpHdr>(ctx, l4)?) {
+    let udp: *mut [u16; UDP_WORDS] = ptr_at(ctx, l4)?;
+    // SAFETY: ptr_at checked the bounds.
+    if unsafe { (*udp)[1] } != published.port.to_be() {
         return Err(());
     }
-    Ok(serve_ipv4(ctx, l3, header_len, flags_fragment, receive_tai_ns))
+    Ok(serve_ipv4(ctx, published, l3, &header, receive_tai_ns))
 }
 
 #[inline(always)]
 fn serve_ipv4(
     ctx: &XdpContext,
+    published: &Published,
     l3: usize,
-    header_len: usize,
-    flags_fragment: u16,
+    header: &[u16; IPV4_WORDS],
     receive_tai_ns: u64,
 ) -> Result<(), Refusal> {
     const MORE_FRAGMENTS: u16 = 0x2000;
-    if flags_fragment & MORE_FRAGMENTS != 0 {
+    if u16::from_be(header[3]) & MORE_FRAGMENTS != 0 {
         return Err(Counter::PassedFragment);
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l3).map_err(|()| Counter::PassedMalformed)?;
-    // SAFETY: ptr_at checked the bounds.
-    let (total_len, src, dst) =
-        unsafe { (usize::from(u16::from_be_bytes((*ip).total_len)), (*ip).src, (*ip).dst) };
-    if total_len != ctx.data_end() - ctx.data() - l3 || !ipv4_header_checksum_ok(ctx, l3, header_len)
+    let header_len = usize::from(header[0].to_ne_bytes()[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be(header[1]));
+    if total_len != frame_len(ctx) - l3
+        || fold(ipv4_header_sum(ctx, l3, header, header_len)) != 0xffff
     {
         return Err(Counter::PassedMalformed);
     }
     let l4 = l3 + header_len;
-    let datagram_len = total_len - header_len;
-    let dgram = check_datagram_shape(ctx, l4, datagram_len)?;
-    check_destination(ctx)?;
-    // SAFETY: LOCAL_V4 is only read here.
-    if unsafe { LOCAL_V4.get(&dst) }.is_none() || !is_ipv4_unicast_source(src) {
+    let dgram = check_datagram(ctx, l4, total_len - header_len)?;
+    let (src, dst) = ([header[6], header[7]], [header[8], header[9]]);
+    if !published.is_local_v4(u32_of(dst))
+        || !is_ipv4_unicast_source(src)
+        || !is_unicast_frame(ctx)?
+    {
         return Err(Counter::PassedAddress);
     }
-    let pseudo = ipv4_pseudo_header_sum(src, dst);
-    // SAFETY: check_datagram_shape checked the bounds of the whole datagram.
-    let checksum = unsafe { (*dgram).udp.checksum };
+    let pseudo =
+        sum(&src) + sum(&dst) + u64::from(word([0, IPPROTO_UDP])) + u64::from(DATAGRAM_LEN.to_be());
+    // SAFETY: check_datagram checked the bounds of the whole datagram.
+    let checksum = unsafe { (*dgram)[3] };
     // IPv4 allows a datagram without a checksum (zero).
-    if checksum != [0, 0] && !udp_checksum_ok(dgram, pseudo) {
+    if checksum != 0 && !datagram_checksum_ok(dgram, pseudo) {
         return Err(Counter::PassedChecksum);
     }
-    match ACCESS_V4.get(Key::new(32, src)) {
+    match ACCESS_V4.get(Key::new(32, u32_of(src).to_ne_bytes())) {
         Some(&ACCESS_ALLOW) => {}
         _ => return Err(Counter::DroppedDenied),
     }
-    let (state, received) = fresh_state(receive_tai_ns)?;
+    let (state, received) = fresh_state(published, receive_tai_ns)?;
 
-    // Everything the reply needs from the request's headers, before they move.
     let l2 = read_l2(ctx, l3)?;
-    let options_len = header_len - IPV4_HLEN;
+    let options_len = header_len - 2 * IPV4_WORDS;
     if options_len > 0 {
         // Strip the options: the reply's Ethernet and IP headers move up next to UDP.
         // SAFETY: shrinking the head by options_len (< total length) keeps the frame valid.
@@ -246,103 +206,121 @@ fn serve_ipv4(
             return Err(Counter::PassedMalformed);
         }
     }
-    write_l2(ctx, &l2)?;
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, l3).map_err(|()| Counter::PassedMalformed)?;
-    let reply_len = (IPV4_HLEN + UDP_NTP_LEN) as u16;
-    let reply_header = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0,
-        total_len: reply_len.to_be_bytes(),
-        id: [0, 0],
-        flags_fragment: 0x4000u16.to_be_bytes(), // don't fragment
-        ttl: REPLY_TTL,
-        protocol: IPPROTO_UDP,
-        checksum: [0, 0],
-        src: dst,
-        dst: src,
-    };
-    // SAFETY: ptr_at checked the bounds; the header is byte-aligned.
-    unsafe {
-        ip.write(reply_header);
-        (*ip).checksum = ipv4_reply_checksum(src, dst, reply_len).to_be_bytes();
-    }
-    let dgram: *mut UdpNtp =
-        ptr_at(ctx, l3 + IPV4_HLEN).map_err(|()| Counter::PassedMalformed)?;
+    write_l2(ctx, &l2, l3)?;
+    let ip: *mut [u16; IPV4_WORDS] = ptr_at(ctx, l3).map_err(|()| Counter::PassedMalformed)?;
+    let mut reply = [
+        word([0x45, 0]),
+        (2 * IPV4_WORDS as u16 + DATAGRAM_LEN).to_be(),
+        0,
+        0x4000u16.to_be(), // don't fragment
+        word([REPLY_TTL, IPPROTO_UDP]),
+        0,
+        dst[0],
+        dst[1],
+        src[0],
+        src[1],
+    ];
+    reply[5] = !fold(sum(&reply));
+    // SAFETY: ptr_at checked the bounds.
+    unsafe { *ip = reply };
+    let dgram: *mut [u16; DATAGRAM_WORDS] =
+        ptr_at(ctx, l3 + 2 * IPV4_WORDS).map_err(|()| Counter::PassedMalformed)?;
     write_reply(dgram, pseudo, state, received);
     Ok(())
 }
 
 /// `Err(())`: not a UDP datagram to the NTP port (extension headers are not followed).
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, receive_tai_ns: u64) -> Result<Result<(), Refusal>, ()> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+fn ipv6(
+    ctx: &XdpContext,
+    published: &Published,
+    l3: usize,
+    receive_tai_ns: u64,
+) -> Result<Result<(), Refusal>, ()> {
+    let ip: *mut [u16; IPV6_WORDS] = ptr_at(ctx, l3)?;
     // SAFETY: ptr_at checked the bounds.
-    let (version, next_header) = unsafe { ((*ip).version_class_flow[0] >> 4, (*ip).next_header) };
-    if version != 6 || next_header != IPPROTO_UDP {
+    let (first, next_header) = unsafe { ((*ip)[0].to_ne_bytes()[0], (*ip)[3].to_ne_bytes()[0]) };
+    if first >> 4 != 6 || next_header != IPPROTO_UDP {
         return Err(());
     }
-    if !is_ntp_port(ptr_at::<UdpHdr>(ctx, l3 + IPV6_HLEN)?) {
+    let udp: *mut [u16; UDP_WORDS] = ptr_at(ctx, l3 + 2 * IPV6_WORDS)?;
+    // SAFETY: ptr_at checked the bounds.
+    if unsafe { (*udp)[1] } != published.port.to_be() {
         return Err(());
     }
-    Ok(serve_ipv6(ctx, l3, receive_tai_ns))
+    Ok(serve_ipv6(ctx, published, l3, ip, receive_tai_ns))
 }
 
 #[inline(always)]
-fn serve_ipv6(ctx: &XdpContext, l3: usize, receive_tai_ns: u64) -> Result<(), Refusal> {
-    let ip: *mut Ipv6Hdr = ptr_at(ctx, l3).map_err(|()| Counter::PassedMalformed)?;
-    // SAFETY: ptr_at checked the bounds.
-    let (payload_len, src, dst) =
-        unsafe { (usize::from(u16::from_be_bytes((*ip).payload_len)), (*ip).src, (*ip).dst) };
-    if payload_len + IPV6_HLEN != ctx.data_end() - ctx.data() - l3 {
+fn serve_ipv6(
+    ctx: &XdpContext,
+    published: &Published,
+    l3: usize,
+    ip: *mut [u16; IPV6_WORDS],
+    receive_tai_ns: u64,
+) -> Result<(), Refusal> {
+    // SAFETY: the caller checked the bounds of the header.
+    let header = unsafe { &mut *ip };
+    let payload_len = usize::from(u16::from_be(header[2]));
+    if payload_len != frame_len(ctx) - l3 - 2 * IPV6_WORDS {
         return Err(Counter::PassedMalformed);
     }
-    let dgram = check_datagram_shape(ctx, l3 + IPV6_HLEN, payload_len)?;
-    check_destination(ctx)?;
-    // SAFETY: LOCAL_V6 is only read here.
-    if unsafe { LOCAL_V6.get(&dst) }.is_none() || !is_ipv6_unicast_source(&src) {
+    let dgram = check_datagram(ctx, l3 + 2 * IPV6_WORDS, payload_len)?;
+    let mut src = [0u16; 8];
+    let mut dst = [0u16; 8];
+    src.copy_from_slice(&header[4..12]);
+    dst.copy_from_slice(&header[12..20]);
+    if !published.is_local_v6(u64_pair_of(&dst))
+        || !is_ipv6_unicast_source(&src)
+        || !is_unicast_frame(ctx)?
+    {
         return Err(Counter::PassedAddress);
     }
-    let pseudo = ipv6_pseudo_header_sum(&src, &dst);
+    let pseudo =
+        sum(&src) + sum(&dst) + u64::from(word([0, IPPROTO_UDP])) + u64::from(DATAGRAM_LEN.to_be());
     // IPv6 requires the UDP checksum: zero is invalid.
-    // SAFETY: check_datagram_shape checked the bounds of the whole datagram.
-    if unsafe { (*dgram).udp.checksum } == [0, 0] || !udp_checksum_ok(dgram, pseudo) {
+    // SAFETY: check_datagram checked the bounds of the whole datagram.
+    if unsafe { (*dgram)[3] } == 0 || !datagram_checksum_ok(dgram, pseudo) {
         return Err(Counter::PassedChecksum);
     }
-    match ACCESS_V6.get(Key::new(128, src)) {
+    match ACCESS_V6.get(Key::new(128, bytes16(&src))) {
         Some(&ACCESS_ALLOW) => {}
         _ => return Err(Counter::DroppedDenied),
     }
-    let (state, received) = fresh_state(receive_tai_ns)?;
+    let (state, received) = fresh_state(published, receive_tai_ns)?;
 
     let l2 = read_l2(ctx, l3)?;
-    write_l2(ctx, &l2)?;
-    // SAFETY: ptr_at checked the bounds of the header, which stays in place.
-    unsafe {
-        (*ip).version_class_flow = [0x60, 0, 0, 0];
-        (*ip).hop_limit = REPLY_TTL;
-        (*ip).src = dst;
-        (*ip).dst = src;
-    }
+    write_l2(ctx, &l2, l3)?;
+    header[0] = word([0x60, 0]);
+    header[1] = 0;
+    header[3] = word([IPPROTO_UDP, REPLY_TTL]);
+    header[4..12].copy_from_slice(&dst);
+    header[12..20].copy_from_slice(&src);
     write_reply(dgram, pseudo, state, received);
     Ok(())
 }
 
-/// Checks that the datagram at `l4` of `len` bytes (from the IP header) is UDP around exactly an
-/// NTP client request of a served version, and returns it.
+/// Checks that the `len` bytes at `l4` (as the IP header says) are a UDP datagram around exactly
+/// an NTP client request of a served version, and returns it.
 #[inline(always)]
-fn check_datagram_shape(ctx: &XdpContext, l4: usize, len: usize) -> Result<*mut UdpNtp, Refusal> {
-    let udp: *const UdpHdr = ptr_at(ctx, l4).map_err(|()| Counter::PassedMalformed)?;
+fn check_datagram(
+    ctx: &XdpContext,
+    l4: usize,
+    len: usize,
+) -> Result<*mut [u16; DATAGRAM_WORDS], Refusal> {
+    let udp: *const [u16; UDP_WORDS] = ptr_at(ctx, l4).map_err(|()| Counter::PassedMalformed)?;
     // SAFETY: ptr_at checked the bounds.
-    let udp_len = usize::from(u16::from_be_bytes(unsafe { (*udp).len }));
-    if udp_len != len || udp_len < UDP_HLEN {
+    let udp_len = usize::from(u16::from_be(unsafe { (*udp)[2] }));
+    if udp_len != len || udp_len < 2 * UDP_WORDS {
         return Err(Counter::PassedMalformed);
     }
-    if udp_len != UDP_NTP_LEN {
+    if udp_len != usize::from(DATAGRAM_LEN) {
         return Err(Counter::PassedLength);
     }
-    let dgram: *mut UdpNtp = ptr_at(ctx, l4).map_err(|()| Counter::PassedMalformed)?;
+    let dgram: *mut [u16; DATAGRAM_WORDS] =
+        ptr_at(ctx, l4).map_err(|()| Counter::PassedMalformed)?;
     // SAFETY: ptr_at checked the bounds of the whole datagram.
-    let first = unsafe { (*dgram).ntp[offset::LI_VN_MODE] };
+    let first = unsafe { (*dgram)[UDP_WORDS] }.to_ne_bytes()[0];
     let (_, version, mode) = wire::split_li_vn_mode(first);
     if mode != Mode::Client || !wire::is_served_version(version) {
         return Err(Counter::PassedNotRequest);
@@ -352,85 +330,65 @@ fn check_datagram_shape(ctx: &XdpContext, l4: usize, len: usize) -> Result<*mut 
 
 /// A frame sent to a group MAC address is not for this server alone to answer.
 #[inline(always)]
-fn check_destination(ctx: &XdpContext) -> Result<(), Refusal> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
+fn is_unicast_frame(ctx: &XdpContext) -> Result<bool, Refusal> {
+    let eth: *const [u16; ETH_WORDS] = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
     // SAFETY: ptr_at checked the bounds.
-    if unsafe { (*eth).dst[0] } & 1 != 0 {
-        return Err(Counter::PassedAddress);
-    }
-    Ok(())
+    Ok(unsafe { (*eth)[0] }.to_ne_bytes()[0] & 1 == 0)
 }
 
 /// The published state, if fresh at the receive instant, and the time elapsed since its anchor.
 #[inline(always)]
-fn fresh_state(receive_tai_ns: u64) -> Result<(&'static ServerState, u64), Refusal> {
-    let slot = ACTIVE_STATE.get(0).copied().unwrap_or(0);
-    let state = SERVER_STATE.get(slot & (STATE_SLOTS - 1)).ok_or(Counter::PassedStale)?;
+fn fresh_state(published: &Published, receive_tai_ns: u64) -> Result<(&ServerState, u64), Refusal> {
+    let state = &published.state;
     let received = state.elapsed_ns(receive_tai_ns).ok_or(Counter::PassedStale)?;
     Ok((state, received))
-}
-
-#[inline(always)]
-fn is_ntp_port(udp: *const UdpHdr) -> bool {
-    // SAFETY: NTP_PORT is written only by the loader, before the program runs.
-    let port = unsafe { core::ptr::read_volatile(&NTP_PORT) };
-    // SAFETY: the caller checked the bounds of the header.
-    unsafe { (*udp).dst_port == port.to_be_bytes() }
 }
 
 /// Sources a reply cannot go to: unspecified (0/8), multicast (224/4), reserved and the
 /// limited broadcast (240/4).
 #[inline(always)]
-fn is_ipv4_unicast_source(src: [u8; 4]) -> bool {
-    src[0] != 0 && src[0] < 224
+fn is_ipv4_unicast_source(src: [u16; 2]) -> bool {
+    let first = src[0].to_ne_bytes()[0];
+    first != 0 && first < 224
 }
 
 /// Sources a reply cannot go to: unspecified (::) and multicast (ff00::/8).
 #[inline(always)]
-fn is_ipv6_unicast_source(src: &[u8; 16]) -> bool {
-    src[0] != 0xff && *src != [0; 16]
+fn is_ipv6_unicast_source(src: &[u16; 8]) -> bool {
+    src[0].to_ne_bytes()[0] != 0xff && u64_pair_of(src) != [0, 0]
 }
 
-/// The Ethernet header of a request: its addresses, and the ether type with the 802.1Q tag
-/// before it, if any (bytes 12..14, or 12..18 when tagged).
-struct L2 {
-    dst: [u8; 6],
-    src: [u8; 6],
-    type_and_tag: [u8; 6],
-    tagged: bool,
-}
+/// The Ethernet header (with the 802.1Q tag, if any) as words.
+type L2 = [u16; ETH_WORDS + VLAN_WORDS];
 
 #[inline(always)]
 fn read_l2(ctx: &XdpContext, l3: usize) -> Result<L2, Refusal> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
-    let tagged = l3 != ETH_HLEN;
-    let mut type_and_tag = [0u8; 6];
-    // SAFETY: ptr_at checked the bounds of the Ethernet header and of the tag.
+    let mut l2 = [0u16; ETH_WORDS + VLAN_WORDS];
+    let eth: *const [u16; ETH_WORDS] = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
+    // SAFETY: ptr_at checked the bounds of the Ethernet header, and of the tag when present.
     unsafe {
-        if tagged {
-            let tag: *const [u8; 6] = ptr_at(ctx, ETH_HLEN - 2).map_err(|()| Counter::PassedMalformed)?;
-            type_and_tag = *tag;
-        } else {
-            type_and_tag[..2].copy_from_slice(&(*eth).ether_type);
+        l2[..ETH_WORDS].copy_from_slice(&*eth);
+        if l3 > 2 * ETH_WORDS {
+            let tag: *const [u16; VLAN_WORDS] =
+                ptr_at(ctx, 2 * ETH_WORDS).map_err(|()| Counter::PassedMalformed)?;
+            l2[ETH_WORDS..].copy_from_slice(&*tag);
         }
-        Ok(L2 { dst: (*eth).dst, src: (*eth).src, type_and_tag, tagged })
     }
+    Ok(l2)
 }
 
-/// Writes the reply's Ethernet header at the start of the frame, which moves when IPv4
-/// options are stripped.
+/// Writes the reply's Ethernet header, addresses swapped, at the start of the frame (which moves
+/// when IPv4 options are stripped).
 #[inline(always)]
-fn write_l2(ctx: &XdpContext, l2: &L2) -> Result<(), Refusal> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
-    // SAFETY: ptr_at checked the bounds of the Ethernet header and of the tag.
+fn write_l2(ctx: &XdpContext, l2: &L2, l3: usize) -> Result<(), Refusal> {
+    let eth: *mut [u16; ETH_WORDS] = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
+    // SAFETY: ptr_at checked the bounds of the Ethernet header, and of the tag when present.
     unsafe {
-        (*eth).dst = l2.src;
-        (*eth).src = l2.dst;
-        if l2.tagged {
-            let tag: *mut [u8; 6] = ptr_at(ctx, ETH_HLEN - 2).map_err(|()| Counter::PassedMalformed)?;
-            *tag = l2.type_and_tag;
-        } else {
-            (*eth).ether_type = [l2.type_and_tag[0], l2.type_and_tag[1]];
+        *eth = [l2[3], l2[4], l2[5], l2[0], l2[1], l2[2], l2[6]];
+        if l3 > 2 * ETH_WORDS {
+            let tag: *mut [u16; VLAN_WORDS] =
+                ptr_at(ctx, 2 * ETH_WORDS).map_err(|()| Counter::PassedMalformed)?;
+            *tag = [l2[7], l2[8]];
         }
     }
     Ok(())
@@ -438,68 +396,98 @@ fn write_l2(ctx: &XdpContext, l2: &L2) -> Result<(), Refusal> {
 
 /// Turns the request datagram into the reply in place; the transmit timestamp is read last.
 #[inline(always)]
-fn write_reply(dgram: *mut UdpNtp, pseudo_header_sum: u64, state: &ServerState, received: u64) {
-    // SAFETY: the caller checked the bounds of the whole datagram. Words are accessed at even
-    // offsets from an even address (frames start 2-byte aligned; all header lengths are even).
-    unsafe {
-        let udp = &mut (*dgram).udp;
-        let ports = (udp.src_port, udp.dst_port);
-        udp.src_port = ports.1;
-        udp.dst_port = ports.0;
-        udp.checksum = [0, 0];
-        let ntp = (*dgram).ntp.as_mut_ptr();
-        let first = *ntp.add(offset::LI_VN_MODE);
-        let (_, version, _) = wire::split_li_vn_mode(first);
-        let first = wire::li_vn_mode(state.leap(), version, Mode::Server);
-        *ntp.add(offset::LI_VN_MODE) = first;
-        *ntp.add(offset::STRATUM) = state.stratum;
-        *ntp.add(offset::PRECISION) = state.precision as u8;
-        let origin: [u8; 8] = *(ntp.add(offset::TRANSMIT_TIMESTAMP) as *const [u8; 8]);
-        store(ntp, offset::ROOT_DELAY, &state.root_delay.to_be_bytes());
-        store(ntp, offset::ROOT_DISPERSION, &state.root_dispersion_after(received).to_bits());
-        store(ntp, offset::REFERENCE_ID, &state.reference_id);
-        store(ntp, offset::REFERENCE_TIMESTAMP, &state.reference_time.to_be_bytes());
-        store(ntp, offset::ORIGIN_TIMESTAMP, &origin);
-        store(ntp, offset::RECEIVE_TIMESTAMP, &state.served_time_after(received).to_bits());
+fn write_reply(
+    dgram: *mut [u16; DATAGRAM_WORDS],
+    pseudo_header_sum: u64,
+    state: &ServerState,
+    received: u64,
+) {
+    // SAFETY: the caller checked the bounds of the whole datagram.
+    let d = unsafe { &mut *dgram };
+    let (client_port, server_port) = (d[0], d[1]);
+    let [first, _] = d[UDP_WORDS].to_ne_bytes();
+    let [poll, _] = d[UDP_WORDS + 1].to_ne_bytes();
+    let (_, version, _) = wire::split_li_vn_mode(first);
+    let mut origin = [0u16; 4];
+    origin.copy_from_slice(&d[UDP_WORDS + 20..UDP_WORDS + 24]);
 
-        // All but the transmit timestamp: the checksum is completed after it is taken.
-        let mut sum = pseudo_header_sum;
-        sum += sum_words(dgram as *const u8, UDP_HLEN + offset::TRANSMIT_TIMESTAMP);
+    d[0] = server_port;
+    d[1] = client_port;
+    d[3] = 0;
+    let n = &mut d[UDP_WORDS..];
+    n[0] = word([wire::li_vn_mode(state.leap(), version, Mode::Server), state.stratum]);
+    n[1] = word([poll, state.precision as u8]);
+    n[2..4].copy_from_slice(&words32(state.root_delay));
+    n[4..6].copy_from_slice(&words32(state.root_dispersion_after(received).to_fixed()));
+    n[6..8].copy_from_slice(&[
+        word([state.reference_id[0], state.reference_id[1]]),
+        word([state.reference_id[2], state.reference_id[3]]),
+    ]);
+    n[8..12].copy_from_slice(&words64(state.reference_time));
+    n[12..16].copy_from_slice(&origin);
+    n[16..20].copy_from_slice(&words64(state.served_time_after(received).to_fixed()));
 
-        let transmit_tai_ns = bpf_ktime_get_tai_ns();
-        let transmit = state.served_time_after(state.transmit_elapsed_ns(received, transmit_tai_ns));
-        store(ntp, offset::TRANSMIT_TIMESTAMP, &transmit.to_bits());
-        sum += sum_words(ntp.add(offset::TRANSMIT_TIMESTAMP), 8);
-        let checksum = match !fold(sum) {
-            0 => 0xffff, // zero means "no checksum" in UDP
-            checksum => checksum,
-        };
-        // The sum was taken over native-order words, so it is stored in native order.
-        (*dgram).udp.checksum = checksum.to_ne_bytes();
-    }
+    // All but the transmit timestamp: the checksum is completed after it is taken.
+    let mut total = sum_bytes(dgram.cast(), 2 * (UDP_WORDS + 20) as u32, pseudo_header_sum);
+    // SAFETY: a helper without arguments.
+    let transmit_tai_ns = unsafe { bpf_ktime_get_tai_ns() };
+    let transmit = state.served_time_after(state.transmit_elapsed_ns(received, transmit_tai_ns));
+    let transmit = words64(transmit.to_fixed());
+    d[UDP_WORDS + 20..].copy_from_slice(&transmit);
+    total += sum(&transmit);
+    d[3] = match !fold(total) {
+        0 => 0xffff, // zero means "no checksum" in UDP
+        checksum => checksum,
+    };
 }
 
-/// Copies `bytes` to `base + at`, which the caller has bounds-checked.
+/// A host-order u32 as the two words of its big-endian bytes.
 #[inline(always)]
-unsafe fn store<const N: usize>(base: *mut u8, at: usize, bytes: &[u8; N]) {
-    // SAFETY: the caller guarantees `base + at .. base + at + N` is writable packet memory.
-    unsafe { *(base.add(at) as *mut [u8; N]) = *bytes };
+fn words32(value: u32) -> [u16; 2] {
+    let b = value.to_be_bytes();
+    [word([b[0], b[1]]), word([b[2], b[3]])]
 }
 
-/// One's complement sum (unfolded) of `len` (even) bytes at an even address, as native-order
-/// 16-bit words. RFC 1071: the folded sum of native words is the native form of the sum of
-/// network-order words, so it is compared and stored without byte swapping.
+/// A host-order u64 as the four words of its big-endian bytes.
 #[inline(always)]
-unsafe fn sum_words(at: *const u8, len: usize) -> u64 {
-    let words = at as *const u16;
-    let mut sum = 0u64;
-    let mut i = 0;
-    while i < len / 2 {
-        // SAFETY: the caller guarantees the bounds and alignment.
-        sum += u64::from(unsafe { *words.add(i) });
-        i += 1;
+fn words64(value: u64) -> [u16; 4] {
+    let b = value.to_be_bytes();
+    [word([b[0], b[1]]), word([b[2], b[3]]), word([b[4], b[5]]), word([b[6], b[7]])]
+}
+
+/// Two words as the native u32 of their four bytes (how local addresses are published).
+#[inline(always)]
+fn u32_of(words: [u16; 2]) -> u32 {
+    let (a, b) = (words[0].to_ne_bytes(), words[1].to_ne_bytes());
+    u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
+}
+
+/// Eight words as the two native u64 of their sixteen bytes.
+#[inline(always)]
+fn u64_pair_of(words: &[u16; 8]) -> [u64; 2] {
+    let half = |w: &[u16]| {
+        let b: [[u8; 2]; 4] =
+            [w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes()];
+        u64::from_ne_bytes([b[0][0], b[0][1], b[1][0], b[1][1], b[2][0], b[2][1], b[3][0], b[3][1]])
+    };
+    [half(&words[..4]), half(&words[4..])]
+}
+
+#[inline(always)]
+fn bytes16(words: &[u16; 8]) -> [u8; 16] {
+    let [a, b] = u64_pair_of(words);
+    let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
+    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// The one's complement sum of words, not yet folded.
+#[inline(always)]
+fn sum(words: &[u16]) -> u64 {
+    let mut total = 0u64;
+    for w in words {
+        total += u64::from(*w);
     }
-    sum
+    total
 }
 
 #[inline(always)]
@@ -512,73 +500,52 @@ fn fold(sum: u64) -> u16 {
 }
 
 #[inline(always)]
-fn native_word(bytes: [u8; 2]) -> u64 {
-    u64::from(u16::from_ne_bytes(bytes))
+fn datagram_checksum_ok(dgram: *mut [u16; DATAGRAM_WORDS], pseudo_header_sum: u64) -> bool {
+    fold(sum_bytes(dgram.cast(), 2 * DATAGRAM_WORDS as u32, pseudo_header_sum)) == 0xffff
 }
 
-/// The pseudo-header sum (RFC 768) of a 56-byte UDP datagram over IPv4, native words.
+/// `seed` plus the unfolded sum of `len` (a multiple of 4) bytes at `at`, by the kernel's own
+/// checksum routine (bpf_csum_diff): shorter code, and hot in the cache of any busy host.
 #[inline(always)]
-fn ipv4_pseudo_header_sum(src: [u8; 4], dst: [u8; 4]) -> u64 {
-    native_word([src[0], src[1]])
-        + native_word([src[2], src[3]])
-        + native_word([dst[0], dst[1]])
-        + native_word([dst[2], dst[3]])
-        + native_word([0, IPPROTO_UDP])
-        + native_word((UDP_NTP_LEN as u16).to_be_bytes())
+fn sum_bytes(at: *mut u32, len: u32, seed: u64) -> u64 {
+    // SAFETY: the callers pass packet memory whose bounds they checked.
+    let partial = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, at, len, fold(seed).into()) };
+    partial as u32 as u64
 }
 
-/// The pseudo-header sum (RFC 8200) of a 56-byte UDP datagram over IPv6, native words.
+/// The IPv4 header's sum: the fixed part, and the options (rare) word by word.
 #[inline(always)]
-fn ipv6_pseudo_header_sum(src: &[u8; 16], dst: &[u8; 16]) -> u64 {
-    let mut sum = native_word([0, IPPROTO_UDP]) + native_word((UDP_NTP_LEN as u16).to_be_bytes());
+fn ipv4_header_sum(
+    ctx: &XdpContext,
+    l3: usize,
+    header: &[u16; IPV4_WORDS],
+    header_len: usize,
+) -> u64 {
+    let fixed = sum(header);
+    if header_len == 2 * IPV4_WORDS { fixed } else { fixed + ipv4_options_sum(ctx, l3, header_len) }
+}
+
+/// Kept out of line: options are rare, and the common path's code stays short.
+#[inline(never)]
+fn ipv4_options_sum(ctx: &XdpContext, l3: usize, header_len: usize) -> u64 {
+    const MAX_OPTION_WORDS: usize = 20;
+    let mut total = 0;
     let mut i = 0;
-    while i < 16 {
-        sum += native_word([src[i], src[i + 1]]) + native_word([dst[i], dst[i + 1]]);
-        i += 2;
-    }
-    sum
-}
-
-#[inline(always)]
-fn udp_checksum_ok(dgram: *const UdpNtp, pseudo_header_sum: u64) -> bool {
-    // SAFETY: the caller checked the bounds of the whole datagram; it starts at an even offset.
-    let sum = pseudo_header_sum + unsafe { sum_words(dgram as *const u8, UDP_NTP_LEN) };
-    fold(sum) == 0xffff
-}
-
-/// Verifies the IPv4 header checksum over the `header_len` bytes at `l3`, options included.
-#[inline(always)]
-fn ipv4_header_checksum_ok(ctx: &XdpContext, l3: usize, header_len: usize) -> bool {
-    const MAX_HEADER_WORDS: usize = 30;
-    let mut sum = 0u64;
-    let mut i = 0;
-    while i < MAX_HEADER_WORDS {
-        if i * 2 >= header_len {
-            break;
-        }
-        match ptr_at::<u16>(ctx, l3 + i * 2) {
-            // SAFETY: ptr_at checked the bounds; l3 is even.
-            Ok(word) => sum += u64::from(unsafe { *word }),
-            Err(()) => return false,
+    while i < MAX_OPTION_WORDS && 2 * (IPV4_WORDS + i) < header_len {
+        match ptr_at::<u16>(ctx, l3 + 2 * (IPV4_WORDS + i)) {
+            // SAFETY: ptr_at checked the bounds.
+            Ok(option) => total += u64::from(unsafe { *option }),
+            // Folds to zero, never 0xffff: the header is refused.
+            Err(()) => return 0,
         }
         i += 1;
     }
-    fold(sum) == 0xffff
+    total
 }
 
-/// The reply's IPv4 header checksum, in host order.
 #[inline(always)]
-fn ipv4_reply_checksum(src: [u8; 4], dst: [u8; 4], total_len: u16) -> u16 {
-    let word = |b: [u8; 2]| u64::from(u16::from_be_bytes(b));
-    let sum = 0x4500
-        + u64::from(total_len)
-        + 0x4000
-        + u64::from(u16::from_be_bytes([REPLY_TTL, IPPROTO_UDP]))
-        + word([src[0], src[1]])
-        + word([src[2], src[3]])
-        + word([dst[0], dst[1]])
-        + word([dst[2], dst[3]]);
-    !fold(sum)
+fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
 }
 
 #[inline(always)]
@@ -591,6 +558,8 @@ fn count(counter: Counter) {
 
 /// The only way to touch packet memory: a pointer to a `T` at `offset`, if the frame holds it.
 ///
+/// Packets are accessed as 16-bit words at even offsets: frames start 2-byte aligned (after a
+/// 256-byte headroom) and every header length here is even, so `T` is at least 2-aligned.
 /// The end is read afresh (volatile) for every check: otherwise the compiler drops checks it
 /// can prove redundant from earlier ones at variable offsets, which the verifier cannot follow.
 #[inline(always)]

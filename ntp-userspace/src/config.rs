@@ -166,15 +166,17 @@ fn unsupported(directive: &str) -> Option<Unsupported> {
         | "combinelimit" | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift"
         | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
         | "clockprecision" | "hwtimestamp" | "hwtstimeout" | "acquisitionport"
-        | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp"
-        | "manual" | "refresh" => NotYet,
+        | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual"
+        | "refresh" => NotYet,
         "cmdallow" | "cmddeny" | "cmdport" | "cmdratelimit" | "bindcmddevice" => {
             NoEffect("ntpxd's control socket is a Unix socket: access is by file permissions")
         }
         "keyfile" | "nocerttimecheck" | "ntpsigndsocket" | "ntsdumpdir" | "ntsntpserver"
         | "ntsport" | "ntsprocesses" | "maxntsconnections" | "ntsratelimit" | "ntsrefresh"
         | "ntsrotate" | "ntsservercert" | "ntsserverkey" | "ntstrustedcerts" | "ptpport" => {
-            NoEffect("authentication (symmetric keys, NTS) is not supported: such requests get no reply")
+            NoEffect(
+                "authentication (symmetric keys, NTS) is not supported: such requests get no reply",
+            )
         }
         "dumpdir" | "hwclockfile" | "lock_all" | "log" | "logbanner" | "logchange" | "logdir"
         | "mailonchange" | "rtcautotrim" | "rtcdevice" | "rtcfile" | "rtconutc"
@@ -225,10 +227,8 @@ impl Parser {
             let mut words = line.split_whitespace();
             let directive = words.next().unwrap_or_default().to_ascii_lowercase();
             let args: Vec<&str> = words.collect();
-            self.directive(&directive, &args, &location, depth).map_err(|message| ConfigError {
-                location: location.clone(),
-                message,
-            })?;
+            self.directive(&directive, &args, &location, depth)
+                .map_err(|message| ConfigError { location: location.clone(), message })?;
         }
         Ok(())
     }
@@ -251,17 +251,24 @@ impl Parser {
             "bindaddress" => match one(args)?.parse::<IpAddr>() {
                 Ok(IpAddr::V4(a)) => config.bind_v4 = Some(a),
                 Ok(IpAddr::V6(a)) => config.bind_v6 = Some(a),
-                Err(_) => return Err(format!("bindaddress needs an IP address, not {:?}", args[0])),
+                Err(_) => {
+                    return Err(format!("bindaddress needs an IP address, not {:?}", args[0]));
+                }
             },
             "bindcmdaddress" => {
                 let address = one(args)?;
                 if address.starts_with('/') {
                     config.command_socket = PathBuf::from(address);
                 } else if address.parse::<IpAddr>().is_ok() {
-                    self.warn(location, "ntpxd's control socket is a Unix socket; an IP \
-                        bindcmdaddress has no effect");
+                    self.warn(
+                        location,
+                        "ntpxd's control socket is a Unix socket; an IP \
+                        bindcmdaddress has no effect",
+                    );
                 } else {
-                    return Err(format!("bindcmdaddress needs a socket path or an IP address, not {address:?}"));
+                    return Err(format!(
+                        "bindcmdaddress needs a socket path or an IP address, not {address:?}"
+                    ));
                 }
             }
             "pidfile" => config.pidfile = PathBuf::from(one(args)?),
@@ -273,7 +280,9 @@ impl Parser {
                 let mode = match args.get(1).copied() {
                     None | Some("native") => AttachMode::Native,
                     Some("generic") => AttachMode::Generic,
-                    Some(other) => return Err(format!("xdp mode must be native or generic, not {other:?}")),
+                    Some(other) => {
+                        return Err(format!("xdp mode must be native or generic, not {other:?}"));
+                    }
                 };
                 if config.xdp.iter().any(|x| x.interface == interface) {
                     return Err(format!("xdp {interface} is given twice"));
@@ -303,9 +312,8 @@ impl Parser {
                 }
             }
             other => match unsupported(other) {
-                Some(Unsupported::NotYet) => {
-                    self.warn(location, &format!("`{other}` is not implemented by ntpxd yet; ignored"))
-                }
+                Some(Unsupported::NotYet) => self
+                    .warn(location, &format!("`{other}` is not implemented by ntpxd yet; ignored")),
                 Some(Unsupported::NoEffect(why)) => {
                     self.warn(location, &format!("`{other}` has no effect: {why}"))
                 }
@@ -345,7 +353,8 @@ fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
     let mut local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
     let mut args = args.iter();
     while let Some(&option) = args.next() {
-        let mut value = |what: &str| args.next().copied().ok_or(format!("local {option} needs {what}"));
+        let mut value =
+            |what: &str| args.next().copied().ok_or(format!("local {option} needs {what}"));
         match option.to_ascii_lowercase().as_str() {
             "stratum" => {
                 local.stratum = parse_number(value("a stratum")?, "a stratum")?;
@@ -354,7 +363,9 @@ fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
                 }
             }
             "orphan" => local.orphan = true,
-            "distance" => local.distance = parse_number(value("a distance")?, "a distance in seconds")?,
+            "distance" => {
+                local.distance = parse_number(value("a distance")?, "a distance in seconds")?
+            }
             "activate" => {
                 parse_number::<f64>(value("a distance")?, "a distance in seconds")?;
             }
@@ -392,7 +403,8 @@ pub fn parse_subnet(text: &str) -> Result<Subnet, String> {
         }
         None => (text, None),
     };
-    let too_long = |max: u8| format!("prefix length {} is longer than {max} bits", bits.unwrap_or(0));
+    let too_long =
+        |max: u8| format!("prefix length {} is longer than {max} bits", bits.unwrap_or(0));
     if let Ok(address) = net.parse::<IpAddr>() {
         return match address {
             IpAddr::V4(a) if bits.unwrap_or(32) <= 32 => Ok(Subnet::V4(a, bits.unwrap_or(32))),
@@ -402,10 +414,13 @@ pub fn parse_subnet(text: &str) -> Result<Subnet, String> {
         };
     }
     let parts: Vec<&str> = net.split('.').collect();
-    if (1..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+    if (1..=3).contains(&parts.len())
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
         let mut octets = [0u8; 4];
         for (octet, part) in octets.iter_mut().zip(&parts) {
-            *octet = part.parse().map_err(|_| format!("{text:?}: {part} is not a number 0 to 255"))?;
+            *octet =
+                part.parse().map_err(|_| format!("{text:?}: {part} is not a number 0 to 255"))?;
         }
         let bits = bits.unwrap_or(8 * parts.len() as u8);
         if bits > 32 {
@@ -413,7 +428,10 @@ pub fn parse_subnet(text: &str) -> Result<Subnet, String> {
         }
         return Ok(Subnet::V4(Ipv4Addr::from(octets), bits));
     }
-    if bits.is_none() && !net.is_empty() && net.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    if bits.is_none()
+        && !net.is_empty()
+        && net.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         let address = (net, 0)
             .to_socket_addrs()
             .ok()
@@ -444,7 +462,9 @@ fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, String> {
                 .map(|e| e.path())
                 .filter(|p| {
                     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.len() >= prefix.len() + suffix.len() && n.starts_with(prefix) && n.ends_with(suffix)
+                        n.len() >= prefix.len() + suffix.len()
+                            && n.starts_with(prefix)
+                            && n.ends_with(suffix)
                     })
                 })
                 .collect()
@@ -502,20 +522,26 @@ mod tests {
         let config = loaded.config;
         assert_eq!(config.local, Some(LocalReference { stratum: 8, orphan: true, distance: 1.0 }));
         assert_eq!(config.access.len(), 3);
-        assert_eq!(config.access[1], AccessRule {
-            access: Access::Deny,
-            all: true,
-            subnet: Subnet::V4(Ipv4Addr::new(192, 0, 2, 128), 25),
-        });
+        assert_eq!(
+            config.access[1],
+            AccessRule {
+                access: Access::Deny,
+                all: true,
+                subnet: Subnet::V4(Ipv4Addr::new(192, 0, 2, 128), 25),
+            }
+        );
         assert_eq!(config.port, 1123);
         assert_eq!(config.bind_v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(config.bind_v6, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(config.command_socket, Path::new("/run/test/ntpxd.sock"));
         assert_eq!(config.pidfile, Path::new("/run/test/ntpxd.pid"));
-        assert_eq!(config.xdp, [
-            XdpInterface { interface: "eth0".into(), mode: AttachMode::Native },
-            XdpInterface { interface: "eth1".into(), mode: AttachMode::Generic },
-        ]);
+        assert_eq!(
+            config.xdp,
+            [
+                XdpInterface { interface: "eth0".into(), mode: AttachMode::Native },
+                XdpInterface { interface: "eth1".into(), mode: AttachMode::Generic },
+            ]
+        );
         assert!(loaded.warnings.is_empty());
     }
 
@@ -543,7 +569,10 @@ mod tests {
 
     #[test]
     fn bad_lines_are_errors_with_file_and_line() {
-        assert_eq!(error_of("local stratum 10\nbogus 1\n"), "test.conf:2: unknown directive `bogus`");
+        assert_eq!(
+            error_of("local stratum 10\nbogus 1\n"),
+            "test.conf:2: unknown directive `bogus`"
+        );
         assert!(error_of("allow 1.2.3.4/33").starts_with("test.conf:1: prefix length 33"));
         assert!(error_of("allow 256.1").starts_with("test.conf:1:"));
         assert!(error_of("allow 1.2.3.4 5.6.7.8").starts_with("test.conf:1: usage"));
@@ -551,17 +580,24 @@ mod tests {
         assert!(error_of("local stratum 16").contains("1 to 15"));
         assert!(error_of("local speed 3").contains("unknown local option"));
         assert!(error_of("xdp eth0 fast").contains("native or generic"));
-        assert!(error_of("xdp eth0\nxdp eth0 generic").starts_with("test.conf:2: xdp eth0 is given twice"));
+        assert!(
+            error_of("xdp eth0\nxdp eth0 generic")
+                .starts_with("test.conf:2: xdp eth0 is given twice")
+        );
         assert!(error_of("bindaddress somewhere").contains("IP address"));
         assert!(error_of("port").contains("missing"));
     }
 
     #[test]
     fn directives_not_implemented_are_accepted_with_a_warning() {
-        let loaded = parse_text("allow\nserver 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
+        let loaded =
+            parse_text("allow\nserver 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
         let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(warnings.len(), 3);
-        assert!(warnings[0].starts_with("test.conf:2: `server` is not implemented"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("test.conf:2: `server` is not implemented"),
+            "{warnings:?}"
+        );
         assert!(warnings[1].starts_with("test.conf:3: `user` has no effect"));
         assert!(warnings[2].starts_with("test.conf:4: `keyfile` has no effect"));
     }
@@ -587,10 +623,13 @@ mod tests {
         let config = parse_text(&main).unwrap().config;
         assert_eq!(config.local.unwrap().stratum, 5);
         let subnets: Vec<Subnet> = config.access.iter().map(|r| r.subnet).collect();
-        assert_eq!(subnets, [
-            Subnet::V4(Ipv4Addr::new(10, 1, 0, 0), 16),
-            Subnet::V4(Ipv4Addr::new(10, 3, 0, 0), 16),
-        ]);
+        assert_eq!(
+            subnets,
+            [
+                Subnet::V4(Ipv4Addr::new(10, 1, 0, 0), 16),
+                Subnet::V4(Ipv4Addr::new(10, 3, 0, 0), 16),
+            ]
+        );
     }
 
     #[test]
@@ -600,6 +639,19 @@ mod tests {
         let config = parse_text(text).unwrap().config;
         let printed = config.to_string();
         assert_eq!(parse_text(&printed).unwrap().config, config, "{printed}");
+    }
+
+    #[test]
+    fn the_shipped_configurations_are_valid_and_complete() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let loaded = load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(loaded.warnings.is_empty(), "{}: {:?}", path.display(), loaded.warnings);
+            checked += 1;
+        }
+        assert!(checked > 0, "no configuration in {}", dir.display());
     }
 
     #[test]

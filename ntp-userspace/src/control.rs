@@ -116,5 +116,6 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     (&stream).write_all(line.as_bytes())?;
     let mut response = String::new();
     BufReader::new(&stream).read_line(&mut response).context("reading ntpxd's response")?;
-    serde_json::from_str(&response).with_context(|| format!("bad response from ntpxd: {response:?}"))
+    serde_json::from_str(&response)
+        .with_context(|| format!("bad response from ntpxd: {response:?}"))
 }

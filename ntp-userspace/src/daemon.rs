@@ -112,7 +112,11 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
 
 /// Loads the program, fills its maps, publishes the state, then attaches: the program never
 /// runs on an interface before it has everything it needs.
-fn start_dataplane(config: &Config, server: &Server, access: &AccessTable) -> anyhow::Result<Dataplane> {
+fn start_dataplane(
+    config: &Config,
+    server: &Server,
+    access: &AccessTable,
+) -> anyhow::Result<Dataplane> {
     let mut dataplane = Dataplane::load(config.port)?;
     dataplane.set_access(access)?;
     refresh(server, Some(&mut dataplane), config)?;
@@ -124,13 +128,17 @@ fn start_dataplane(config: &Config, server: &Server, access: &AccessTable) -> an
 }
 
 /// Follows the kernel clock and, with XDP, publishes a fresh state and the local addresses.
-fn refresh(server: &Server, dataplane: Option<&mut Dataplane>, config: &Config) -> anyhow::Result<()> {
+fn refresh(
+    server: &Server,
+    dataplane: Option<&mut Dataplane>,
+    config: &Config,
+) -> anyhow::Result<()> {
     let kernel = KernelClock::read().context("adjtimex")?;
     let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: kernel.tai_offset_s };
     server.observe_clock(now);
     if let Some(dataplane) = dataplane {
-        dataplane.publish(&server.state_to_publish(now))?;
-        dataplane.set_local_addresses(&served_addresses(config)?)?;
+        dataplane.publish(&server.state_to_publish(now));
+        dataplane.set_local_addresses(&served_addresses(config)?);
     }
     Ok(())
 }
@@ -178,9 +186,16 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
         let received = datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns);
         let request = &buffer[..datagram.len];
         let destination = datagram.destination.map(|(address, _)| address);
-        match server.handle_datagram(request, datagram.source.ip(), destination, received, clock::tai_ns) {
+        match server.handle_datagram(
+            request,
+            datagram.source.ip(),
+            destination,
+            received,
+            clock::tai_ns,
+        ) {
             Ok(reply) => {
-                if let Err(error) = socket.send(&reply, datagram.source, datagram.destination).await {
+                if let Err(error) = socket.send(&reply, datagram.source, datagram.destination).await
+                {
                     tracing::debug!(%error, client = %datagram.source, "sending a reply");
                 }
             }
@@ -226,7 +241,10 @@ fn respond(request: &Request, server: &Server, dataplane: &Mutex<Option<Dataplan
                         KernelCounters::from_array(&counters),
                         dataplane
                             .attachments()
-                            .map(|(interface, mode)| XdpAttachment { interface: interface.to_owned(), mode })
+                            .map(|(interface, mode)| XdpAttachment {
+                                interface: interface.to_owned(),
+                                mode,
+                            })
                             .collect(),
                     ),
                     Err(error) => return Response::Error { message: format!("{error:#}") },
@@ -264,7 +282,8 @@ impl ControlSocket {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("{} is in use: is another ntpxd running?", path.display());
             }
-            std::fs::remove_file(path).with_context(|| format!("removing the stale {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale {}", path.display()))?;
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;

@@ -1,18 +1,22 @@
 //! The XDP program seen from the daemon: loading, attaching, and the maps it reads.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic,
+};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{
-        TestRun, TestRunOptions, Xdp, XdpMode,
-        xdp::XdpLinkId,
-    },
+    Ebpf,
+    maps::{LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use ntp_common::{
-    maps::{self, ACCESS_ALLOW, ACCESS_DENY, Counter},
+    maps::{
+        self, ACCESS_ALLOW, ACCESS_DENY, Counter, MAX_LOCAL_V4, MAX_LOCAL_V6, Published, ServerPage,
+    },
     state::ServerState,
 };
 
@@ -54,19 +58,29 @@ pub struct TestRunOutcome {
 /// The loaded program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    active_slot: u32,
+    page: MappedPage,
+    /// What the page's active slot holds.
+    published: Box<Published>,
     attachments: Vec<(String, AttachMode, XdpLinkId)>,
 }
 
 impl Dataplane {
-    /// Loads the program (not yet attached) to serve UDP port `port`.
+    /// Loads the program (not yet attached) to serve UDP port `port`. Until a state is
+    /// published it passes every request on.
     pub fn load(port: u16) -> anyhow::Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(maps::GLOBAL_NTP_PORT, &port, true)
-            .load(PROGRAM_OBJECT)
+        let mut ebpf = Ebpf::load(PROGRAM_OBJECT)
             .context("loading the XDP program (needs root or CAP_BPF and CAP_NET_ADMIN)")?;
         program_mut(&mut ebpf)?.load().context("the kernel rejected the XDP program")?;
-        Ok(Self { ebpf, active_slot: 0, attachments: Vec::new() })
+        let map = ebpf
+            .take_map(maps::SERVER)
+            .ok_or_else(|| anyhow!("the object has no map {}", maps::SERVER))?;
+        let Map::Array(map) = map else { bail!("map {} is not an array", maps::SERVER) };
+        let page = MappedPage::new(map)?;
+        let mut published = Box::new(<Published as bytemuck::Zeroable>::zeroed());
+        published.port = port;
+        let mut dataplane = Self { ebpf, page, published, attachments: Vec::new() };
+        dataplane.switch();
+        Ok(dataplane)
     }
 
     /// Attaches to `interface`. Native mode falls back to generic where the driver cannot do
@@ -113,16 +127,68 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Publishes a new state: into the slot not in use, then switches to it (see
-    /// `ntp_common::maps::ACTIVE_STATE` for why the switch cannot be seen half-done).
-    pub fn publish(&mut self, state: &ServerState) -> anyhow::Result<()> {
-        let next = (self.active_slot + 1) % maps::STATE_SLOTS;
-        let mut slots: Array<_, ServerState> = map(&mut self.ebpf, maps::SERVER_STATE)?;
-        slots.set(next, state, 0).context("writing the server state")?;
-        let mut active: Array<_, u32> = map(&mut self.ebpf, maps::ACTIVE_STATE)?;
-        active.set(0, next, 0).context("switching the server state")?;
-        self.active_slot = next;
-        Ok(())
+    /// Publishes a new state (the port and local addresses stay).
+    pub fn publish(&mut self, state: &ServerState) {
+        self.published.state = *state;
+        self.switch();
+    }
+
+    /// Sets the addresses the program answers for. Beyond the page's room, the program passes
+    /// requests to further addresses to the slow path.
+    pub fn set_local_addresses(&mut self, addresses: &[IpAddr]) {
+        let v4: Vec<u32> = addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(u32::from_ne_bytes(a.octets())),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<[u64; 2]> = addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(_) => None,
+                IpAddr::V6(a) => {
+                    let b = a.octets();
+                    Some([
+                        u64::from_ne_bytes(b[..8].try_into().expect("8 bytes")),
+                        u64::from_ne_bytes(b[8..].try_into().expect("8 bytes")),
+                    ])
+                }
+            })
+            .collect();
+        if v4.len() > MAX_LOCAL_V4 || v6.len() > MAX_LOCAL_V6 {
+            tracing::warn!(
+                ipv4 = v4.len(),
+                ipv6 = v6.len(),
+                "more local addresses than the XDP program checks ({MAX_LOCAL_V4} IPv4, \
+                 {MAX_LOCAL_V6} IPv6): requests to the others go to the slow path; \
+                 bindaddress narrows the set"
+            );
+        }
+        let published = &mut *self.published;
+        let changed = v4[..v4.len().min(MAX_LOCAL_V4)]
+            != published.local_v4[..usize::from(published.local_v4_count)]
+            || v6[..v6.len().min(MAX_LOCAL_V6)]
+                != published.local_v6[..usize::from(published.local_v6_count)];
+        if !changed {
+            return;
+        }
+        published.local_v4 = [0; MAX_LOCAL_V4];
+        published.local_v6 = [[0; 2]; MAX_LOCAL_V6];
+        for (slot, address) in published.local_v4.iter_mut().zip(&v4) {
+            *slot = *address;
+        }
+        for (slot, address) in published.local_v6.iter_mut().zip(&v6) {
+            *slot = *address;
+        }
+        published.local_v4_count = v4.len().min(MAX_LOCAL_V4) as u16;
+        published.local_v6_count = v6.len().min(MAX_LOCAL_V6) as u16;
+        self.switch();
+    }
+
+    /// Writes what is to be published into the slot not in use, then makes it the active one.
+    fn switch(&mut self) {
+        self.page.publish(&self.published);
     }
 
     /// Replaces the kernel's access rules with `table`.
@@ -131,20 +197,6 @@ impl Dataplane {
         replace_prefixes(&mut v4, table.v4_prefixes())?;
         let mut v6: LpmTrie<_, [u8; 16], u32> = map(&mut self.ebpf, maps::ACCESS_V6)?;
         replace_prefixes(&mut v6, table.v6_prefixes())
-    }
-
-    /// Sets the addresses the program answers for.
-    pub fn set_local_addresses(&mut self, addresses: &[IpAddr]) -> anyhow::Result<()> {
-        let mut v4: HashMap<_, [u8; 4], u32> = map(&mut self.ebpf, maps::LOCAL_V4)?;
-        replace_set(&mut v4, addresses.iter().filter_map(|a| match a {
-            IpAddr::V4(a) => Some(a.octets()),
-            IpAddr::V6(_) => None,
-        }))?;
-        let mut v6: HashMap<_, [u8; 16], u32> = map(&mut self.ebpf, maps::LOCAL_V6)?;
-        replace_set(&mut v6, addresses.iter().filter_map(|a| match a {
-            IpAddr::V4(_) => None,
-            IpAddr::V6(a) => Some(a.octets()),
-        }))
     }
 
     /// The counters, summed over CPUs, indexed by [`Counter`].
@@ -204,13 +256,14 @@ fn program_mut(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
 }
 
 fn named_program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("the object has no program {name}"))?;
+    let program =
+        ebpf.program_mut(name).ok_or_else(|| anyhow!("the object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
 fn map<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
 where
-    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.map_mut(name).ok_or_else(|| anyhow!("the object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
@@ -244,22 +297,62 @@ fn replace_prefixes<const N: usize>(
     Ok(())
 }
 
-/// Makes the hash map's key set exactly `keys`, touching only what changed (every update of a
-/// hash map entry gives it new memory, cold for the program's next lookup).
-fn replace_set<const N: usize>(
-    set: &mut HashMap<&mut MapData, [u8; N], u32>,
-    keys: impl Iterator<Item = [u8; N]>,
-) -> anyhow::Result<()> {
-    let wanted: Vec<[u8; N]> = keys.collect();
-    let present: Vec<[u8; N]> = set.keys().filter_map(Result::ok).collect();
-    for key in wanted.iter().filter(|key| !present.contains(key)) {
-        set.insert(key, 1, 0).context("inserting a local address")?;
-    }
-    for key in present.iter().filter(|key| !wanted.contains(key)) {
-        set.remove(key).context("removing a local address")?;
-    }
-    Ok(())
+/// The SERVER map's page, memory-mapped: publishing is two writes to memory, no system call,
+/// and the program never sees a slot being written (see [`ServerPage`]).
+struct MappedPage {
+    page: NonNull<ServerPage>,
+    len: usize,
+    /// Keeps the map (and so the mapping's object) alive.
+    _map: MapData,
 }
+
+impl MappedPage {
+    fn new(map: MapData) -> anyhow::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = size_of::<ServerPage>().div_ceil(page_size) * page_size;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd shared, read-write, from offset 0 as
+        // the kernel documents; the result is checked before use.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the server page");
+        }
+        let page = NonNull::new(address.cast::<ServerPage>())
+            .ok_or_else(|| anyhow!("mmap returned null"))?;
+        Ok(Self { page, len, _map: map })
+    }
+
+    fn publish(&mut self, published: &Published) {
+        let page = self.page.as_ptr();
+        // SAFETY: `page` maps a live ServerPage for as long as self exists; the program only
+        // reads it, and reads only the active slot, which is not the one written here.
+        unsafe {
+            let next = ((*page).active + 1) & 1;
+            std::ptr::write_volatile(&raw mut (*page).slots[next as usize], *published);
+            atomic::fence(atomic::Ordering::Release);
+            std::ptr::write_volatile(&raw mut (*page).active, next);
+        }
+    }
+}
+
+impl Drop for MappedPage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped; nothing refers to it any more.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is owned by the MappedPage and only written through &mut self.
+unsafe impl Send for MappedPage {}
 
 /// An error and its causes on one line.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -57,11 +57,8 @@ impl Reference {
 
     /// The state to serve from the instant `at` on, fresh for `fresh_for_ns`.
     pub fn state_at(&self, at: TaiReading, fresh_for_ns: u64) -> ServerState {
-        let anchor = TimeAnchor {
-            tai_ns: at.tai_ns,
-            served_unix_ns: at.system_time_ns(),
-            frequency: 0.0,
-        };
+        let anchor =
+            TimeAnchor { tai_ns: at.tai_ns, served_unix_ns: at.system_time_ns(), frequency: 0.0 };
         ServerState::new(anchor, self.header(at), fresh_for_ns)
     }
 }

@@ -50,8 +50,10 @@ fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
 
 /// chronyc's layout: the label padded to 27 columns, then ": value".
 pub fn serverstats_text(stats: &ServerStats) -> String {
-    let mut text: String =
-        serverstats_lines(stats).iter().map(|(label, value)| format!("{label:<27}: {value}\n")).collect();
+    let mut text: String = serverstats_lines(stats)
+        .iter()
+        .map(|(label, value)| format!("{label:<27}: {value}\n"))
+        .collect();
     for attachment in &stats.xdp {
         let mode = format!("{:?}", attachment.mode).to_lowercase();
         text.push_str(&format!("{:<27}: {} ({mode})\n", "XDP attached to", attachment.interface));

@@ -98,12 +98,14 @@ impl Server {
         }
         let tai_offset_s = self.tai_offset_s.load(Ordering::Relaxed);
         let received = TaiReading {
-            tai_ns: received_realtime_ns.saturating_add_signed(i64::from(tai_offset_s) * 1_000_000_000),
+            tai_ns: received_realtime_ns
+                .saturating_add_signed(i64::from(tai_offset_s) * 1_000_000_000),
             tai_offset_s,
         };
         // Anchored at the receive instant: however long the request waited in the socket, the
         // time model of the daemon, not the kernel's freshness window, decides.
-        let state = self.reference.read().expect("reference lock").state_at(received, MAX_STATE_AGE_NS);
+        let state =
+            self.reference.read().expect("reference lock").state_at(received, MAX_STATE_AGE_NS);
         let reply = responder::respond(request, &state, received.tai_ns, transmit_tai_ns())
             .map_err(Unanswered::NotServed)?;
         self.answered.fetch_add(1, Ordering::Relaxed);
@@ -173,22 +175,36 @@ mod tests {
         assert_eq!(reply.stratum, 7);
         assert_eq!(reply.receive_timestamp.to_unix_nanos(), RECEIVED_UTC);
         assert_eq!(reply.transmit_timestamp.to_unix_nanos(), RECEIVED_UTC + 20_000);
-        assert_eq!(server.slow_path_counters(), SlowPathCounters { received: 1, answered: 1, denied: 0 });
+        assert_eq!(
+            server.slow_path_counters(),
+            SlowPathCounters { received: 1, answered: 1, denied: 0 }
+        );
     }
 
     #[test]
     fn a_request_that_waited_long_in_the_socket_is_still_answered() {
         let server = server();
         let ten_seconds_later = RECEIVED_TAI + 10_000_000_000;
-        let reply =
-            server.handle_datagram(&request(), "192.0.2.9".parse().unwrap(), None, RECEIVED_UTC, || ten_seconds_later);
+        let reply = server.handle_datagram(
+            &request(),
+            "192.0.2.9".parse().unwrap(),
+            None,
+            RECEIVED_UTC,
+            || ten_seconds_later,
+        );
         assert!(reply.is_ok());
     }
 
     #[test]
     fn denied_and_unanswerable_datagrams_are_counted_apart() {
         let server = server();
-        let denied = server.handle_datagram(&request(), "198.51.100.1".parse().unwrap(), None, RECEIVED_UTC, || RECEIVED_TAI);
+        let denied = server.handle_datagram(
+            &request(),
+            "198.51.100.1".parse().unwrap(),
+            None,
+            RECEIVED_UTC,
+            || RECEIVED_TAI,
+        );
         assert_eq!(denied, Err(Unanswered::Denied));
         let broadcast = server.handle_datagram(
             &request(),
@@ -200,8 +216,17 @@ mod tests {
         assert_eq!(broadcast, Err(Unanswered::NotUnicast));
         let mut with_extension = request().to_vec();
         with_extension.extend_from_slice(&[0; 20]);
-        let mac = server.handle_datagram(&with_extension, "192.0.2.9".parse().unwrap(), None, RECEIVED_UTC, || RECEIVED_TAI);
+        let mac = server.handle_datagram(
+            &with_extension,
+            "192.0.2.9".parse().unwrap(),
+            None,
+            RECEIVED_UTC,
+            || RECEIVED_TAI,
+        );
         assert_eq!(mac, Err(Unanswered::NotServed(NoReply::Length(68))));
-        assert_eq!(server.slow_path_counters(), SlowPathCounters { received: 2, answered: 0, denied: 1 });
+        assert_eq!(
+            server.slow_path_counters(),
+            SlowPathCounters { received: 2, answered: 0, denied: 1 }
+        );
     }
 }

@@ -67,35 +67,46 @@ impl NtpSocket {
     }
 
     /// Sends `reply` to `to`, from the address and interface `from` when known.
-    pub async fn send(&self, reply: &[u8], to: SocketAddr, from: Option<(IpAddr, u32)>) -> io::Result<()> {
-        self.socket.async_io(Interest::WRITABLE, || send(self.socket.as_raw_fd(), reply, to, from)).await
+    pub async fn send(
+        &self,
+        reply: &[u8],
+        to: SocketAddr,
+        from: Option<(IpAddr, u32)>,
+    ) -> io::Result<()> {
+        self.socket
+            .async_io(Interest::WRITABLE, || send(self.socket.as_raw_fd(), reply, to, from))
+            .await
     }
 }
 
 fn receive(fd: i32, buffer: &mut [u8]) -> io::Result<Datagram> {
     let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec, libc::in6_pktinfo);
     let mut iov = [IoSliceMut::new(buffer)];
-    let message = socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::empty())?;
+    let message =
+        socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::empty())?;
     let source = message
         .address
         .and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
-                .or_else(|| a.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))))
+            a.as_sockaddr_in().map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a))).or_else(
+                || a.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))),
+            )
         })
         .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-    let mut datagram = Datagram { len: message.bytes, source, destination: None, received_realtime_ns: None };
+    let mut datagram =
+        Datagram { len: message.bytes, source, destination: None, received_realtime_ns: None };
     for cmsg in message.cmsgs()? {
         match cmsg {
             ControlMessageOwned::ScmTimestampns(ts) => {
-                datagram.received_realtime_ns = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+                datagram.received_realtime_ns =
+                    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
             }
             ControlMessageOwned::Ipv4PacketInfo(info) => {
                 let address = IpAddr::from(u32::from_be(info.ipi_addr.s_addr).to_be_bytes());
                 datagram.destination = Some((address, info.ipi_ifindex as u32));
             }
             ControlMessageOwned::Ipv6PacketInfo(info) => {
-                datagram.destination = Some((IpAddr::from(info.ipi6_addr.s6_addr), info.ipi6_ifindex));
+                datagram.destination =
+                    Some((IpAddr::from(info.ipi6_addr.s6_addr), info.ipi6_ifindex));
             }
             _ => {}
         }
@@ -126,8 +137,12 @@ fn send(fd: i32, reply: &[u8], to: SocketAddr, from: Option<(IpAddr, u32)>) -> i
         None => Vec::new(),
     };
     match to {
-        SocketAddr::V4(to) => socket::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&SockaddrIn::from(to)))?,
-        SocketAddr::V6(to) => socket::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&SockaddrIn6::from(to)))?,
+        SocketAddr::V4(to) => {
+            socket::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&SockaddrIn::from(to)))?
+        }
+        SocketAddr::V6(to) => {
+            socket::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&SockaddrIn6::from(to)))?
+        }
     };
     Ok(())
 }

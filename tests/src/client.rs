@@ -30,7 +30,9 @@ pub fn query(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Optio
                 }
             }
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return None,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return None;
+            }
             Err(e) => panic!("receiving: {e}"),
         }
     }
@@ -64,13 +66,23 @@ impl PacketSocket {
         address.sll_ifindex = index as i32;
         // SAFETY: `address` is a valid sockaddr_ll of the given size.
         let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&raw const address).cast(), size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
         let on: libc::c_int = 1;
         // SAFETY: the option value is a valid int.
         let rc = unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, (&raw const on).cast(), 4)
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&raw const on).cast(),
+                4,
+            )
         };
         assert_eq!(rc, 0, "PACKET_AUXDATA: {}", io::Error::last_os_error());
         Self { fd }
@@ -78,12 +90,17 @@ impl PacketSocket {
 
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: `frame` is valid for reads of its length.
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         assert_eq!(sent, frame.len() as isize, "send: {}", io::Error::last_os_error());
     }
 
     /// Waits up to `timeout` for a frame that `wanted` accepts.
-    pub fn receive(&self, timeout: Duration, wanted: impl Fn(&RawFrame) -> bool) -> Option<RawFrame> {
+    pub fn receive(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&RawFrame) -> bool,
+    ) -> Option<RawFrame> {
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let mut poll = [nix::poll::PollFd::new(
@@ -121,8 +138,11 @@ impl PacketSocket {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&raw const message);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == libc::PACKET_AUXDATA {
-                    let aux = libc::CMSG_DATA(cmsg).cast::<libc::tpacket_auxdata>().read_unaligned();
+                if (*cmsg).cmsg_level == libc::SOL_PACKET
+                    && (*cmsg).cmsg_type == libc::PACKET_AUXDATA
+                {
+                    let aux =
+                        libc::CMSG_DATA(cmsg).cast::<libc::tpacket_auxdata>().read_unaligned();
                     if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
                         vlan_tci = Some(aux.tp_vlan_tci);
                     }
@@ -131,5 +151,73 @@ impl PacketSocket {
             }
         }
         RawFrame { bytes: buffer, vlan_tci }
+    }
+}
+
+/// Requests sent in the background, as the many clients of a public server would, from every
+/// CPU: a veth runs the server's XDP program on the sending CPU, so this keeps the packet path
+/// warm in each CPU's caches, as it is in service. Stops when dropped.
+pub struct BackgroundLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl BackgroundLoad {
+    /// Sends about `rate` requests per second per CPU from `source` to `server`, from threads
+    /// that have entered the network namespace at `netns_path`.
+    pub fn start(
+        netns_path: &str,
+        source: std::net::IpAddr,
+        server: SocketAddr,
+        rate: u32,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (0..cpus)
+            .map(|cpu| {
+                let stopping = stop.clone();
+                let netns_path = netns_path.to_owned();
+                std::thread::spawn(move || {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu).expect("a CPU");
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                        .expect("pinning");
+                    let file = std::fs::File::open(&netns_path).expect("the namespace");
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    let socket = UdpSocket::bind(SocketAddr::new(source, 0))
+                        .expect("binding the load's socket");
+                    socket.set_nonblocking(true).expect("non-blocking");
+                    let request =
+                        NtpHeader::client_request(4, 0, NtpTimestamp::from_fixed(1)).to_bytes();
+                    let interval = Duration::from_secs(1) / rate;
+                    let mut replies = 0;
+                    let mut buffer = [0u8; 512];
+                    while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = socket.send_to(&request, server);
+                        while socket.recv_from(&mut buffer).is_ok() {
+                            replies += 1;
+                        }
+                        std::thread::sleep(interval);
+                    }
+                    replies
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the load and returns how many replies it received.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.drain(..).map(|t| t.join().expect("the load thread")).sum()
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }

@@ -218,7 +218,12 @@ pub struct Environment<'a> {
 
 /// The oracle: what the program must do with `frame` when it receives it at `receive_tai_ns`
 /// and transmits at `transmit_tai_ns`.
-pub fn expected(frame: &[u8], env: &Environment<'_>, receive_tai_ns: u64, transmit_tai_ns: u64) -> Expected {
+pub fn expected(
+    frame: &[u8],
+    env: &Environment<'_>,
+    receive_tai_ns: u64,
+    transmit_tai_ns: u64,
+) -> Expected {
     let be16 = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
     if frame.len() < ETH_HLEN {
         return Expected::Ignored;
@@ -304,7 +309,8 @@ pub fn expected(frame: &[u8], env: &Environment<'_>, receive_tai_ns: u64, transm
     if !env.access.is_allowed(src) {
         return Expected::Refused(Counter::DroppedDenied);
     }
-    let Ok(ntp_reply) = responder::respond(request, env.state, receive_tai_ns, transmit_tai_ns) else {
+    let Ok(ntp_reply) = responder::respond(request, env.state, receive_tai_ns, transmit_tai_ns)
+    else {
         return Expected::Refused(Counter::PassedStale);
     };
     Expected::Answered(reply_frame(frame, l3, src, dst, l4, &ntp_reply))
@@ -312,7 +318,14 @@ pub fn expected(frame: &[u8], env: &Environment<'_>, receive_tai_ns: u64, transm
 
 /// The reply frame around `ntp_reply`: Ethernet addresses swapped (the tag kept), a fresh IP
 /// header without options, ports swapped, checksums computed.
-fn reply_frame(request: &[u8], l3: usize, src: IpAddr, dst: IpAddr, l4: usize, ntp_reply: &[u8]) -> Vec<u8> {
+fn reply_frame(
+    request: &[u8],
+    l3: usize,
+    src: IpAddr,
+    dst: IpAddr,
+    l4: usize,
+    ntp_reply: &[u8],
+) -> Vec<u8> {
     let mut reply = Vec::new();
     reply.extend_from_slice(&request[6..12]);
     reply.extend_from_slice(&request[0..6]);

@@ -13,8 +13,12 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     if std::env::var_os("NTPX_REQUIRE_PRIVILEGED").is_some_and(|v| v != "0") {
-        panic!("{test} needs root (BPF and network namespaces), and NTPX_REQUIRE_PRIVILEGED is set");
+        panic!(
+            "{test} needs root (BPF and network namespaces), and NTPX_REQUIRE_PRIVILEGED is set"
+        );
     }
-    eprintln!("skipping {test}: it needs root (BPF and network namespaces); `cargo xtask test` runs it");
+    eprintln!(
+        "skipping {test}: it needs root (BPF and network namespaces); `cargo xtask test` runs it"
+    );
     false
 }

@@ -32,7 +32,8 @@ pub struct Netns {
 impl Netns {
     pub fn new(role: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("ntpx-{}-{}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name =
+            format!("ntpx-{}-{}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run("ip", &["netns", "add", &name]);
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"]);
@@ -41,6 +42,11 @@ impl Netns {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The namespace's file, for `setns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
     }
 
     /// `ip -n NAME ARGS...`
@@ -66,7 +72,7 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered the namespace (sockets it opens stay there).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -116,7 +122,18 @@ impl Link {
     pub fn new() -> Self {
         let server_ns = Netns::new("server");
         let client_ns = Netns::new("client");
-        server_ns.ip(&["link", "add", "veth-srv", "type", "veth", "peer", "name", "veth-cli", "netns", client_ns.name()]);
+        server_ns.ip(&[
+            "link",
+            "add",
+            "veth-srv",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-cli",
+            "netns",
+            client_ns.name(),
+        ]);
         server_ns.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", "veth-srv"]);
         server_ns.ip(&["addr", "add", &format!("{SERVER_V6}/64"), "dev", "veth-srv", "nodad"]);
         client_ns.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "veth-cli"]);

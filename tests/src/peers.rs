@@ -16,19 +16,24 @@ use crate::netns::Netns;
 /// Where the workspace's binaries are: `NTPX_BIN_DIR` (set by `cargo xtask test`) or the
 /// workspace's debug target directory.
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("NTPX_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug")
-    });
+    let dir = std::env::var_os("NTPX_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build it first (cargo build --bins, or use cargo xtask test)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build --bins, or use cargo xtask test)",
+        path.display()
+    );
     path
 }
 
 /// A private directory for a test's files (sockets, configs, logs), mode 700 as chronyd wants
 /// for its command socket.
 pub fn scratch_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("ntpx-test-").tempdir().expect("a temporary directory");
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+    let dir =
+        tempfile::Builder::new().prefix("ntpx-test-").tempdir().expect("a temporary directory");
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .expect("chmod 700");
     dir
 }
@@ -42,7 +47,13 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &'static str, netns: &Netns, program: &Path, args: &[&str], log: PathBuf) -> Self {
+    fn spawn(
+        name: &'static str,
+        netns: &Netns,
+        program: &Path,
+        args: &[&str],
+        log: PathBuf,
+    ) -> Self {
         let file = fs::File::create(&log).expect("a log file");
         let child = netns
             .command(program.to_str().expect("a UTF-8 path"))
@@ -182,7 +193,15 @@ impl Chronyd {
 
 /// A seconds value from a `chronyc` text report line such as `Offset : +0.000000123 seconds`.
 pub fn report_seconds(report: &str, label: &str) -> Option<f64> {
-    report.lines().find(|line| line.starts_with(label))?.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
+    report
+        .lines()
+        .find(|line| line.starts_with(label))?
+        .split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Polls `condition` every 200 ms until it holds or `timeout` passes.

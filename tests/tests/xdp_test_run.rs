@@ -70,23 +70,39 @@ impl Fixture {
     fn new() -> Self {
         let mut dataplane = Dataplane::load(123).expect("loading the XDP program");
         let rules = [
-            AccessRule { access: Access::Allow, all: false, subnet: Subnet::V4(Ipv4Addr::new(10, 0, 0, 0), 24) },
-            AccessRule { access: Access::Deny, all: false, subnet: Subnet::V4(Ipv4Addr::new(10, 0, 0, 128), 25) },
-            AccessRule { access: Access::Allow, all: false, subnet: Subnet::V4(Ipv4Addr::new(224, 0, 0, 0), 4) },
-            AccessRule { access: Access::Allow, all: false, subnet: Subnet::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 64) },
+            AccessRule {
+                access: Access::Allow,
+                all: false,
+                subnet: Subnet::V4(Ipv4Addr::new(10, 0, 0, 0), 24),
+            },
+            AccessRule {
+                access: Access::Deny,
+                all: false,
+                subnet: Subnet::V4(Ipv4Addr::new(10, 0, 0, 128), 25),
+            },
+            AccessRule {
+                access: Access::Allow,
+                all: false,
+                subnet: Subnet::V4(Ipv4Addr::new(224, 0, 0, 0), 4),
+            },
+            AccessRule {
+                access: Access::Allow,
+                all: false,
+                subnet: Subnet::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 64),
+            },
             AccessRule { access: Access::Deny, all: false, subnet: Subnet::V6(DENIED_V6, 112) },
         ];
         let access = AccessTable::from_rules(&rules);
         dataplane.set_access(&access).unwrap();
         let local_addresses = vec![SERVER_V4.into(), SERVER_V6.into()];
-        dataplane.set_local_addresses(&local_addresses).unwrap();
+        dataplane.set_local_addresses(&local_addresses);
         let state = current_state(synchronised_header(0.0));
-        dataplane.publish(&state).unwrap();
+        dataplane.publish(&state);
         Self { dataplane, access, local_addresses, state }
     }
 
     fn publish(&mut self, state: ServerState) {
-        self.dataplane.publish(&state).unwrap();
+        self.dataplane.publish(&state);
         self.state = state;
     }
 
@@ -102,7 +118,11 @@ impl Fixture {
             .filter(|c| counters_after[*c as usize] != counters_before[*c as usize])
             .collect();
         for c in &moved {
-            assert_eq!(counters_after[*c as usize] - counters_before[*c as usize], 1, "{label}: {c:?}");
+            assert_eq!(
+                counters_after[*c as usize] - counters_before[*c as usize],
+                1,
+                "{label}: {c:?}"
+            );
         }
         let env = Environment {
             port: 123,
@@ -145,15 +165,16 @@ impl Fixture {
         };
         assert_eq!(masked(reply), masked(expected), "{label}: reply differs from the oracle's");
         assert!(frame::udp_checksum_is_valid(src, dst, &reply[l4..]), "{label}: bad UDP checksum");
-        let timestamp = |at: usize| {
-            NtpTimestamp::from_bits(reply[ntp + at..ntp + at + 8].try_into().unwrap())
-        };
+        let timestamp =
+            |at: usize| NtpTimestamp::from_bits(reply[ntp + at..ntp + at + 8].try_into().unwrap());
         let receive = timestamp(offset::RECEIVE_TIMESTAMP);
         let transmit = timestamp(offset::TRANSMIT_TIMESTAMP);
         let earliest = self.state.served_time(before).unwrap();
         let latest = self.state.served_time(after).unwrap();
-        assert!(earliest <= receive && receive <= transmit && transmit <= latest,
-            "{label}: timestamps {receive:?} {transmit:?} outside [{earliest:?}, {latest:?}]");
+        assert!(
+            earliest <= receive && receive <= transmit && transmit <= latest,
+            "{label}: timestamps {receive:?} {transmit:?} outside [{earliest:?}, {latest:?}]"
+        );
     }
 }
 
@@ -182,8 +203,14 @@ fn corpus() -> Vec<(String, Frame)> {
     let mut frames = Vec::new();
     let mut add = |label: String, frame: Frame| frames.push((label, frame));
     for version in 0..8 {
-        add(format!("v{version} IPv4"), with_payload(v4(CLIENT_V4), frame::client_request(version, 7).to_vec()));
-        add(format!("v{version} IPv6"), with_payload(v6(CLIENT_V6), frame::client_request(version, 7).to_vec()));
+        add(
+            format!("v{version} IPv4"),
+            with_payload(v4(CLIENT_V4), frame::client_request(version, 7).to_vec()),
+        );
+        add(
+            format!("v{version} IPv6"),
+            with_payload(v6(CLIENT_V6), frame::client_request(version, 7).to_vec()),
+        );
     }
     for mode in 0..8u8 {
         let mut request = frame::client_request(4, 9);
@@ -192,7 +219,10 @@ fn corpus() -> Vec<(String, Frame)> {
     }
     for options in [vec![1, 1, 1, 0], vec![7, 7, 4, 0, 0, 0, 0, 0], vec![1; 40]] {
         let len = options.len();
-        add(format!("IPv4 with {len} bytes of options"), set_v4(v4(CLIENT_V4), |o, _, _| *o = options));
+        add(
+            format!("IPv4 with {len} bytes of options"),
+            set_v4(v4(CLIENT_V4), |o, _, _| *o = options),
+        );
     }
     for (label, tci) in [("VLAN 100", 100u16), ("VLAN 4094 priority 5", 0xafffu16)] {
         let mut frame = v4(CLIENT_V4);
@@ -215,7 +245,13 @@ fn corpus() -> Vec<(String, Frame)> {
     }
     add("first fragment".into(), set_v4(v4(CLIENT_V4), |_, more, _| *more = true));
     add("later fragment".into(), set_v4(v4(CLIENT_V4), |_, _, offset| *offset = 7));
-    add("last fragment".into(), set_v4(v4(CLIENT_V4), |_, more, offset| { *more = false; *offset = 1 }));
+    add(
+        "last fragment".into(),
+        set_v4(v4(CLIENT_V4), |_, more, offset| {
+            *more = false;
+            *offset = 1
+        }),
+    );
     let request = frame::client_request(4, 11).to_vec();
     for (label, extra) in [
         ("MAC (key id + MD5)", 20),
@@ -241,13 +277,22 @@ fn corpus() -> Vec<(String, Frame)> {
     add("IPv4 without a rule".into(), v4(UNLISTED_V4));
     add("denied IPv6".into(), v6(DENIED_V6));
     add("IPv6 without a rule".into(), v6(Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0, 1)));
-    add("to another host".into(), Frame::request(CLIENT_V4.into(), Ipv4Addr::new(10, 0, 0, 99).into()));
-    add("to a broadcast address".into(), Frame::request(CLIENT_V4.into(), Ipv4Addr::new(10, 0, 0, 255).into()));
+    add(
+        "to another host".into(),
+        Frame::request(CLIENT_V4.into(), Ipv4Addr::new(10, 0, 0, 99).into()),
+    );
+    add(
+        "to a broadcast address".into(),
+        Frame::request(CLIENT_V4.into(), Ipv4Addr::new(10, 0, 0, 255).into()),
+    );
     let mut frame = v4(CLIENT_V4);
     frame.dst_mac = [0xff; 6];
     add("to the broadcast MAC".into(), frame);
     add("from a multicast address".into(), v4(Ipv4Addr::new(224, 0, 0, 1)));
-    add("IPv6 to another host".into(), Frame::request(CLIENT_V6.into(), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).into()));
+    add(
+        "IPv6 to another host".into(),
+        Frame::request(CLIENT_V6.into(), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).into()),
+    );
     let mut frame = v6(CLIENT_V6);
     if let Network::V6 { next_header, .. } = &mut frame.network {
         *next_header = 0; // hop-by-hop options
@@ -267,8 +312,16 @@ fn the_program_agrees_with_the_oracle_on_the_corpus() {
     for (label, frame) in &corpus {
         let bytes = frame.build();
         fixture.check(label, &bytes);
-        let env = Environment { port: 123, access: &fixture.access, local_addresses: &fixture.local_addresses, state: &fixture.state };
-        answered += matches!(frame::expected(&bytes, &env, clock::tai_ns(), clock::tai_ns()), Expected::Answered(_)) as usize;
+        let env = Environment {
+            port: 123,
+            access: &fixture.access,
+            local_addresses: &fixture.local_addresses,
+            state: &fixture.state,
+        };
+        answered += matches!(
+            frame::expected(&bytes, &env, clock::tai_ns(), clock::tai_ns()),
+            Expected::Answered(_)
+        ) as usize;
     }
     assert!(answered >= 15, "the corpus answers only {answered} frames");
 }
@@ -322,8 +375,12 @@ fn mutated_requests_agree_with_the_oracle() {
     let mut fixture = Fixture::new();
     let mut tagged = v4(CLIENT_V4);
     tagged.vlan = Some(42);
-    let seeds = [v4(CLIENT_V4).build(), v6(CLIENT_V6).build(), tagged.build(),
-        set_v4(v4(CLIENT_V4), |o, _, _| *o = vec![1; 8]).build()];
+    let seeds = [
+        v4(CLIENT_V4).build(),
+        v6(CLIENT_V6).build(),
+        tagged.build(),
+        set_v4(v4(CLIENT_V4), |o, _, _| *o = vec![1; 8]).build(),
+    ];
     // xorshift64*, fixed seed: the same mutations on every run.
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -348,7 +405,11 @@ fn a_stale_state_is_passed_to_the_slow_path() {
         return;
     }
     let mut fixture = Fixture::new();
-    let anchor = TimeAnchor { tai_ns: clock::tai_ns() - 2_000_000_000, served_unix_ns: clock::realtime_ns(), frequency: 0.0 };
+    let anchor = TimeAnchor {
+        tai_ns: clock::tai_ns() - 2_000_000_000,
+        served_unix_ns: clock::realtime_ns(),
+        frequency: 0.0,
+    };
     fixture.publish(ServerState::new(anchor, synchronised_header(0.0), 1_000_000_000));
     fixture.check("stale state", &v4(CLIENT_V4).build());
     fixture.publish(current_state(synchronised_header(0.0)));

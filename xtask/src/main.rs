@@ -1,1 +1,150 @@
-fn main() {}
+//! `cargo xtask`: sets up, builds, runs, demonstrates and tests ntpx. It orchestrates only:
+//! the eBPF program is built by ntp-userspace's build.rs, the test bed lives in `tests/`.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run, demonstrate and test ntpx")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build target/release/ntpxd and target/release/ntpxc.
+    Build,
+    /// Run ntpxd in the foreground, serving this machine's loopback (needs root).
+    Run {
+        /// More arguments for ntpxd.
+        #[arg(last = true)]
+        ntpxd_args: Vec<String>,
+    },
+    /// ntpxd serving a chronyd client across a veth pair between network namespaces (needs root).
+    Demo,
+    /// Every test, the privileged ones included (needs root; fails rather than skips).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Task::Setup => setup::setup(),
+        Task::Build => build(),
+        Task::Run { ntpxd_args } => run_loopback(&ntpxd_args),
+        Task::Demo => demo(),
+        Task::Test => test(),
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_owned()
+}
+
+/// A cargo command in the workspace, with cargo's bin directory (bpf-linker) on PATH.
+fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace()).args(args);
+    if let Some(home) = std::env::var_os("HOME") {
+        let bin = Path::new(&home).join(".cargo/bin");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let paths = std::iter::once(bin).chain(std::env::split_paths(&path));
+        command.env("PATH", std::env::join_paths(paths).expect("a valid PATH"));
+    }
+    command
+}
+
+fn ensure_setup() -> anyhow::Result<()> {
+    if !setup::is_complete() {
+        println!("xtask: something is missing; running setup first");
+        setup::setup()?;
+    }
+    Ok(())
+}
+
+fn require_root(task: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask {task}` needs root (XDP, BPF maps, network namespaces): run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    ensure_setup()?;
+    run(&mut cargo(&["build", "--release", "--package", "ntp-userspace", "--bins"]))?;
+    println!("xtask: built target/release/ntpxd and target/release/ntpxc");
+    Ok(())
+}
+
+fn run_loopback(ntpxd_args: &[String]) -> anyhow::Result<()> {
+    require_root("run")?;
+    build()?;
+    let config = workspace().join("ntp-userspace/conf/loopback.conf");
+    let release = workspace().join("target/release");
+    println!("xtask: starting ntpxd on the loopback ({}); stop it with Ctrl-C", config.display());
+    println!("xtask: then try `ntpdig 127.0.0.1` and `{}/ntpxc serverstats`", release.display());
+    println!(
+        "xtask: on loopback the kernel leaves UDP checksums for offload to complete, so the XDP \
+         program passes local requests to the slow path (`XDP passed, bad checksum`); \
+         `ethtool -K lo tx off` makes them complete and lets XDP answer. A real NIC needs nothing."
+    );
+    let mut ntpxd = Command::new(release.join("ntpxd"));
+    ntpxd.args(["-d", "-x", "-f"]).arg(&config).args(ntpxd_args);
+    run(&mut ntpxd)
+}
+
+fn demo() -> anyhow::Result<()> {
+    require_root("demo")?;
+    ensure_setup()?;
+    run(&mut cargo(&["build", "--package", "ntp-userspace", "--bins"]))?;
+    let bin_dir = workspace().join("target/debug");
+    run(cargo(&["run", "--quiet", "--package", "ntpx-tests", "--bin", "ntpx-demo"])
+        .env("NTPX_BIN_DIR", bin_dir))
+}
+
+fn test() -> anyhow::Result<()> {
+    require_root("test")?;
+    ensure_setup()?;
+    // The end-to-end tests run the daemon's binaries: build them first, in the tests' profile.
+    run(&mut cargo(&["build", "--package", "ntp-userspace", "--bins"]))?;
+    let bin_dir = workspace().join("target/debug");
+    run(cargo(&["test", "--workspace", "--exclude", "ntp-ebpf"])
+        .env("NTPX_REQUIRE_PRIVILEGED", "1")
+        .env("NTPX_BIN_DIR", bin_dir))?;
+    println!("xtask: all tests passed, privileged ones included");
+    Ok(())
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command, failing with its name if it fails.
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// A command's standard output, if it succeeds.
+pub(crate) fn command_output(command: &mut Command) -> anyhow::Result<String> {
+    let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -50,7 +50,9 @@ fn main() -> ExitCode {
             eprintln!("ntpxc: ntpxd: {message}");
             return ExitCode::FAILURE;
         }
-        (Response::ServerStats(stats), true, _) => serde_json::to_string_pretty(stats).map(|j| j + "\n").unwrap_or_default(),
+        (Response::ServerStats(stats), true, _) => {
+            serde_json::to_string_pretty(stats).map(|j| j + "\n").unwrap_or_default()
+        }
         (Response::ServerStats(stats), _, true) => report::serverstats_csv(stats),
         (Response::ServerStats(stats), _, _) => report::serverstats_text(stats),
     };

@@ -10,8 +10,11 @@ use ntp_userspace::{
 use tracing::level_filters::LevelFilter;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "NTP server answering client requests in the kernel (XDP); \
-    reads chrony.conf syntax")]
+#[command(
+    version,
+    about = "NTP server answering client requests in the kernel (XDP); \
+    reads chrony.conf syntax"
+)]
 struct Args {
     /// Configuration file (chrony.conf syntax).
     #[arg(short = 'f', value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
@@ -64,13 +67,14 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the runtime");
+                return ExitCode::FAILURE;
+            }
+        };
     let options = Options { no_clock_control: args.no_clock_control };
     match runtime.block_on(daemon::run(loaded.config, options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +117,9 @@ mod syslog {
         pub fn open() -> Self {
             static OPEN: Once = Once::new();
             // SAFETY: the identifier is a static C string, valid for the process's lifetime.
-            OPEN.call_once(|| unsafe { libc::openlog(c"ntpxd".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) });
+            OPEN.call_once(|| unsafe {
+                libc::openlog(c"ntpxd".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON)
+            });
             Self(Vec::new())
         }
     }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use ntp_common::{
     maps::{
@@ -89,6 +89,9 @@ impl Dataplane {
         let program = program_mut(&mut self.ebpf)?;
         let (used, link) = match program.attach(interface, mode.xdp_mode()) {
             Ok(link) => (mode, link),
+            Err(ProgramError::UnknownInterface { .. }) => {
+                bail!("cannot attach XDP to {interface}: there is no such interface")
+            }
             Err(native_error) if mode == AttachMode::Native => {
                 let link = program.attach(interface, XdpMode::Skb).map_err(|generic_error| {
                     anyhow!(

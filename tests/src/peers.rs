@@ -118,6 +118,32 @@ impl Ntpxd {
     /// Starts ntpxd with `config` (its bindcmdaddress and pidfile are added) and waits until
     /// its control socket answers.
     pub fn start(netns: &Netns, config: &str) -> Self {
+        let ntpxd = Self::spawn(netns, config);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while control::call(&ntpxd.socket, &Request::ServerStats).is_err() {
+            assert!(Instant::now() < deadline, "ntpxd did not start:\n{}", ntpxd.process.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ntpxd
+    }
+
+    /// Starts ntpxd with a `config` it must refuse, and returns its exit status and log.
+    pub fn start_expecting_failure(
+        netns: &Netns,
+        config: &str,
+    ) -> (std::process::ExitStatus, String) {
+        let mut ntpxd = Self::spawn(netns, config);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = ntpxd.process.child.try_wait() {
+                return (status, ntpxd.process.log());
+            }
+            assert!(Instant::now() < deadline, "ntpxd kept running:\n{}", ntpxd.process.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(netns: &Netns, config: &str) -> Self {
         let dir = scratch_dir();
         let socket = dir.path().join("ntpxd.sock");
         let config_path = dir.path().join("ntpxd.conf");
@@ -134,13 +160,7 @@ impl Ntpxd {
             &["-d", "-x", "-f", config_path.to_str().unwrap()],
             dir.path().join("ntpxd.log"),
         );
-        let ntpxd = Self { process, socket, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while control::call(&ntpxd.socket, &Request::ServerStats).is_err() {
-            assert!(Instant::now() < deadline, "ntpxd did not start:\n{}", ntpxd.process.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ntpxd
+        Self { process, socket, _dir: dir }
     }
 
     pub fn serverstats(&self) -> ServerStats {

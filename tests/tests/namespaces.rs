@@ -8,6 +8,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use ntp_common::wire::{Leap, Mode};
+use ntp_userspace::dataplane::AttachMode;
 use ntpx_tests::{
     client::{self, BackgroundLoad, PacketSocket},
     frame::{self, Frame},
@@ -232,4 +233,25 @@ fn a_stale_state_sends_requests_to_the_slow_path() {
     let stats = ntpxd.serverstats();
     assert_eq!(stats.kernel.passed_stale, 1, "{stats:?}");
     assert_eq!((stats.slow_path.answered, stats.kernel.answered), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn native_xdp_falls_back_to_generic_and_a_missing_interface_is_an_error() {
+    if !privileged("native_xdp_falls_back_to_generic_and_a_missing_interface_is_an_error") {
+        return;
+    }
+    let netns = netns::Netns::new("attach");
+    // A bridge has no native XDP support.
+    netns.ip(&["link", "add", "br-ntpx", "type", "bridge"]);
+    netns.ip(&["link", "set", "br-ntpx", "up"]);
+    let ntpxd = Ntpxd::start(&netns, "local stratum 10\nallow\nxdp br-ntpx native\n");
+    let stats = ntpxd.serverstats();
+    assert_eq!(stats.xdp.len(), 1);
+    assert_eq!(stats.xdp[0].mode, AttachMode::Generic, "{stats:?}");
+    assert!(ntpxd.process.log().contains("native XDP is not available"), "{}", ntpxd.process.log());
+    drop(ntpxd);
+    let (status, log) =
+        Ntpxd::start_expecting_failure(&netns, "local stratum 10\nallow\nxdp no-such0\n");
+    assert!(!status.success());
+    assert!(log.contains("cannot attach XDP to no-such0: there is no such interface"), "{log}");
 }

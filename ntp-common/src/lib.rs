@@ -3,6 +3,7 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod maps;
+pub mod ratelimit;
 pub mod responder;
 pub mod state;
 pub mod wire;
@@ -13,4 +14,6 @@ mod pod {
     unsafe impl aya::Pod for crate::state::ServerState {}
     // SAFETY: as above, for the page that holds it.
     unsafe impl aya::Pod for crate::maps::ServerPage {}
+    // SAFETY: repr(C), no padding (size asserted), bytemuck::Pod.
+    unsafe impl aya::Pod for crate::ratelimit::ClientRecord {}
 }

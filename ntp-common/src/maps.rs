@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::state::ServerState;
+use crate::{ratelimit::RateLimit, state::ServerState};
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "ntpx";
@@ -36,23 +36,31 @@ pub struct ServerPage {
     pub slots: [Published; 2],
 }
 
-/// One published snapshot: the served state, the served port, and this host's addresses.
+/// One published snapshot: the served state, the served port, the client log's settings, the
+/// access tries in use, and this host's addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Published {
     pub state: ServerState,
+    /// CLOCK_TAI instant the client log's timestamps count from.
+    pub client_log_epoch_tai_ns: u64,
+    pub limit: RateLimit,
     /// The served UDP port, host byte order; 0: nothing is served.
     pub port: u16,
     pub local_v4_count: u16,
     pub local_v6_count: u16,
-    pub reserved: u16,
+    /// 1: log clients in [`CLIENTS`] (and limit their rates); 0: `noclientlog`.
+    pub client_log: u8,
+    /// Which access tries are in use: 0 the `_A` pair, 1 the `_B` pair.
+    pub access_slot: u8,
     /// IPv4 addresses as their four bytes in a native u32 (`u32::from_ne_bytes(octets)`).
     pub local_v4: [u32; MAX_LOCAL_V4],
     /// IPv6 addresses as their sixteen bytes in two native u64.
     pub local_v6: [[u64; 2]; MAX_LOCAL_V6],
 }
 
-const _: () = assert!(size_of::<Published>() == 64 + 8 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6);
+const _: () =
+    assert!(size_of::<Published>() == 64 + 8 + 8 + 8 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6);
 const _: () = assert!(size_of::<ServerPage>() <= 4096);
 
 impl Published {
@@ -83,19 +91,31 @@ impl Published {
     }
 }
 
-/// `LpmTrie<[u8; 4], u32>` and `LpmTrie<[u8; 16], u32>`: the access rules, value [`ACCESS_ALLOW`]
-/// or [`ACCESS_DENY`]; an address no rule covers is denied.
-pub const ACCESS_V4: &str = "ACCESS_V4";
-pub const ACCESS_V6: &str = "ACCESS_V6";
+/// `LpmTrie<[u8; 4], u32>` and `LpmTrie<[u8; 16], u32>`, two of each: the access rules, value
+/// [`ACCESS_ALLOW`] or [`ACCESS_DENY`]; an address no rule covers is denied. The daemon fills
+/// the pair not in use, then switches [`Published::access_slot`], so new rules take effect at
+/// once for every address.
+pub const ACCESS_V4: [&str; 2] = ["ACCESS_V4_A", "ACCESS_V4_B"];
+pub const ACCESS_V6: [&str; 2] = ["ACCESS_V6_A", "ACCESS_V6_B"];
 pub const ACCESS_DENY: u32 = 0;
 pub const ACCESS_ALLOW: u32 = 1;
 pub const MAX_ACCESS_RULES: u32 = 65_536;
 
+/// `LruHashMap<[u8; 16], ClientRecord>`: the client log, keyed by address (IPv4 as IPv4-mapped
+/// IPv6). The daemon sizes it at load time (`clientloglimit`, `clientlog entries`).
+pub const CLIENTS: &str = "CLIENTS";
+
+/// An address as a client log key: IPv6 as is, IPv4 mapped (`::ffff:a.b.c.d`).
+pub const fn client_key_v4(octets: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
+
 /// `PerCpuArray<u64>` of [`Counter::COUNT`] entries.
 pub const COUNTERS: &str = "COUNTERS";
 
-/// The data plane's per-CPU counters. Only UDP datagrams to the NTP port are counted: each is
-/// `Received` and then exactly one of the others.
+/// The data plane's per-CPU counters. Of UDP datagrams to the NTP port, each is `Received` and
+/// then exactly one of `Answered` .. `DroppedRateLimit`; `ClientRecordsCreated` counts new
+/// client log records (the daemon tells evictions from it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Counter {
@@ -103,6 +123,8 @@ pub enum Counter {
     Received = 0,
     /// Answered in the kernel with XDP_TX.
     Answered,
+    /// Answered with a RATE kiss-o'-death.
+    AnsweredKissOfDeath,
     /// Passed: headers inconsistent with the frame (lengths, IP header checksum).
     PassedMalformed,
     /// Passed: an IPv4 fragment.
@@ -120,13 +142,18 @@ pub enum Counter {
     PassedStale,
     /// Dropped: the access rules deny the source.
     DroppedDenied,
+    /// Dropped: over the client's rate limit.
+    DroppedRateLimit,
+    /// New client log records.
+    ClientRecordsCreated,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::Received,
         Self::Answered,
+        Self::AnsweredKissOfDeath,
         Self::PassedMalformed,
         Self::PassedFragment,
         Self::PassedLength,
@@ -135,23 +162,9 @@ impl Counter {
         Self::PassedChecksum,
         Self::PassedStale,
         Self::DroppedDenied,
+        Self::DroppedRateLimit,
+        Self::ClientRecordsCreated,
     ];
-
-    /// A stable snake_case name, for reports and JSON.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Answered => "answered",
-            Self::PassedMalformed => "passed_malformed",
-            Self::PassedFragment => "passed_fragment",
-            Self::PassedLength => "passed_length",
-            Self::PassedNotRequest => "passed_not_request",
-            Self::PassedAddress => "passed_address",
-            Self::PassedChecksum => "passed_checksum",
-            Self::PassedStale => "passed_stale",
-            Self::DroppedDenied => "dropped_denied",
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use crate::{
     state::ServerState,
-    wire::{self, HEADER_LEN, Mode, NtpTimestamp, offset},
+    wire::{self, HEADER_LEN, Leap, Mode, NtpTimestamp, ReferenceId, offset},
 };
 
 /// Why a request gets no reply.
@@ -23,6 +23,27 @@ pub enum NoReply {
     Stale,
 }
 
+/// Checks that `request` is a plain client request this server answers.
+pub fn check_request(request: &[u8]) -> Result<&[u8; HEADER_LEN], NoReply> {
+    let request: &[u8; HEADER_LEN] =
+        request.try_into().map_err(|_| NoReply::Length(request.len()))?;
+    let (_, version, mode) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
+    if !wire::is_served_version(version) {
+        return Err(NoReply::Version(version));
+    }
+    if mode != Mode::Client {
+        return Err(NoReply::NotClientRequest(mode));
+    }
+    Ok(request)
+}
+
+/// The poll field of a reply: the client's, raised to the rate limit's interval (chrony's
+/// `ratelimit` tells clients the interval it expects). `min_poll` is `i8::MIN` without one.
+pub const fn reply_poll(request_poll: u8, min_poll: i8) -> u8 {
+    let poll = request_poll as i8;
+    (if poll < min_poll { min_poll } else { poll }) as u8
+}
+
 /// Builds the reply to a plain client request.
 ///
 /// `receive_tai_ns` and `transmit_tai_ns` are CLOCK_TAI instants; the state turns them into the
@@ -33,23 +54,17 @@ pub fn respond(
     state: &ServerState,
     receive_tai_ns: u64,
     transmit_tai_ns: u64,
+    min_poll: i8,
 ) -> Result<[u8; HEADER_LEN], NoReply> {
-    let request: &[u8; HEADER_LEN] =
-        request.try_into().map_err(|_| NoReply::Length(request.len()))?;
-    let (_, version, mode) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
-    if !wire::is_served_version(version) {
-        return Err(NoReply::Version(version));
-    }
-    if mode != Mode::Client {
-        return Err(NoReply::NotClientRequest(mode));
-    }
+    let request = check_request(request)?;
+    let (_, version, _) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
     let received = state.elapsed_ns(receive_tai_ns).ok_or(NoReply::Stale)?;
     let transmit = state.served_time_after(state.transmit_elapsed_ns(received, transmit_tai_ns));
 
     let mut reply = [0u8; HEADER_LEN];
     reply[offset::LI_VN_MODE] = wire::li_vn_mode(state.leap(), version, Mode::Server);
     reply[offset::STRATUM] = state.stratum;
-    reply[offset::POLL] = request[offset::POLL];
+    reply[offset::POLL] = reply_poll(request[offset::POLL], min_poll);
     reply[offset::PRECISION] = state.precision as u8;
     let mut put = |at: usize, bytes: &[u8]| reply[at..at + bytes.len()].copy_from_slice(bytes);
     put(offset::ROOT_DELAY, &state.root_delay.to_be_bytes());
@@ -62,6 +77,23 @@ pub fn respond(
     );
     put(offset::RECEIVE_TIMESTAMP, &state.served_time_after(received).to_bits());
     put(offset::TRANSMIT_TIMESTAMP, &transmit.to_bits());
+    Ok(reply)
+}
+
+/// The RATE kiss-o'-death for a rate-limited client request: LI 3, stratum 0, reference ID
+/// "RATE", and no time of this server (receive and transmit repeat the client's transmit).
+pub fn kiss_of_death(request: &[u8], min_poll: i8) -> Result<[u8; HEADER_LEN], NoReply> {
+    let request = check_request(request)?;
+    let (_, version, _) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
+    let client_transmit = &request[offset::TRANSMIT_TIMESTAMP..offset::TRANSMIT_TIMESTAMP + 8];
+    let mut reply = [0u8; HEADER_LEN];
+    reply[offset::LI_VN_MODE] = wire::li_vn_mode(Leap::Unsynchronised, version, Mode::Server);
+    reply[offset::POLL] = reply_poll(request[offset::POLL], min_poll);
+    reply[offset::REFERENCE_ID..offset::REFERENCE_ID + 4]
+        .copy_from_slice(&ReferenceId::KISS_RATE.to_bits());
+    for at in [offset::ORIGIN_TIMESTAMP, offset::RECEIVE_TIMESTAMP, offset::TRANSMIT_TIMESTAMP] {
+        reply[at..at + 8].copy_from_slice(client_transmit);
+    }
     Ok(reply)
 }
 
@@ -78,7 +110,7 @@ mod tests {
     use super::*;
     use crate::{
         state::{MAX_STATE_AGE_NS, ReplyHeader, TimeAnchor},
-        wire::{Leap, NtpHeader, NtpShort, ReferenceId},
+        wire::{NtpHeader, NtpShort},
     };
 
     const BASE_TAI: u64 = 5_000_000_000_000;
@@ -113,7 +145,8 @@ mod tests {
     #[test]
     fn answers_a_client_request_with_the_published_header() {
         let state = state(local_stratum_10());
-        let reply = respond(&request(4, 6), &state, BASE_TAI + 1_000, BASE_TAI + 1_100).unwrap();
+        let reply =
+            respond(&request(4, 6), &state, BASE_TAI + 1_000, BASE_TAI + 1_100, i8::MIN).unwrap();
         let reply = NtpHeader::from_bytes(&reply);
         assert_eq!((reply.leap, reply.version, reply.mode), (Leap::NoWarning, 4, Mode::Server));
         assert_eq!((reply.stratum, reply.poll, reply.precision), (10, 6, -25));
@@ -129,7 +162,7 @@ mod tests {
     fn echoes_versions_1_to_4_and_ignores_others() {
         let state = state(local_stratum_10());
         for version in 0..8 {
-            let result = respond(&request(version, 3), &state, BASE_TAI, BASE_TAI);
+            let result = respond(&request(version, 3), &state, BASE_TAI, BASE_TAI, i8::MIN);
             match version {
                 1..=4 => assert_eq!(NtpHeader::from_bytes(&result.unwrap()).version, version),
                 _ => assert_eq!(result, Err(NoReply::Version(version))),
@@ -143,7 +176,7 @@ mod tests {
         for mode in 0..8u8 {
             let mut packet = request(4, 0);
             packet[0] = (packet[0] & !0b111) | mode;
-            let result = respond(&packet, &state, BASE_TAI, BASE_TAI);
+            let result = respond(&packet, &state, BASE_TAI, BASE_TAI, i8::MIN);
             assert_eq!(result.is_ok(), mode == 3, "mode {mode}");
         }
     }
@@ -151,7 +184,7 @@ mod tests {
     #[test]
     fn an_unsynchronised_server_still_answers_with_li_3() {
         let state = state(ReplyHeader::UNSYNCHRONISED);
-        let reply = respond(&request(4, 0), &state, BASE_TAI, BASE_TAI).unwrap();
+        let reply = respond(&request(4, 0), &state, BASE_TAI, BASE_TAI, i8::MIN).unwrap();
         let reply = NtpHeader::from_bytes(&reply);
         assert_eq!((reply.leap, reply.stratum), (Leap::Unsynchronised, 0));
         assert_eq!(reply.root_delay, NtpShort::ONE_SECOND);
@@ -159,17 +192,41 @@ mod tests {
     }
 
     #[test]
+    fn the_poll_is_raised_to_the_rate_limit_interval() {
+        let state = state(local_stratum_10());
+        let reply = respond(&request(4, 2), &state, BASE_TAI, BASE_TAI, 3).unwrap();
+        assert_eq!(NtpHeader::from_bytes(&reply).poll, 3);
+        let reply = respond(&request(4, 6), &state, BASE_TAI, BASE_TAI, 3).unwrap();
+        assert_eq!(NtpHeader::from_bytes(&reply).poll, 6);
+    }
+
+    #[test]
+    fn a_kiss_of_death_says_rate_and_gives_no_time() {
+        let kod = NtpHeader::from_bytes(&kiss_of_death(&request(3, 0), 4).unwrap());
+        assert_eq!(
+            (kod.leap, kod.version, kod.mode, kod.stratum, kod.poll),
+            (Leap::Unsynchronised, 3, Mode::Server, 0, 4)
+        );
+        assert_eq!(kod.reference_id, ReferenceId::KISS_RATE);
+        let client = NtpTimestamp::from_fixed(0x0123_4567_89ab_cdef);
+        assert_eq!(
+            (kod.origin_timestamp, kod.receive_timestamp, kod.transmit_timestamp),
+            (client, client, client)
+        );
+    }
+
+    #[test]
     fn a_stale_state_is_not_served() {
         let state = state(local_stratum_10());
         let late = state.fresh_until_tai_ns + 1;
-        assert_eq!(respond(&request(4, 0), &state, late, late), Err(NoReply::Stale));
+        assert_eq!(respond(&request(4, 0), &state, late, late, i8::MIN), Err(NoReply::Stale));
     }
 
     #[test]
     fn transmit_is_never_before_receive() {
         let state = state(local_stratum_10());
         for transmit in [BASE_TAI - 1, BASE_TAI + 10, state.fresh_until_tai_ns + 1_000_000_000] {
-            let reply = respond(&request(4, 0), &state, BASE_TAI + 50, transmit).unwrap();
+            let reply = respond(&request(4, 0), &state, BASE_TAI + 50, transmit, i8::MIN).unwrap();
             let (receive, transmit) = server_timestamps(&reply);
             assert_eq!(receive, transmit);
         }
@@ -181,7 +238,7 @@ mod tests {
             packet in proptest::collection::vec(any::<u8>(), 0..200),
         ) {
             let state = state(local_stratum_10());
-            let result = respond(&packet, &state, BASE_TAI, BASE_TAI);
+            let result = respond(&packet, &state, BASE_TAI, BASE_TAI, i8::MIN);
             if packet.len() != HEADER_LEN {
                 prop_assert_eq!(result, Err(NoReply::Length(packet.len())));
             } else if let Ok(reply) = result {

@@ -17,26 +17,37 @@ fn main() {}
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MMAPABLE,
+        BPF_F_MMAPABLE, BPF_NOEXIST,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::generated::{bpf_csum_diff, bpf_ktime_get_tai_ns, bpf_xdp_adjust_head},
+    helpers::generated::{
+        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_tai_ns, bpf_xdp_adjust_head,
+    },
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use ntp_common::{
-    maps::{ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage},
+    maps::{ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage, client_key_v4},
+    ratelimit::{self, ClientRecord, Limit},
+    responder,
     state::ServerState,
-    wire::{self, Mode},
+    wire::{self, Leap, Mode, ReferenceId},
 };
 
 #[map]
 static SERVER: Array<ServerPage> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
-static ACCESS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
+static ACCESS_V4_A: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
 #[map]
-static ACCESS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
+static ACCESS_V4_B: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
+#[map]
+static ACCESS_V6_A: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
+#[map]
+static ACCESS_V6_B: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ACCESS_RULES, 0);
+/// Sized by the daemon at load time.
+#[map]
+static CLIENTS: LruHashMap<[u8; 16], ClientRecord> = LruHashMap::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -107,24 +118,21 @@ fn try_ntpx(ctx: &XdpContext, receive_tai_ns: u64) -> Result<u32, ()> {
     } else {
         return Ok(XDP_PASS);
     };
-    count(Counter::Received);
+    // An answer was counted before its transmit timestamp was taken (see write_reply).
     Ok(match outcome {
-        Ok(()) => {
-            count(Counter::Answered);
-            XDP_TX
-        }
-        Err(Counter::DroppedDenied) => {
-            count(Counter::DroppedDenied);
-            XDP_DROP
-        }
+        Ok(()) => XDP_TX,
         Err(refusal) => {
+            count(Counter::Received);
             count(refusal);
-            XDP_PASS
+            match refusal {
+                Counter::DroppedDenied | Counter::DroppedRateLimit => XDP_DROP,
+                _ => XDP_PASS,
+            }
         }
     })
 }
 
-/// `Err(())`: not a UDP datagram to the NTP port. `Ok(Ok(()))`: the reply is in place.
+/// `Err(())`: not a UDP datagram to the NTP port. `Ok(Ok(_))`: the reply is in place.
 #[inline(always)]
 fn ipv4(
     ctx: &XdpContext,
@@ -191,11 +199,16 @@ fn serve_ipv4(
     if checksum != 0 && !datagram_checksum_ok(dgram, pseudo) {
         return Err(Counter::PassedChecksum);
     }
-    match ACCESS_V4.get(Key::new(32, u32_of(src).to_ne_bytes())) {
-        Some(&ACCESS_ALLOW) => {}
-        _ => return Err(Counter::DroppedDenied),
+    let src_bytes = u32_of(src).to_ne_bytes();
+    let key = Key::new(32, src_bytes);
+    let access =
+        if published.access_slot == 0 { ACCESS_V4_A.get(&key) } else { ACCESS_V4_B.get(&key) };
+    if access != Some(&ACCESS_ALLOW) {
+        return Err(Counter::DroppedDenied);
     }
+    // A stale state passes the request on before it is logged: the slow path logs it.
     let (state, received) = fresh_state(published, receive_tai_ns)?;
+    let answer = log_client(published, &client_key_v4(src_bytes), receive_tai_ns)?;
 
     let l2 = read_l2(ctx, l3)?;
     let options_len = header_len - 2 * IPV4_WORDS;
@@ -225,7 +238,7 @@ fn serve_ipv4(
     unsafe { *ip = reply };
     let dgram: *mut [u16; DATAGRAM_WORDS] =
         ptr_at(ctx, l3 + 2 * IPV4_WORDS).map_err(|()| Counter::PassedMalformed)?;
-    write_reply(dgram, pseudo, state, received);
+    write_reply(dgram, pseudo, published, state, received, answer);
     Ok(())
 }
 
@@ -283,11 +296,15 @@ fn serve_ipv6(
     if unsafe { (*dgram)[3] } == 0 || !datagram_checksum_ok(dgram, pseudo) {
         return Err(Counter::PassedChecksum);
     }
-    match ACCESS_V6.get(Key::new(128, bytes16(&src))) {
-        Some(&ACCESS_ALLOW) => {}
-        _ => return Err(Counter::DroppedDenied),
+    let src_bytes = bytes16(&src);
+    let key = Key::new(128, src_bytes);
+    let access =
+        if published.access_slot == 0 { ACCESS_V6_A.get(&key) } else { ACCESS_V6_B.get(&key) };
+    if access != Some(&ACCESS_ALLOW) {
+        return Err(Counter::DroppedDenied);
     }
     let (state, received) = fresh_state(published, receive_tai_ns)?;
+    let answer = log_client(published, &src_bytes, receive_tai_ns)?;
 
     let l2 = read_l2(ctx, l3)?;
     write_l2(ctx, &l2, l3)?;
@@ -296,7 +313,7 @@ fn serve_ipv6(
     header[3] = word([IPPROTO_UDP, REPLY_TTL]);
     header[4..12].copy_from_slice(&dst);
     header[12..20].copy_from_slice(&src);
-    write_reply(dgram, pseudo, state, received);
+    write_reply(dgram, pseudo, published, state, received, answer);
     Ok(())
 }
 
@@ -342,6 +359,51 @@ fn fresh_state(published: &Published, receive_tai_ns: u64) -> Result<(&ServerSta
     let state = &published.state;
     let received = state.elapsed_ns(receive_tai_ns).ok_or(Counter::PassedStale)?;
     Ok((state, received))
+}
+
+/// What a request is answered with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Time,
+    KissOfDeath,
+}
+
+/// Logs the client (`key`) and applies its rate limit; `Err` when its request is to be dropped.
+#[inline(always)]
+fn log_client(
+    published: &Published,
+    key: &[u8; 16],
+    receive_tai_ns: u64,
+) -> Result<Answer, Refusal> {
+    if published.client_log == 0 {
+        return Ok(Answer::Time);
+    }
+    let limit = &published.limit;
+    let now = ratelimit::timestamp(receive_tai_ns.wrapping_sub(published.client_log_epoch_tai_ns));
+    let record = match CLIENTS.get_ptr_mut(key) {
+        Some(record) => record,
+        None => {
+            // Another CPU may insert the same client meanwhile: then this insert fails and the
+            // lookup below finds that record.
+            if CLIENTS.insert(key, ClientRecord::new(limit), u64::from(BPF_NOEXIST)).is_ok() {
+                count(Counter::ClientRecordsCreated);
+            }
+            match CLIENTS.get_ptr_mut(key) {
+                Some(record) => record,
+                None => return Ok(Answer::Time),
+            }
+        }
+    };
+    // SAFETY: a map value, valid while the program runs. Another CPU serving the same client at
+    // the same instant may interleave its update with this one; the worst is a lost count.
+    let record = unsafe { &mut *record };
+    record.log(now, limit);
+    // SAFETY: a helper without arguments.
+    match record.limit(limit, || unsafe { bpf_get_prandom_u32() }) {
+        Limit::Answer => Ok(Answer::Time),
+        Limit::KissOfDeath => Ok(Answer::KissOfDeath),
+        Limit::Drop => Err(Counter::DroppedRateLimit),
+    }
 }
 
 /// Sources a reply cannot go to: unspecified (0/8), multicast (224/4), reserved and the
@@ -394,19 +456,29 @@ fn write_l2(ctx: &XdpContext, l2: &L2, l3: usize) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Turns the request datagram into the reply in place; the transmit timestamp is read last.
+/// Turns the request datagram into the reply in place and counts it; the transmit timestamp
+/// is read last, so that the reply leaves right after the instant it states.
 #[inline(always)]
 fn write_reply(
     dgram: *mut [u16; DATAGRAM_WORDS],
     pseudo_header_sum: u64,
+    published: &Published,
     state: &ServerState,
     received: u64,
+    answer: Answer,
 ) {
+    count(Counter::Received);
+    count(if answer == Answer::KissOfDeath {
+        Counter::AnsweredKissOfDeath
+    } else {
+        Counter::Answered
+    });
     // SAFETY: the caller checked the bounds of the whole datagram.
     let d = unsafe { &mut *dgram };
     let (client_port, server_port) = (d[0], d[1]);
     let [first, _] = d[UDP_WORDS].to_ne_bytes();
     let [poll, _] = d[UDP_WORDS + 1].to_ne_bytes();
+    let poll = responder::reply_poll(poll, published.limit.min_poll());
     let (_, version, _) = wire::split_li_vn_mode(first);
     let mut origin = [0u16; 4];
     origin.copy_from_slice(&d[UDP_WORDS + 20..UDP_WORDS + 24]);
@@ -415,6 +487,21 @@ fn write_reply(
     d[1] = client_port;
     d[3] = 0;
     let n = &mut d[UDP_WORDS..];
+    if answer == Answer::KissOfDeath {
+        // No time of this server: receive and transmit repeat the client's transmit.
+        n[0] = word([wire::li_vn_mode(Leap::Unsynchronised, version, Mode::Server), 0]);
+        n[1] = word([poll, 0]);
+        n[2..6].copy_from_slice(&[0; 4]);
+        let kiss = ReferenceId::KISS_RATE.to_bits();
+        n[6..8].copy_from_slice(&[word([kiss[0], kiss[1]]), word([kiss[2], kiss[3]])]);
+        n[8..12].copy_from_slice(&[0; 4]);
+        n[12..16].copy_from_slice(&origin);
+        n[16..20].copy_from_slice(&origin);
+        d[3] = checksum(
+            sum_bytes(dgram.cast(), 2 * (UDP_WORDS + 20) as u32, pseudo_header_sum) + sum(&origin),
+        );
+        return;
+    }
     n[0] = word([wire::li_vn_mode(state.leap(), version, Mode::Server), state.stratum]);
     n[1] = word([poll, state.precision as u8]);
     n[2..4].copy_from_slice(&words32(state.root_delay));
@@ -435,10 +522,16 @@ fn write_reply(
     let transmit = words64(transmit.to_fixed());
     d[UDP_WORDS + 20..].copy_from_slice(&transmit);
     total += sum(&transmit);
-    d[3] = match !fold(total) {
-        0 => 0xffff, // zero means "no checksum" in UDP
+    d[3] = checksum(total);
+}
+
+/// The UDP checksum of an unfolded sum: zero means "no checksum", so it is sent as 0xffff.
+#[inline(always)]
+fn checksum(total: u64) -> u16 {
+    match !fold(total) {
+        0 => 0xffff,
         checksum => checksum,
-    };
+    }
 }
 
 /// A host-order u32 as the two words of its big-endian bytes.

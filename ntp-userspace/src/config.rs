@@ -11,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ntp_common::ratelimit::RateLimit;
+
 use crate::{
     access::{Access, AccessRule, Subnet},
     dataplane::AttachMode,
@@ -63,6 +65,62 @@ pub struct LocalReference {
     pub distance: f64,
 }
 
+/// `ratelimit [interval L] [burst B] [leak K] [kod K]`, as written (chrony's defaults: 3, 8, 2,
+/// and no kiss-o'-death).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub interval: i32,
+    pub burst: i32,
+    pub leak: i32,
+    pub kod: i32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { interval: 3, burst: 8, leak: 2, kod: 0 }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn bucket(&self) -> RateLimit {
+        RateLimit::new(self.interval, self.burst, self.leak, self.kod)
+    }
+}
+
+/// The size of the client log: `clientloglimit BYTES` (chrony's), `clientlog entries N`
+/// (ntpxd's), or `noclientlog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientLogSize {
+    Bytes(u64),
+    Entries(u32),
+    Disabled,
+}
+
+impl Default for ClientLogSize {
+    /// chrony's default limit.
+    fn default() -> Self {
+        Self::Bytes(524_288)
+    }
+}
+
+impl ClientLogSize {
+    /// The kernel's memory for one client: the LRU hash element (48-byte header, 16-byte key,
+    /// 24-byte record) and its share of the bucket array (16-byte buckets, as many as entries
+    /// rounded up to a power of two). Measured: 104,778,112 bytes for 1,000,000 entries.
+    pub const BYTES_PER_CLIENT: u64 = 105;
+
+    /// How many clients the log holds; 0 when disabled.
+    pub fn entries(&self) -> u32 {
+        match *self {
+            Self::Bytes(bytes) => {
+                (bytes / Self::BYTES_PER_CLIENT).clamp(1, u64::from(u32::MAX)) as u32
+            }
+            Self::Entries(entries) => entries,
+            Self::Disabled => 0,
+        }
+    }
+}
+
 /// `xdp IFACE [native|generic]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XdpInterface {
@@ -83,6 +141,8 @@ pub struct Config {
     pub command_socket: PathBuf,
     pub pidfile: PathBuf,
     pub xdp: Vec<XdpInterface>,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub client_log: ClientLogSize,
 }
 
 impl Default for Config {
@@ -96,6 +156,8 @@ impl Default for Config {
             command_socket: PathBuf::from(DEFAULT_COMMAND_SOCKET),
             pidfile: PathBuf::from(DEFAULT_PIDFILE),
             xdp: Vec::new(),
+            rate_limit: None,
+            client_log: ClientLogSize::default(),
         }
     }
 }
@@ -104,7 +166,18 @@ impl Default for Config {
 /// gives the same configuration back.
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { local, access, port, bind_v4, bind_v6, command_socket, pidfile, xdp } = self;
+        let Self {
+            local,
+            access,
+            port,
+            bind_v4,
+            bind_v6,
+            command_socket,
+            pidfile,
+            xdp,
+            rate_limit,
+            client_log,
+        } = self;
         if let Some(LocalReference { stratum, orphan, distance }) = local {
             write!(f, "local stratum {stratum} distance {distance}")?;
             writeln!(f, "{}", if *orphan { " orphan" } else { "" })?;
@@ -136,6 +209,14 @@ impl fmt::Display for Config {
             };
             writeln!(f, "xdp {interface} {mode}")?;
         }
+        if let Some(RateLimitConfig { interval, burst, leak, kod }) = rate_limit {
+            writeln!(f, "ratelimit interval {interval} burst {burst} leak {leak} kod {kod}")?;
+        }
+        match client_log {
+            ClientLogSize::Bytes(bytes) => writeln!(f, "clientloglimit {bytes}")?,
+            ClientLogSize::Entries(entries) => writeln!(f, "clientlog entries {entries}")?,
+            ClientLogSize::Disabled => writeln!(f, "noclientlog")?,
+        }
         Ok(())
     }
 }
@@ -160,14 +241,13 @@ fn unsupported(directive: &str) -> Option<Unsupported> {
     use Unsupported::{NoEffect, NotYet};
     Some(match directive {
         "server" | "pool" | "peer" | "refclock" | "makestep" | "maxdistance" | "driftfile"
-        | "rtcsync" | "leapsectz" | "leapsecmode" | "ratelimit" | "clientloglimit"
-        | "noclientlog" | "maxupdateskew" | "maxchange" | "maxclockerror" | "maxdrift"
-        | "maxslewrate" | "minsources" | "maxjitter" | "minsamples" | "maxsamples"
-        | "combinelimit" | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift"
-        | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
-        | "clockprecision" | "hwtimestamp" | "hwtstimeout" | "acquisitionport"
-        | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual"
-        | "refresh" => NotYet,
+        | "rtcsync" | "leapsectz" | "leapsecmode" | "maxupdateskew" | "maxchange"
+        | "maxclockerror" | "maxdrift" | "maxslewrate" | "minsources" | "maxjitter"
+        | "minsamples" | "maxsamples" | "combinelimit" | "reselectdist" | "stratumweight"
+        | "initstepslew" | "fallbackdrift" | "corrtimeratio" | "sourcedir" | "authselectmode"
+        | "smoothtime" | "tempcomp" | "clockprecision" | "hwtimestamp" | "hwtstimeout"
+        | "acquisitionport" | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast"
+        | "dscp" | "manual" | "refresh" => NotYet,
         "cmdallow" | "cmddeny" | "cmdport" | "cmdratelimit" | "bindcmddevice" => {
             NoEffect("ntpxd's control socket is a Unix socket: access is by file permissions")
         }
@@ -193,28 +273,46 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         message: format!("cannot read: {error}"),
     })?;
     parser.parse(path, &text, 0)?;
-    Ok(parser.finish())
+    parser.finish()
 }
 
 /// Parses `text` as if read from `file` (includes are read from disk).
 pub fn parse(file: &Path, text: &str) -> Result<Loaded, ConfigError> {
     let mut parser = Parser::default();
     parser.parse(file, text, 0)?;
-    Ok(parser.finish())
+    parser.finish()
 }
 
 #[derive(Default)]
 struct Parser {
     config: Config,
     warnings: Vec<Warning>,
+    /// Where `ratelimit` and `noclientlog` were given, to report their conflict.
+    rate_limit_at: Option<Location>,
+    no_client_log_at: Option<Location>,
 }
 
 /// Nesting limit for `include` and `confdir`, against include loops.
 const MAX_INCLUDE_DEPTH: usize = 10;
 
 impl Parser {
-    fn finish(self) -> Loaded {
-        Loaded { config: self.config, warnings: self.warnings }
+    /// Checks the configuration as a whole.
+    fn finish(self) -> Result<Loaded, ConfigError> {
+        if let (Some(rate_limit), Some(no_client_log)) =
+            (&self.rate_limit_at, &self.no_client_log_at)
+        {
+            let later =
+                if rate_limit.line > no_client_log.line { rate_limit } else { no_client_log };
+            return Err(ConfigError {
+                location: later.clone(),
+                message: format!(
+                    "rate limiting (line {}) needs the client log, which noclientlog (line {}) \
+                     turns off",
+                    rate_limit.line, no_client_log.line
+                ),
+            });
+        }
+        Ok(Loaded { config: self.config, warnings: self.warnings })
     }
 
     fn parse(&mut self, file: &Path, text: &str, depth: usize) -> Result<(), ConfigError> {
@@ -289,6 +387,34 @@ impl Parser {
                 }
                 config.xdp.push(XdpInterface { interface, mode });
             }
+            "ratelimit" => {
+                config.rate_limit = Some(parse_rate_limit(args)?);
+                self.rate_limit_at = Some(location.clone());
+            }
+            "clientloglimit" => {
+                config.client_log =
+                    ClientLogSize::Bytes(parse_number(one(args)?, "a size in bytes")?)
+            }
+            "clientlog" => match args {
+                ["entries", count] => {
+                    let entries: u32 = parse_number(count, "a number of clients")?;
+                    if entries == 0 {
+                        return Err(
+                            "clientlog entries must be at least 1 (noclientlog turns it off)"
+                                .into(),
+                        );
+                    }
+                    config.client_log = ClientLogSize::Entries(entries);
+                }
+                _ => return Err("usage: clientlog entries N".into()),
+            },
+            "noclientlog" => {
+                if !args.is_empty() {
+                    return Err("noclientlog takes no value".into());
+                }
+                config.client_log = ClientLogSize::Disabled;
+                self.no_client_log_at = Some(location.clone());
+            }
             "include" => {
                 for path in expand_glob(one(args)?)? {
                     self.include(&path, depth)?;
@@ -347,6 +473,31 @@ fn one<'a>(args: &[&'a str]) -> Result<&'a str, String> {
 
 fn parse_number<T: std::str::FromStr>(word: &str, what: &str) -> Result<T, String> {
     word.parse().map_err(|_| format!("{word:?} is not {what}"))
+}
+
+fn parse_rate_limit(args: &[&str]) -> Result<RateLimitConfig, String> {
+    let mut limit = RateLimitConfig::default();
+    let mut args = args.iter();
+    while let Some(&option) = args.next() {
+        let value = args.next().copied().ok_or(format!("ratelimit {option} needs a value"))?;
+        let value: i32 = parse_number(value, "a number")?;
+        let (field, range) = match option.to_ascii_lowercase().as_str() {
+            "interval" => (&mut limit.interval, -19..=12),
+            "burst" => (&mut limit.burst, 1..=255),
+            "leak" => (&mut limit.leak, 1..=4),
+            "kod" => (&mut limit.kod, 0..=4),
+            other => return Err(format!("unknown ratelimit option `{other}`")),
+        };
+        if !range.contains(&value) {
+            return Err(format!(
+                "ratelimit {option} must be {} to {}, not {value}",
+                range.start(),
+                range.end()
+            ));
+        }
+        *field = value;
+    }
+    Ok(limit)
 }
 
 fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
@@ -589,6 +740,32 @@ mod tests {
     }
 
     #[test]
+    fn reads_rate_limiting_and_the_client_log() {
+        let config = parse_text("ratelimit interval 1 burst 16 kod 3\nclientlog entries 1000000\n")
+            .unwrap()
+            .config;
+        assert_eq!(
+            config.rate_limit,
+            Some(RateLimitConfig { interval: 1, burst: 16, leak: 2, kod: 3 })
+        );
+        assert_eq!(config.client_log.entries(), 1_000_000);
+        let config = parse_text("ratelimit\nclientloglimit 1048576\n").unwrap().config;
+        assert_eq!(config.rate_limit, Some(RateLimitConfig::default()));
+        assert_eq!(config.client_log.entries(), 9986);
+        assert_eq!(ClientLogSize::default().entries(), 4993, "chrony's default budget");
+        assert!(error_of("ratelimit leak 5").contains("leak must be 1 to 4"));
+        assert!(error_of("ratelimit speed 5").contains("unknown ratelimit option"));
+        assert!(error_of("ratelimit burst").contains("needs a value"));
+        assert_eq!(
+            error_of("ratelimit\nallow\nnoclientlog"),
+            "test.conf:3: rate limiting (line 1) needs the client log, which noclientlog (line 3) \
+             turns off"
+        );
+        assert!(error_of("clientlog entries 0").contains("at least 1"));
+        assert_eq!(parse_text("noclientlog").unwrap().config.client_log, ClientLogSize::Disabled);
+    }
+
+    #[test]
     fn directives_not_implemented_are_accepted_with_a_warning() {
         let loaded =
             parse_text("allow\nserver 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
@@ -635,7 +812,8 @@ mod tests {
     #[test]
     fn the_printed_configuration_reads_back_the_same() {
         let text = "local stratum 8 orphan\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
-            port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nxdp eth0\nxdp eth1 generic\n";
+            port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nxdp eth0\nxdp eth1 generic\n\
+            ratelimit interval 2 kod 1\nclientlog entries 77\n";
         let config = parse_text(text).unwrap().config;
         let printed = config.to_string();
         assert_eq!(parse_text(&printed).unwrap().config, config, "{printed}");

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -12,19 +13,54 @@ use anyhow::Context as _;
 use ntp_common::maps::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::AttachMode;
+use crate::{access::Access, dataplane::AttachMode};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     ServerStats,
+    /// The client log: clients with at least `min_requests` requests, the most active first,
+    /// at most `top` of them; `reset` zeroes their counts afterwards.
+    Clients {
+        min_requests: u32,
+        top: Option<usize>,
+        reset: bool,
+    },
+    /// A rule added at run time, as an `allow`/`deny` line after the configuration's.
+    Access {
+        access: Access,
+        all: bool,
+        subnet: Option<String>,
+    },
+    /// Whether the rules admit an address.
+    AccessCheck {
+        address: String,
+    },
+    /// Rereads the configuration file and applies its access rules and rate limit.
+    Reload,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
-    ServerStats(ServerStats),
+    ServerStats(Box<ServerStats>),
+    Clients { clients: Vec<ClientReport> },
+    Ok,
+    AccessCheck { allowed: bool },
     Error { message: String },
+}
+
+/// One client of `clients`, as chronyc reports it (intervals in log2 s, 127 unknown; seconds
+/// since the last request, `u32::MAX` never).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientReport {
+    pub address: IpAddr,
+    pub ntp_requests: u32,
+    pub ntp_drops: u32,
+    pub ntp_kiss_of_death: u32,
+    pub ntp_interval: i8,
+    pub ntp_interval_limited: i8,
+    pub last_ntp_ago: u32,
 }
 
 /// `serverstats`: chrony's counters, then this server's own.
@@ -48,6 +84,9 @@ pub struct ServerStats {
     pub slow_path: SlowPathCounters,
     /// Interfaces the XDP program is attached to.
     pub xdp: Vec<XdpAttachment>,
+    /// How many clients the client log holds at most (0: off), and its memory in the kernel.
+    pub client_log_capacity: u32,
+    pub client_log_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +100,7 @@ pub struct XdpAttachment {
 pub struct KernelCounters {
     pub received: u64,
     pub answered: u64,
+    pub answered_kiss_of_death: u64,
     pub passed_malformed: u64,
     pub passed_fragment: u64,
     pub passed_length: u64,
@@ -69,6 +109,8 @@ pub struct KernelCounters {
     pub passed_checksum: u64,
     pub passed_stale: u64,
     pub dropped_denied: u64,
+    pub dropped_rate_limit: u64,
+    pub client_records_created: u64,
 }
 
 impl KernelCounters {
@@ -84,6 +126,7 @@ impl KernelCounters {
         match counter {
             Counter::Received => &mut self.received,
             Counter::Answered => &mut self.answered,
+            Counter::AnsweredKissOfDeath => &mut self.answered_kiss_of_death,
             Counter::PassedMalformed => &mut self.passed_malformed,
             Counter::PassedFragment => &mut self.passed_fragment,
             Counter::PassedLength => &mut self.passed_length,
@@ -92,6 +135,8 @@ impl KernelCounters {
             Counter::PassedChecksum => &mut self.passed_checksum,
             Counter::PassedStale => &mut self.passed_stale,
             Counter::DroppedDenied => &mut self.dropped_denied,
+            Counter::DroppedRateLimit => &mut self.dropped_rate_limit,
+            Counter::ClientRecordsCreated => &mut self.client_records_created,
         }
     }
 }
@@ -99,9 +144,11 @@ impl KernelCounters {
 /// The daemon's socket path: what the kernel passed, or everything without XDP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlowPathCounters {
-    /// Datagrams from admitted clients.
+    /// Requests from admitted clients (logged in the client log).
     pub received: u64,
     pub answered: u64,
+    pub kiss_of_death: u64,
+    pub rate_limited: u64,
     /// Datagrams from clients the access rules deny.
     pub denied: u64,
 }

@@ -17,11 +17,14 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use ntp_common::ratelimit::{self, RateLimit};
+
 use crate::{
-    access::AccessTable,
+    access::{AccessRule, AccessTable, Subnet},
+    client_table::{Client, ClientLog, ClientLogSettings, NoClientLog},
     clock::{self, KernelClock},
-    config::Config,
-    control::{KernelCounters, Request, Response, ServerStats, XdpAttachment},
+    config::{self, ClientLogSize, Config},
+    control::{ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment},
     dataplane::Dataplane,
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
@@ -35,17 +38,21 @@ pub struct Options {
     pub no_clock_control: bool,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
+/// What the daemon's tasks change together: the kernel's maps and the rules they hold.
+struct Shared {
+    dataplane: Option<Dataplane>,
+    config_file: PathBuf,
+    config: Config,
+    /// The configuration's access rules and those added at run time, in order.
+    rules: Vec<AccessRule>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `config` was read from `config_file`, which SIGHUP
+/// and `ntpxc reload` read again.
+pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyhow::Result<()> {
     let Options { no_clock_control } = options;
     let kernel_clock = KernelClock::read().context("reading the kernel clock (adjtimex)")?;
     let precision = clock::precision_log2();
-    let access = AccessTable::from_rules(&config.access);
-    let server = Arc::new(Server::new(
-        Reference::new(config.local, precision),
-        access.clone(),
-        kernel_clock.tai_offset_s,
-    ));
     let _pidfile = Pidfile::create(&config.pidfile)?;
     tracing::info!(
         port = config.port,
@@ -55,15 +62,29 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         "ntpxd starting"
     );
 
-    let dataplane = Arc::new(Mutex::new(None::<Dataplane>));
-    let mut sockets = Vec::new();
-    if config.port == 0 {
+    let access = AccessTable::from_rules(&config.access);
+    let mut dataplane = None;
+    let client_log: Arc<dyn ClientLog> = if config.port == 0 {
         tracing::warn!("port 0: not serving NTP");
+        Arc::new(NoClientLog)
     } else {
-        if !config.xdp.is_empty() {
-            let loaded = start_dataplane(&config, &server, &access)?;
-            *dataplane.lock().expect("dataplane lock") = Some(loaded);
-        }
+        // Loaded even without XDP: the client log lives in the kernel's table.
+        let loaded = Dataplane::load(config.port, config.client_log.entries())?;
+        let clients = loaded.clients();
+        dataplane = Some(loaded);
+        clients
+    };
+    let server = Arc::new(Server::new(
+        Reference::new(config.local, precision),
+        access.clone(),
+        client_log,
+        kernel_clock.tai_offset_s,
+    ));
+    if let Some(dataplane) = dataplane.as_mut() {
+        start_dataplane(dataplane, &config, &server, &access)?;
+    }
+    let mut sockets = Vec::new();
+    if config.port != 0 {
         for address in bind_addresses(&config) {
             let socket = NtpSocket::bind(address)
                 .with_context(|| format!("binding the NTP socket to {address}"))?;
@@ -74,6 +95,8 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         tokio::spawn(serve_socket(socket.clone(), server.clone()));
     }
     let control = ControlSocket::bind(&config.command_socket)?;
+    let rules = config.access.clone();
+    let shared = Arc::new(Mutex::new(Shared { dataplane, config_file, config, rules }));
 
     let mut ticker = tokio::time::interval(Duration::from_nanos(PUBLISH_INTERVAL_NS));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,51 +106,62 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let mut dataplane = dataplane.lock().expect("dataplane lock");
-                if let Err(error) = refresh(&server, dataplane.as_mut(), &config) {
+                let mut shared = shared.lock().expect("shared lock");
+                let Shared { dataplane, config, .. } = &mut *shared;
+                if let Err(error) = refresh(&server, dataplane.as_mut(), config) {
                     tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
                 }
             }
             connection = control.listener.accept() => match connection {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_control(stream, server.clone(), dataplane.clone()));
+                    tokio::spawn(serve_control(stream, server.clone(), shared.clone()));
                 }
                 Err(error) => tracing::warn!(%error, "control socket"),
             },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                tracing::warn!("SIGHUP: reloading the configuration is not implemented yet; \
-                    restart ntpxd to apply changes");
+                if let Err(error) = reload(&server, &mut shared.lock().expect("shared lock")) {
+                    tracing::error!("SIGHUP: {error:#}; the running configuration is kept");
+                }
             }
         }
     }
 
     tracing::info!("ntpxd stopping");
-    if let Some(dataplane) = dataplane.lock().expect("dataplane lock").as_mut() {
+    if let Some(dataplane) = shared.lock().expect("shared lock").dataplane.as_mut() {
         dataplane.detach_all()?;
     }
     Ok(())
 }
 
-/// Loads the program, fills its maps, publishes the state, then attaches: the program never
-/// runs on an interface before it has everything it needs.
+/// Fills the program's maps and publishes the state, then attaches: the program never runs on
+/// an interface before it has everything it needs.
 fn start_dataplane(
+    dataplane: &mut Dataplane,
     config: &Config,
     server: &Server,
     access: &AccessTable,
-) -> anyhow::Result<Dataplane> {
-    let mut dataplane = Dataplane::load(config.port)?;
-    dataplane.set_access(access)?;
-    refresh(server, Some(&mut dataplane), config)?;
+) -> anyhow::Result<()> {
+    dataplane.reconfigure(access, client_log_settings(config, clock::tai_ns()))?;
+    refresh(server, Some(dataplane), config)?;
     for xdp in &config.xdp {
         let mode = dataplane.attach(&xdp.interface, xdp.mode)?;
         tracing::info!(interface = xdp.interface, ?mode, "XDP attached");
     }
-    Ok(dataplane)
+    Ok(())
 }
 
-/// Follows the kernel clock and, with XDP, publishes a fresh state and the local addresses.
+fn client_log_settings(config: &Config, epoch_tai_ns: u64) -> ClientLogSettings {
+    ClientLogSettings {
+        enabled: config.client_log != ClientLogSize::Disabled,
+        limit: config.rate_limit.map_or(RateLimit::DISABLED, |limit| limit.bucket()),
+        epoch_tai_ns,
+    }
+}
+
+/// Follows the kernel clock and, with the program loaded, publishes a fresh state and the
+/// local addresses.
 fn refresh(
     server: &Server,
     dataplane: Option<&mut Dataplane>,
@@ -140,6 +174,42 @@ fn refresh(
         dataplane.publish(&server.state_to_publish(now));
         dataplane.set_local_addresses(&served_addresses(config)?);
     }
+    Ok(())
+}
+
+/// Rereads the configuration file and applies what can change while running: the access rules
+/// (run-time changes are dropped, as chrony drops them on restart), the rate limit and the local
+/// reference. A file with an error changes nothing.
+fn reload(server: &Server, shared: &mut Shared) -> anyhow::Result<()> {
+    let loaded = config::load(&shared.config_file)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let new = loaded.config;
+    let old = &shared.config;
+    let needs_restart = [
+        ("port", new.port != old.port),
+        ("bindaddress", (new.bind_v4, new.bind_v6) != (old.bind_v4, old.bind_v6)),
+        ("bindcmdaddress", new.command_socket != old.command_socket),
+        ("pidfile", new.pidfile != old.pidfile),
+        ("xdp", new.xdp != old.xdp),
+        ("the client log's size", new.client_log.entries() != old.client_log.entries()),
+    ];
+    for (what, changed) in needs_restart {
+        if changed {
+            tracing::warn!("{what} changed: restart ntpxd to apply it");
+        }
+    }
+    let access = AccessTable::from_rules(&new.access);
+    if let Some(dataplane) = shared.dataplane.as_mut() {
+        let epoch = dataplane.clients().settings().epoch_tai_ns;
+        dataplane.reconfigure(&access, client_log_settings(&new, epoch))?;
+    }
+    server.set_access(access);
+    server.set_reference(Reference::new(new.local, server.precision()));
+    shared.rules = new.access.clone();
+    shared.config = new;
+    tracing::info!(file = %shared.config_file.display(), "configuration reloaded");
     Ok(())
 }
 
@@ -210,7 +280,7 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
 async fn serve_control(
     stream: tokio::net::UnixStream,
     server: Arc<Server>,
-    dataplane: Arc<Mutex<Option<Dataplane>>>,
+    shared: Arc<Mutex<Shared>>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -221,7 +291,13 @@ async fn serve_control(
     }
     server.count_command();
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => respond(&request, &server, &dataplane),
+        // Reports can read a large client table: off the runtime's worker threads.
+        Ok(request) => tokio::task::spawn_blocking(move || {
+            respond(&request, &server, &mut shared.lock().expect("shared lock"))
+                .unwrap_or_else(|error| Response::Error { message: format!("{error:#}") })
+        })
+        .await
+        .unwrap_or_else(|error| Response::Error { message: error.to_string() }),
         Err(error) => Response::Error { message: format!("bad request: {error}") },
     };
     let mut text = serde_json::to_string(&response).unwrap_or_default();
@@ -231,37 +307,101 @@ async fn serve_control(
     }
 }
 
-fn respond(request: &Request, server: &Server, dataplane: &Mutex<Option<Dataplane>>) -> Response {
-    match request {
-        Request::ServerStats => {
-            let mut dataplane = dataplane.lock().expect("dataplane lock");
-            let (kernel, xdp) = match dataplane.as_mut() {
-                Some(dataplane) => match dataplane.counters() {
-                    Ok(counters) => (
-                        KernelCounters::from_array(&counters),
-                        dataplane
-                            .attachments()
-                            .map(|(interface, mode)| XdpAttachment {
-                                interface: interface.to_owned(),
-                                mode,
-                            })
-                            .collect(),
-                    ),
-                    Err(error) => return Response::Error { message: format!("{error:#}") },
-                },
-                None => (KernelCounters::default(), Vec::new()),
+fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::Result<Response> {
+    Ok(match request {
+        Request::ServerStats => Response::ServerStats(Box::new(server_stats(server, shared)?)),
+        Request::Clients { min_requests, top, reset } => {
+            let Some(dataplane) = shared.dataplane.as_ref() else {
+                return Ok(Response::Clients { clients: Vec::new() });
             };
-            let slow_path = server.slow_path_counters();
-            Response::ServerStats(ServerStats {
-                ntp_packets_received: kernel.answered + slow_path.received,
-                command_packets_received: server.commands(),
-                kernel,
-                slow_path,
-                xdp,
-                ..ServerStats::default()
-            })
+            let table = dataplane.clients();
+            let now = table.settings().timestamp(clock::tai_ns());
+            let mut clients: Vec<ClientReport> = table
+                .clients()?
+                .into_iter()
+                .filter(|client| client.record.hits >= *min_requests)
+                .map(|client| client_report(&client, now))
+                .collect();
+            clients.sort_by(|a, b| {
+                b.ntp_requests.cmp(&a.ntp_requests).then(a.address.cmp(&b.address))
+            });
+            if let Some(top) = top {
+                clients.truncate(*top);
+            }
+            if *reset {
+                table.reset_counts()?;
+            }
+            Response::Clients { clients }
         }
+        Request::Access { access, all, subnet } => {
+            let subnet = match subnet {
+                Some(text) => config::parse_subnet(text).map_err(anyhow::Error::msg)?,
+                None => Subnet::Everything,
+            };
+            shared.rules.push(AccessRule { access: *access, all: *all, subnet });
+            let table = AccessTable::from_rules(&shared.rules);
+            if let Some(dataplane) = shared.dataplane.as_mut() {
+                dataplane.set_access(&table)?;
+            }
+            server.set_access(table);
+            tracing::info!(?access, all, %subnet, "access rule added");
+            Response::Ok
+        }
+        Request::AccessCheck { address } => {
+            let address: IpAddr =
+                address.parse().with_context(|| format!("{address:?} is not an IP address"))?;
+            Response::AccessCheck { allowed: server.is_allowed(address) }
+        }
+        Request::Reload => {
+            reload(server, shared)?;
+            Response::Ok
+        }
+    })
+}
+
+fn client_report(client: &Client, now: u32) -> ClientReport {
+    let record = &client.record;
+    ClientReport {
+        address: client.address,
+        ntp_requests: record.hits,
+        ntp_drops: record.drops,
+        ntp_kiss_of_death: record.kods,
+        ntp_interval: ratelimit::interval_log2(record.rate),
+        ntp_interval_limited: ratelimit::interval_log2(record.timeout_rate),
+        last_ntp_ago: ratelimit::seconds_since(now, record.last_hit).unwrap_or(u32::MAX),
     }
+}
+
+fn server_stats(server: &Server, shared: &mut Shared) -> anyhow::Result<ServerStats> {
+    let slow_path = server.slow_path_counters();
+    let mut stats = ServerStats {
+        command_packets_received: server.commands(),
+        slow_path,
+        ..ServerStats::default()
+    };
+    if let Some(dataplane) = shared.dataplane.as_mut() {
+        let kernel = KernelCounters::from_array(&dataplane.counters()?);
+        let table = dataplane.clients();
+        if table.settings().enabled {
+            let live = table.clients()?.len() as u64;
+            stats.client_log_records_dropped = kernel.client_records_created.saturating_sub(live);
+            stats.client_log_capacity = table.capacity();
+            stats.client_log_bytes = table.memory().unwrap_or(0);
+        }
+        stats.xdp = dataplane
+            .attachments()
+            .map(|(interface, mode)| XdpAttachment { interface: interface.to_owned(), mode })
+            .collect();
+        stats.kernel = kernel;
+    }
+    let kernel = &stats.kernel;
+    // As chrony counts: every request logged, answered or not.
+    stats.ntp_packets_received = kernel.answered
+        + kernel.answered_kiss_of_death
+        + kernel.dropped_rate_limit
+        + slow_path.received;
+    stats.ntp_packets_dropped = kernel.dropped_rate_limit + slow_path.rate_limited;
+    Ok(stats)
 }
 
 /// The control socket, removed when dropped.

@@ -4,12 +4,12 @@ use std::{
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic,
+    sync::{Arc, atomic},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
@@ -17,10 +17,14 @@ use ntp_common::{
     maps::{
         self, ACCESS_ALLOW, ACCESS_DENY, Counter, MAX_LOCAL_V4, MAX_LOCAL_V6, Published, ServerPage,
     },
+    ratelimit::RateLimit,
     state::ServerState,
 };
 
-use crate::access::{Access, AccessTable};
+use crate::{
+    access::{Access, AccessTable},
+    client_table::{ClientLogSettings, ClientTable},
+};
 
 /// The XDP program, built for the BPF target by build.rs.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ntp-ebpf"));
@@ -61,26 +65,50 @@ pub struct Dataplane {
     page: MappedPage,
     /// What the page's active slot holds.
     published: Box<Published>,
+    clients: Arc<ClientTable>,
     attachments: Vec<(String, AttachMode, XdpLinkId)>,
 }
 
 impl Dataplane {
-    /// Loads the program (not yet attached) to serve UDP port `port`. Until a state is
-    /// published it passes every request on.
-    pub fn load(port: u16) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(PROGRAM_OBJECT)
+    /// Loads the program (not yet attached) to serve UDP port `port`, with room for
+    /// `client_log_entries` clients (at least one is allocated). Until a state is published it
+    /// passes every request on; until client log settings are published it logs no client.
+    pub fn load(port: u16, client_log_entries: u32) -> anyhow::Result<Self> {
+        let client_log_entries = client_log_entries.max(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::CLIENTS, client_log_entries)
+            .load(PROGRAM_OBJECT)
             .context("loading the XDP program (needs root or CAP_BPF and CAP_NET_ADMIN)")?;
         program_mut(&mut ebpf)?.load().context("the kernel rejected the XDP program")?;
-        let map = ebpf
-            .take_map(maps::SERVER)
-            .ok_or_else(|| anyhow!("the object has no map {}", maps::SERVER))?;
-        let Map::Array(map) = map else { bail!("map {} is not an array", maps::SERVER) };
-        let page = MappedPage::new(map)?;
+        let Map::Array(server) = take_map(&mut ebpf, maps::SERVER)? else {
+            bail!("map {} is not an array", maps::SERVER)
+        };
+        let page = MappedPage::new(server)?;
+        let Map::LruHashMap(clients) = take_map(&mut ebpf, maps::CLIENTS)? else {
+            bail!("map {} is not an LRU hash map", maps::CLIENTS)
+        };
+        let settings =
+            ClientLogSettings { enabled: false, limit: RateLimit::DISABLED, epoch_tai_ns: 0 };
+        let clients = Arc::new(ClientTable::new(clients, settings, client_log_entries)?);
         let mut published = Box::new(<Published as bytemuck::Zeroable>::zeroed());
         published.port = port;
-        let mut dataplane = Self { ebpf, page, published, attachments: Vec::new() };
+        let mut dataplane = Self { ebpf, page, published, clients, attachments: Vec::new() };
         dataplane.switch();
         Ok(dataplane)
+    }
+
+    /// The client log, shared with the slow path.
+    pub fn clients(&self) -> Arc<ClientTable> {
+        self.clients.clone()
+    }
+
+    /// Sets how clients are logged and limited, in the kernel and the slow path at once.
+    pub fn set_client_log(&mut self, settings: ClientLogSettings) {
+        self.clients.set_settings(settings);
+        self.published.client_log = u8::from(settings.enabled);
+        self.published.limit = settings.limit;
+        self.published.client_log_epoch_tai_ns = settings.epoch_tai_ns;
+        self.switch();
     }
 
     /// Attaches to `interface`. Native mode falls back to generic where the driver cannot do
@@ -194,12 +222,34 @@ impl Dataplane {
         self.page.publish(&self.published);
     }
 
-    /// Replaces the kernel's access rules with `table`.
+    /// Replaces the kernel's access rules with `table`: fills the tries not in use, then switches
+    /// to them, so that every address goes from the old rules to the new ones at once.
     pub fn set_access(&mut self, table: &AccessTable) -> anyhow::Result<()> {
-        let mut v4: LpmTrie<_, [u8; 4], u32> = map(&mut self.ebpf, maps::ACCESS_V4)?;
+        self.fill_access(table)?;
+        self.switch();
+        Ok(())
+    }
+
+    /// New access rules and client log settings, switched to together.
+    pub fn reconfigure(
+        &mut self,
+        table: &AccessTable,
+        settings: ClientLogSettings,
+    ) -> anyhow::Result<()> {
+        self.fill_access(table)?;
+        self.set_client_log(settings);
+        Ok(())
+    }
+
+    /// Fills the access tries not in use with `table` and marks them for the next switch.
+    fn fill_access(&mut self, table: &AccessTable) -> anyhow::Result<()> {
+        let next = usize::from(1 - (self.published.access_slot & 1));
+        let mut v4: LpmTrie<_, [u8; 4], u32> = map(&mut self.ebpf, maps::ACCESS_V4[next])?;
         replace_prefixes(&mut v4, table.v4_prefixes())?;
-        let mut v6: LpmTrie<_, [u8; 16], u32> = map(&mut self.ebpf, maps::ACCESS_V6)?;
-        replace_prefixes(&mut v6, table.v6_prefixes())
+        let mut v6: LpmTrie<_, [u8; 16], u32> = map(&mut self.ebpf, maps::ACCESS_V6[next])?;
+        replace_prefixes(&mut v6, table.v6_prefixes())?;
+        self.published.access_slot = next as u8;
+        Ok(())
     }
 
     /// The counters, summed over CPUs, indexed by [`Counter`].
@@ -264,6 +314,10 @@ fn named_program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a m
     Ok(program.try_into()?)
 }
 
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the object has no map {name}"))
+}
+
 fn map<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
@@ -272,8 +326,7 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-/// Makes the trie hold exactly `prefixes`: new and changed entries first, then removals, so an
-/// unchanged rule is never missing.
+/// Makes the trie (one not in use) hold exactly `prefixes`.
 fn replace_prefixes<const N: usize>(
     trie: &mut LpmTrie<&mut MapData, [u8; N], u32>,
     prefixes: impl Iterator<Item = (u8, [u8; N], Access)>,

@@ -1,6 +1,7 @@
 //! ntpxd and ntpxc: the daemon around ntpx's XDP program, and its control client.
 
 pub mod access;
+pub mod client_table;
 pub mod clock;
 pub mod config;
 pub mod control;

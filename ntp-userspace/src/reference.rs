@@ -36,6 +36,10 @@ impl Reference {
         Self { local, precision }
     }
 
+    pub fn precision(&self) -> i8 {
+        self.precision
+    }
+
     /// The reply header served now.
     pub fn header(&self, now: TaiReading) -> ReplyHeader {
         match self.local {

@@ -4,12 +4,13 @@
 use std::{
     net::IpAddr,
     sync::{
-        RwLock,
+        Arc, RwLock,
         atomic::{AtomicI32, AtomicU64, Ordering},
     },
 };
 
 use ntp_common::{
+    ratelimit::Limit,
     responder::{self, NoReply},
     state::{MAX_STATE_AGE_NS, ServerState},
     wire::HEADER_LEN,
@@ -17,6 +18,7 @@ use ntp_common::{
 
 use crate::{
     access::AccessTable,
+    client_table::ClientLog,
     control::SlowPathCounters,
     reference::{Reference, TaiReading},
 };
@@ -32,6 +34,8 @@ const _: () = assert!(STATE_FRESHNESS_NS <= MAX_STATE_AGE_NS);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unanswered {
     Denied,
+    /// Over the client's rate limit.
+    RateLimited,
     /// Not a request this server answers (see [`NoReply`]).
     NotServed(NoReply),
     /// Sent to a broadcast or multicast address: not for this server alone to answer.
@@ -42,25 +46,44 @@ pub enum Unanswered {
 pub struct Server {
     reference: RwLock<Reference>,
     access: RwLock<AccessTable>,
+    client_log: Arc<dyn ClientLog>,
     /// The kernel's TAI - UTC offset, to turn socket timestamps (UTC) into TAI.
     tai_offset_s: AtomicI32,
     received: AtomicU64,
     answered: AtomicU64,
+    kiss_of_death: AtomicU64,
+    rate_limited: AtomicU64,
     denied: AtomicU64,
     commands: AtomicU64,
 }
 
 impl Server {
-    pub fn new(reference: Reference, access: AccessTable, tai_offset_s: i32) -> Self {
+    pub fn new(
+        reference: Reference,
+        access: AccessTable,
+        client_log: Arc<dyn ClientLog>,
+        tai_offset_s: i32,
+    ) -> Self {
         Self {
             reference: RwLock::new(reference),
             access: RwLock::new(access),
+            client_log,
             tai_offset_s: AtomicI32::new(tai_offset_s),
             received: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            kiss_of_death: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             commands: AtomicU64::new(0),
         }
+    }
+
+    pub fn set_reference(&self, reference: Reference) {
+        *self.reference.write().expect("reference lock") = reference;
+    }
+
+    pub fn precision(&self) -> i8 {
+        self.reference.read().expect("reference lock").precision()
     }
 
     /// Follows the kernel's TAI offset (it changes at leap seconds).
@@ -73,8 +96,13 @@ impl Server {
         self.reference.read().expect("reference lock").state_at(now, STATE_FRESHNESS_NS)
     }
 
-    pub fn access(&self) -> AccessTable {
-        self.access.read().expect("access lock").clone()
+    pub fn is_allowed(&self, address: IpAddr) -> bool {
+        self.access.read().expect("access lock").is_allowed(address)
+    }
+
+    /// Serves new access rules (the kernel's are switched by the caller).
+    pub fn set_access(&self, access: AccessTable) {
+        *self.access.write().expect("access lock") = access;
     }
 
     /// Answers a datagram the socket received from `source`, sent to `destination`, at the
@@ -92,22 +120,37 @@ impl Server {
             self.denied.fetch_add(1, Ordering::Relaxed);
             return Err(Unanswered::Denied);
         }
-        self.received.fetch_add(1, Ordering::Relaxed);
         if destination.is_some_and(|d| !is_unicast(d)) {
             return Err(Unanswered::NotUnicast);
         }
+        // Only requests the server would answer are logged, as chrony logs them.
+        responder::check_request(request).map_err(Unanswered::NotServed)?;
+        self.received.fetch_add(1, Ordering::Relaxed);
         let tai_offset_s = self.tai_offset_s.load(Ordering::Relaxed);
         let received = TaiReading {
             tai_ns: received_realtime_ns
                 .saturating_add_signed(i64::from(tai_offset_s) * 1_000_000_000),
             tai_offset_s,
         };
+        let min_poll = self.client_log.min_poll();
+        match self.client_log.log(source, received.tai_ns) {
+            Limit::Answer => {}
+            Limit::Drop => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(Unanswered::RateLimited);
+            }
+            Limit::KissOfDeath => {
+                self.kiss_of_death.fetch_add(1, Ordering::Relaxed);
+                return responder::kiss_of_death(request, min_poll).map_err(Unanswered::NotServed);
+            }
+        }
         // Anchored at the receive instant: however long the request waited in the socket, the
         // time model of the daemon, not the kernel's freshness window, decides.
         let state =
             self.reference.read().expect("reference lock").state_at(received, MAX_STATE_AGE_NS);
-        let reply = responder::respond(request, &state, received.tai_ns, transmit_tai_ns())
-            .map_err(Unanswered::NotServed)?;
+        let reply =
+            responder::respond(request, &state, received.tai_ns, transmit_tai_ns(), min_poll)
+                .map_err(Unanswered::NotServed)?;
         self.answered.fetch_add(1, Ordering::Relaxed);
         Ok(reply)
     }
@@ -124,6 +167,8 @@ impl Server {
         SlowPathCounters {
             received: self.received.load(Ordering::Relaxed),
             answered: self.answered.load(Ordering::Relaxed),
+            kiss_of_death: self.kiss_of_death.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
             denied: self.denied.load(Ordering::Relaxed),
         }
     }
@@ -138,7 +183,7 @@ fn is_unicast(address: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use ntp_common::wire::{NtpHeader, NtpTimestamp};
+    use ntp_common::wire::{NtpHeader, NtpTimestamp, ReferenceId};
 
     use super::*;
     use crate::{
@@ -146,14 +191,31 @@ mod tests {
         config::LocalReference,
     };
 
-    fn server() -> Server {
+    /// A client log that decides as told.
+    struct FixedLog(Limit);
+
+    impl ClientLog for FixedLog {
+        fn log(&self, _: IpAddr, _: u64) -> Limit {
+            self.0
+        }
+
+        fn min_poll(&self) -> i8 {
+            i8::MIN
+        }
+    }
+
+    fn server_limiting(limit: Limit) -> Server {
         let local = LocalReference { stratum: 7, orphan: false, distance: 1.0 };
         let access = AccessTable::from_rules(&[AccessRule {
             access: Access::Allow,
             all: false,
             subnet: Subnet::V4("192.0.2.0".parse().unwrap(), 24),
         }]);
-        Server::new(Reference::new(Some(local), -20), access, 37)
+        Server::new(Reference::new(Some(local), -20), access, Arc::new(FixedLog(limit)), 37)
+    }
+
+    fn server() -> Server {
+        server_limiting(Limit::Answer)
     }
 
     fn request() -> [u8; HEADER_LEN] {
@@ -162,71 +224,64 @@ mod tests {
 
     const RECEIVED_UTC: u64 = 1_795_660_000_000_000_000;
     const RECEIVED_TAI: u64 = RECEIVED_UTC + 37_000_000_000;
+    const CLIENT: &str = "192.0.2.9";
+
+    fn handle(
+        server: &Server,
+        request: &[u8],
+        source: &str,
+        destination: Option<&str>,
+    ) -> Result<[u8; HEADER_LEN], Unanswered> {
+        let destination = destination.map(|d| d.parse().unwrap());
+        server.handle_datagram(request, source.parse().unwrap(), destination, RECEIVED_UTC, || {
+            RECEIVED_TAI + 20_000
+        })
+    }
 
     #[test]
     fn answers_an_admitted_client_with_the_socket_timestamp() {
         let server = server();
-        let reply = server
-            .handle_datagram(&request(), "192.0.2.9".parse().unwrap(), None, RECEIVED_UTC, || {
-                RECEIVED_TAI + 20_000
-            })
-            .unwrap();
-        let reply = NtpHeader::from_bytes(&reply);
+        let reply = NtpHeader::from_bytes(&handle(&server, &request(), CLIENT, None).unwrap());
         assert_eq!(reply.stratum, 7);
         assert_eq!(reply.receive_timestamp.to_unix_nanos(), RECEIVED_UTC);
         assert_eq!(reply.transmit_timestamp.to_unix_nanos(), RECEIVED_UTC + 20_000);
-        assert_eq!(
-            server.slow_path_counters(),
-            SlowPathCounters { received: 1, answered: 1, denied: 0 }
-        );
+        let counters = server.slow_path_counters();
+        assert_eq!((counters.received, counters.answered, counters.denied), (1, 1, 0));
     }
 
     #[test]
     fn a_request_that_waited_long_in_the_socket_is_still_answered() {
         let server = server();
         let ten_seconds_later = RECEIVED_TAI + 10_000_000_000;
-        let reply = server.handle_datagram(
-            &request(),
-            "192.0.2.9".parse().unwrap(),
-            None,
-            RECEIVED_UTC,
-            || ten_seconds_later,
-        );
+        let reply =
+            server.handle_datagram(&request(), CLIENT.parse().unwrap(), None, RECEIVED_UTC, || {
+                ten_seconds_later
+            });
         assert!(reply.is_ok());
     }
 
     #[test]
     fn denied_and_unanswerable_datagrams_are_counted_apart() {
         let server = server();
-        let denied = server.handle_datagram(
-            &request(),
-            "198.51.100.1".parse().unwrap(),
-            None,
-            RECEIVED_UTC,
-            || RECEIVED_TAI,
-        );
-        assert_eq!(denied, Err(Unanswered::Denied));
-        let broadcast = server.handle_datagram(
-            &request(),
-            "192.0.2.9".parse().unwrap(),
-            Some("255.255.255.255".parse().unwrap()),
-            RECEIVED_UTC,
-            || RECEIVED_TAI,
-        );
+        assert_eq!(handle(&server, &request(), "198.51.100.1", None), Err(Unanswered::Denied));
+        let broadcast = handle(&server, &request(), CLIENT, Some("255.255.255.255"));
         assert_eq!(broadcast, Err(Unanswered::NotUnicast));
-        let mut with_extension = request().to_vec();
-        with_extension.extend_from_slice(&[0; 20]);
-        let mac = server.handle_datagram(
-            &with_extension,
-            "192.0.2.9".parse().unwrap(),
-            None,
-            RECEIVED_UTC,
-            || RECEIVED_TAI,
-        );
+        let mut with_mac = request().to_vec();
+        with_mac.extend_from_slice(&[0; 20]);
+        let mac = handle(&server, &with_mac, CLIENT, None);
         assert_eq!(mac, Err(Unanswered::NotServed(NoReply::Length(68))));
-        assert_eq!(
-            server.slow_path_counters(),
-            SlowPathCounters { received: 2, answered: 0, denied: 1 }
-        );
+        let counters = server.slow_path_counters();
+        assert_eq!((counters.received, counters.answered, counters.denied), (0, 0, 1));
+    }
+
+    #[test]
+    fn the_client_log_drops_or_kisses_limited_clients() {
+        let dropping = server_limiting(Limit::Drop);
+        assert_eq!(handle(&dropping, &request(), CLIENT, None), Err(Unanswered::RateLimited));
+        assert_eq!(dropping.slow_path_counters().rate_limited, 1);
+        let kissing = server_limiting(Limit::KissOfDeath);
+        let kod = NtpHeader::from_bytes(&handle(&kissing, &request(), CLIENT, None).unwrap());
+        assert_eq!((kod.stratum, kod.reference_id), (0, ReferenceId::KISS_RATE));
+        assert_eq!(kissing.slow_path_counters().kiss_of_death, 1);
     }
 }

@@ -214,6 +214,9 @@ pub struct Environment<'a> {
     pub access: &'a AccessTable,
     pub local_addresses: &'a [IpAddr],
     pub state: &'a ServerState,
+    /// The rate limit's interval, raising the reply's poll (`i8::MIN`: none). The oracle does
+    /// not model rate limiting itself: tests that limit check it statistically.
+    pub min_poll: i8,
 }
 
 /// The oracle: what the program must do with `frame` when it receives it at `receive_tai_ns`
@@ -309,7 +312,8 @@ pub fn expected(
     if !env.access.is_allowed(src) {
         return Expected::Refused(Counter::DroppedDenied);
     }
-    let Ok(ntp_reply) = responder::respond(request, env.state, receive_tai_ns, transmit_tai_ns)
+    let Ok(ntp_reply) =
+        responder::respond(request, env.state, receive_tai_ns, transmit_tai_ns, env.min_poll)
     else {
         return Expected::Refused(Counter::PassedStale);
     };

@@ -111,6 +111,8 @@ impl Drop for Process {
 pub struct Ntpxd {
     pub process: Process,
     pub socket: PathBuf,
+    /// The configuration file it reads (and rereads on SIGHUP).
+    pub config_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -147,12 +149,7 @@ impl Ntpxd {
         let dir = scratch_dir();
         let socket = dir.path().join("ntpxd.sock");
         let config_path = dir.path().join("ntpxd.conf");
-        let config = format!(
-            "{config}\nbindcmdaddress {}\npidfile {}\n",
-            socket.display(),
-            dir.path().join("ntpxd.pid").display()
-        );
-        fs::write(&config_path, config).expect("writing the config");
+        fs::write(&config_path, Self::complete(&socket, config)).expect("writing the config");
         let process = Process::spawn(
             "ntpxd",
             netns,
@@ -160,12 +157,39 @@ impl Ntpxd {
             &["-d", "-x", "-f", config_path.to_str().unwrap()],
             dir.path().join("ntpxd.log"),
         );
-        Self { process, socket, _dir: dir }
+        Self { process, socket, config_file: config_path, _dir: dir }
+    }
+
+    /// `config` with the test's control socket and pidfile.
+    fn complete(socket: &Path, config: &str) -> String {
+        let pidfile = socket.with_file_name("ntpxd.pid");
+        format!("{config}\nbindcmdaddress {}\npidfile {}\n", socket.display(), pidfile.display())
+    }
+
+    /// Replaces the configuration file (to be reread on SIGHUP or `ntpxc reload`).
+    pub fn rewrite_config(&self, config: &str) {
+        fs::write(&self.config_file, Self::complete(&self.socket, config))
+            .expect("writing the config");
+    }
+
+    /// Runs ntpxc against this daemon; its standard output, or its standard error on failure.
+    pub fn ntpxc(&self, args: &[&str]) -> Result<String, String> {
+        let output = std::process::Command::new(binary("ntpxc"))
+            .arg("-h")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("ntpxc");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     pub fn serverstats(&self) -> ServerStats {
         match control::call(&self.socket, &Request::ServerStats).expect("ntpxd's control socket") {
-            Response::ServerStats(stats) => stats,
+            Response::ServerStats(stats) => *stats,
             other => panic!("unexpected response {other:?}"),
         }
     }

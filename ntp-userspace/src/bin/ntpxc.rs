@@ -1,9 +1,10 @@
-//! ntpxc: reports from a running ntpxd, in chronyc's layouts.
+//! ntpxc: reports from a running ntpxd and changes to its access rules, in chronyc's layouts.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use ntp_userspace::{
+    access::Access,
     config::DEFAULT_COMMAND_SOCKET,
     control::{self, Request, Response},
     report,
@@ -31,12 +32,64 @@ struct Args {
 enum Command {
     /// Counters of NTP requests: chronyc's, then the kernel's and the slow path's.
     Serverstats,
+    /// The client log: requests, drops, intervals and last request of each client.
+    Clients {
+        /// Only clients with at least this many requests.
+        #[arg(short = 'p', value_name = "N", default_value_t = 0)]
+        min_requests: u32,
+        /// Zero the counts after reporting them.
+        #[arg(short = 'r')]
+        reset: bool,
+        /// Only the N clients with the most requests.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+    },
+    /// Serve a subnet from now on (as an `allow` line after the configuration's).
+    Allow {
+        /// `[all] [SUBNET]`: all also drops the more specific rules given before.
+        #[arg(num_args = 0..=2)]
+        rule: Vec<String>,
+    },
+    /// Refuse a subnet from now on (as a `deny` line after the configuration's).
+    Deny {
+        #[arg(num_args = 0..=2)]
+        rule: Vec<String>,
+    },
+    /// Whether an address is served.
+    Accheck { address: String },
+    /// Reread the configuration file (as SIGHUP): access rules, rate limit, local reference.
+    Reload,
+}
+
+fn access_request(access: Access, rule: &[String]) -> Result<Request, String> {
+    let (all, subnet) = match rule {
+        [] => (false, None),
+        [all] if all == "all" => (true, None),
+        [all, subnet] if all == "all" => (true, Some(subnet.clone())),
+        [subnet] => (false, Some(subnet.clone())),
+        _ => return Err("usage: allow|deny [all] [SUBNET]".into()),
+    };
+    Ok(Request::Access { access, all, subnet })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let request = match args.command {
-        Command::Serverstats => Request::ServerStats,
+    let request = match &args.command {
+        Command::Serverstats => Ok(Request::ServerStats),
+        Command::Clients { min_requests, reset, top } => {
+            Ok(Request::Clients { min_requests: *min_requests, top: *top, reset: *reset })
+        }
+        Command::Allow { rule } => access_request(Access::Allow, rule),
+        Command::Deny { rule } => access_request(Access::Deny, rule),
+        Command::Accheck { address } => Ok(Request::AccessCheck { address: address.clone() }),
+        Command::Reload => Ok(Request::Reload),
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(message) => {
+            eprintln!("ntpxc: {message}");
+            return ExitCode::FAILURE;
+        }
     };
     let response = match control::call(&args.socket, &request) {
         Ok(response) => response,
@@ -45,16 +98,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let output = match (&response, args.json, args.csv) {
-        (Response::Error { message }, _, _) => {
-            eprintln!("ntpxc: ntpxd: {message}");
-            return ExitCode::FAILURE;
+    if let Response::Error { message } = &response {
+        eprintln!("ntpxc: ntpxd: {message}");
+        return ExitCode::FAILURE;
+    }
+    let output = if args.json {
+        let json = match &response {
+            Response::ServerStats(stats) => serde_json::to_string_pretty(stats),
+            Response::Clients { clients } => serde_json::to_string_pretty(clients),
+            other => serde_json::to_string_pretty(other),
+        };
+        json.map(|j| j + "\n").unwrap_or_default()
+    } else {
+        match (&response, args.csv) {
+            (Response::ServerStats(stats), true) => report::serverstats_csv(stats),
+            (Response::ServerStats(stats), false) => report::serverstats_text(stats),
+            (Response::Clients { clients }, true) => report::clients_csv(clients),
+            (Response::Clients { clients }, false) => report::clients_text(clients),
+            (Response::AccessCheck { allowed: true }, _) => "208 Access allowed\n".into(),
+            (Response::AccessCheck { allowed: false }, _) => "209 Access denied\n".into(),
+            (Response::Ok, _) => "200 OK\n".into(),
+            (Response::Error { .. }, _) => unreachable!("handled above"),
         }
-        (Response::ServerStats(stats), true, _) => {
-            serde_json::to_string_pretty(stats).map(|j| j + "\n").unwrap_or_default()
-        }
-        (Response::ServerStats(stats), _, true) => report::serverstats_csv(stats),
-        (Response::ServerStats(stats), _, _) => report::serverstats_text(stats),
     };
     print!("{output}");
     ExitCode::SUCCESS

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             }
         };
     let options = Options { no_clock_control: args.no_clock_control };
-    match runtime.block_on(daemon::run(loaded.config, options)) {
+    match runtime.block_on(daemon::run(args.config.clone(), loaded.config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

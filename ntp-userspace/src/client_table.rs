@@ -1,0 +1,249 @@
+//! The client log seen from the daemon: the kernel's LRU table of client records, which the slow
+//! path also writes (so that a client is limited alike whichever path serves it), and which the
+//! reports read in bulk.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{Mutex, RwLock},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use ntp_common::{
+    maps::client_key_v4,
+    ratelimit::{self, ClientRecord, Limit, RateLimit},
+};
+
+/// How the client log logs and limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLogSettings {
+    pub enabled: bool,
+    pub limit: RateLimit,
+    /// CLOCK_TAI instant record timestamps count from.
+    pub epoch_tai_ns: u64,
+}
+
+impl ClientLogSettings {
+    /// The record timestamp of a CLOCK_TAI instant.
+    pub fn timestamp(&self, tai_ns: u64) -> u32 {
+        ratelimit::timestamp(tai_ns.wrapping_sub(self.epoch_tai_ns))
+    }
+}
+
+/// Logs a client's request and decides its fate (the slow path's view of the client log).
+pub trait ClientLog: Send + Sync {
+    fn log(&self, client: IpAddr, received_tai_ns: u64) -> Limit;
+
+    /// The least poll replies carry (see `RateLimit::min_poll`).
+    fn min_poll(&self) -> i8;
+}
+
+/// No client log (`port 0`: nothing served, nothing logged).
+pub struct NoClientLog;
+
+impl ClientLog for NoClientLog {
+    fn log(&self, _: IpAddr, _: u64) -> Limit {
+        Limit::Answer
+    }
+
+    fn min_poll(&self) -> i8 {
+        i8::MIN
+    }
+}
+
+/// The kernel's client table.
+pub struct ClientTable {
+    map: Mutex<HashMap<MapData, [u8; 16], ClientRecord>>,
+    settings: RwLock<ClientLogSettings>,
+    capacity: u32,
+}
+
+/// A client and its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub address: IpAddr,
+    pub record: ClientRecord,
+}
+
+impl ClientTable {
+    pub fn new(map: MapData, settings: ClientLogSettings, capacity: u32) -> anyhow::Result<Self> {
+        let map = HashMap::try_from(aya::maps::Map::LruHashMap(map))
+            .context("the client table has an unexpected type")?;
+        Ok(Self { map: Mutex::new(map), settings: RwLock::new(settings), capacity })
+    }
+
+    pub fn settings(&self) -> ClientLogSettings {
+        *self.settings.read().expect("settings lock")
+    }
+
+    pub fn set_settings(&self, settings: ClientLogSettings) {
+        *self.settings.write().expect("settings lock") = settings;
+    }
+
+    /// How many clients the table holds at most.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Every record, read in batches of many entries a system call.
+    pub fn clients(&self) -> anyhow::Result<Vec<Client>> {
+        let map = self.map.lock().expect("client table lock");
+        let fd = map_fd(&map);
+        let mut clients = Vec::new();
+        let batch = 8192u32;
+        let mut keys = vec![[0u8; 16]; batch as usize];
+        let mut values = vec![ClientRecord::default(); batch as usize];
+        let mut token = [0u8; 8];
+        let mut first = true;
+        loop {
+            let (count, done) =
+                lookup_batch(fd, (!first).then_some(token), &mut token, &mut keys, &mut values)
+                    .context("reading the client table")?;
+            first = false;
+            for (key, record) in keys.iter().zip(&values).take(count) {
+                clients.push(Client { address: address_of(key), record: *record });
+            }
+            if done {
+                return Ok(clients);
+            }
+        }
+    }
+
+    /// Zeroes the request, drop and kiss-o'-death counts of every client (`clients -r`).
+    pub fn reset_counts(&self) -> anyhow::Result<()> {
+        let clients = self.clients()?;
+        let mut map = self.map.lock().expect("client table lock");
+        for client in clients {
+            let key = key_of(client.address);
+            // A record updated meanwhile keeps its new counts but for those zeroed here.
+            if let Ok(mut record) = map.get(&key, 0) {
+                record.hits = 0;
+                record.drops = 0;
+                record.kods = 0;
+                map.insert(key, record, 0).context("resetting a client record")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's own account of the table's memory (its `memlock`), in bytes.
+    pub fn memory(&self) -> Option<u64> {
+        let map = self.map.lock().expect("client table lock");
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map_fd(&map))).ok()?;
+        fdinfo.lines().find_map(|line| line.strip_prefix("memlock:")?.trim().parse().ok())
+    }
+}
+
+impl ClientLog for ClientTable {
+    fn log(&self, client: IpAddr, received_tai_ns: u64) -> Limit {
+        let settings = self.settings();
+        if !settings.enabled {
+            return Limit::Answer;
+        }
+        let key = key_of(client);
+        let mut map = self.map.lock().expect("client table lock");
+        let mut record = map.get(&key, 0).unwrap_or_else(|_| ClientRecord::new(&settings.limit));
+        record.log(settings.timestamp(received_tai_ns), &settings.limit);
+        let limit = record.limit(&settings.limit, rand_u32);
+        if let Err(error) = map.insert(key, record, 0) {
+            tracing::warn!(%error, %client, "cannot update the client log");
+        }
+        limit
+    }
+
+    fn min_poll(&self) -> i8 {
+        self.settings().limit.min_poll()
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // Rate limiting needs unpredictable, not cryptographic, bits; getrandom never fails for 4.
+    // SAFETY: `bytes` is valid for writes of its length.
+    let _ = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    u32::from_ne_bytes(bytes)
+}
+
+/// A client's key: IPv4 as IPv4-mapped IPv6, as the XDP program keys it.
+pub fn key_of(address: IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V4(a) => client_key_v4(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn address_of(key: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*key);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+fn map_fd(map: &HashMap<MapData, [u8; 16], ClientRecord>) -> i32 {
+    map.map().fd().as_fd().as_raw_fd()
+}
+
+/// BPF_MAP_LOOKUP_BATCH's attributes (linux/bpf.h, `batch`).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// One BPF_MAP_LOOKUP_BATCH call: fills `keys` and `values` from where `token` left off (the
+/// start when `None`); returns how many it read and whether the map is exhausted.
+fn lookup_batch(
+    fd: i32,
+    token: Option<[u8; 8]>,
+    next_token: &mut [u8; 8],
+    keys: &mut [[u8; 16]],
+    values: &mut [ClientRecord],
+) -> io::Result<(usize, bool)> {
+    let in_token = token.unwrap_or_default();
+    let mut attr = BatchAttr {
+        in_batch: if token.is_some() { in_token.as_ptr() as u64 } else { 0 },
+        out_batch: next_token.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: the attribute points at buffers that hold `count` keys and values and an 8-byte
+    // token (the kernel writes 4 for hash maps), all alive for the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
+    };
+    if rc == 0 {
+        return Ok((attr.count as usize, false));
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ENOENT) {
+        // The last batch: `count` says how many it holds.
+        return Ok((attr.count as usize, true));
+    }
+    Err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_clients_are_keyed_as_mapped_addresses() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(key_of(v4)[10..], [0xff, 0xff, 192, 0, 2, 7]);
+        assert_eq!(address_of(&key_of(v4)), v4);
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(address_of(&key_of(v6)), v6);
+    }
+}

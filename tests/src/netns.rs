@@ -106,7 +106,7 @@ pub struct Endpoint {
 /// once only to a peer running XDP) and has transmit checksum offload off, so that its UDP
 /// checksums are complete on the wire, as from a real NIC.
 pub struct Link {
-    _client_program: VethPeerProgram,
+    _client_program: Option<VethPeerProgram>,
     pub server_ns: Netns,
     pub client_ns: Netns,
     pub server: Endpoint,
@@ -120,6 +120,18 @@ pub const CLIENT_V6: &str = "fd77::2";
 
 impl Link {
     pub fn new() -> Self {
+        let mut link = Self::without_client_program();
+        let program = link
+            .client_ns
+            .enter(|| VethPeerProgram::attach("veth-cli"))
+            .expect("attaching the pass program to the client's veth");
+        link._client_program = Some(program);
+        link
+    }
+
+    /// A link whose client end runs no XDP program yet: the caller attaches its own (which it
+    /// must, for XDP_TX replies to arrive at once).
+    pub fn without_client_program() -> Self {
         let server_ns = Netns::new("server");
         let client_ns = Netns::new("client");
         server_ns.ip(&[
@@ -141,9 +153,6 @@ impl Link {
         server_ns.ip(&["link", "set", "veth-srv", "up"]);
         client_ns.ip(&["link", "set", "veth-cli", "up"]);
         client_ns.run("ethtool", &["-K", "veth-cli", "tx", "off"]);
-        let client_program = client_ns
-            .enter(|| VethPeerProgram::attach("veth-cli"))
-            .expect("attaching the pass program to the client's veth");
         let server = Endpoint {
             interface: "veth-srv".into(),
             v4: SERVER_V4.parse().unwrap(),
@@ -156,7 +165,7 @@ impl Link {
             v6: CLIENT_V6.parse().unwrap(),
             mac: mac_of(&client_ns, "veth-cli"),
         };
-        Self { _client_program: client_program, server_ns, client_ns, server, client }
+        Self { _client_program: None, server_ns, client_ns, server, client }
     }
 }
 

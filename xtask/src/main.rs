@@ -34,6 +34,13 @@ enum Task {
     Demo,
     /// Every test, the privileged ones included (needs root; fails rather than skips).
     Test,
+    /// The load benchmark: ntpxd (XDP and slow path), chronyd and a reflector swept in
+    /// namespaces; writes target/bench/results.json and sweep.svg (needs root; a few minutes).
+    Bench {
+        /// Seconds per rate step.
+        #[arg(long, default_value_t = 1.0)]
+        step: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { ntpxd_args } => run_loopback(&ntpxd_args),
         Task::Demo => demo(),
         Task::Test => test(),
+        Task::Bench { step } => bench(step),
     }
 }
 
@@ -124,6 +132,26 @@ fn test() -> anyhow::Result<()> {
         .env("NTPX_BIN_DIR", bin_dir))?;
     println!("xtask: all tests passed, privileged ones included");
     Ok(())
+}
+
+fn bench(step: f64) -> anyhow::Result<()> {
+    require_root("bench")?;
+    ensure_setup()?;
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "ntp-userspace",
+        "--package",
+        "ntpx-bench",
+        "--bins",
+    ]))?;
+    let release = workspace().join("target/release");
+    let out = workspace().join("target/bench");
+    run(Command::new(release.join("ntpx-bench"))
+        .args(["all", "--step", &step.to_string(), "--out"])
+        .arg(&out)
+        .env("NTPX_BIN_DIR", &release))
 }
 
 pub(crate) fn is_root() -> bool {

@@ -1,0 +1,257 @@
+//! One server under load: two network namespaces joined by a veth pair, the server in one, the
+//! live-frames generator and the reply counter in the other.
+//!
+//! CPUs: the generator runs on the second CPU, and with it the packet path, which the kernel
+//! runs where frames are sent: the XDP servers and the counter. A socket server's process runs
+//! on the first CPU. This favours the socket servers, which get a core besides the path's.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use ntp_userspace::clock::KernelClock;
+use ntpx_tests::{
+    netns::{Link, Netns},
+    peers::{Chronyd, Ntpxd, Process},
+};
+
+use crate::{
+    frames::Flow,
+    programs::{Attached, Counter, Generator, Tally},
+};
+
+/// The servers the benchmark compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ServerKind {
+    /// ntpxd answering in XDP, with the access list and the client log on.
+    NtpxdXdp,
+    /// ntpxd without XDP: its socket path only.
+    NtpxdSlowPath,
+    /// chronyd 4.3 from Debian.
+    Chronyd,
+    /// An XDP program that only swaps addresses: the ceiling of the path.
+    Reflector,
+}
+
+impl ServerKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NtpxdXdp => "ntpxd (XDP)",
+            Self::NtpxdSlowPath => "ntpxd (slow path)",
+            Self::Chronyd => "chronyd 4.3",
+            Self::Reflector => "reflector (XDP)",
+        }
+    }
+}
+
+/// Simulated clients: a /16 next to the link's subnet, routed through the client.
+pub const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 0);
+pub const CLIENTS: u32 = 1 << 16;
+const SERVER_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+/// The server running, whatever it is.
+enum Running {
+    Ntpxd(Ntpxd),
+    Chronyd(Chronyd),
+    /// A program attached by the bench: the reflector.
+    Program {
+        _attached: Attached,
+    },
+}
+
+pub struct Bed {
+    // Dropped in order: the server, the client side, then the namespaces.
+    pub kind: ServerKind,
+    server: Running,
+    _socket_front: Option<Attached>,
+    generator: Generator,
+    counter: Counter,
+    _link: Link,
+    flow: Flow,
+}
+
+/// One step of a sweep: what was offered and what came back.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub target_rate: f64,
+    pub offered: u64,
+    pub seconds: f64,
+    pub tally: Tally,
+}
+
+impl Step {
+    pub fn offered_rate(&self) -> f64 {
+        self.offered as f64 / self.seconds
+    }
+
+    pub fn answered_rate(&self) -> f64 {
+        (self.tally.valid + self.tally.kiss_of_death) as f64 / self.seconds
+    }
+
+    pub fn loss(&self) -> f64 {
+        if self.offered == 0 {
+            return 0.0;
+        }
+        1.0 - (self.tally.valid + self.tally.kiss_of_death) as f64 / self.offered as f64
+    }
+}
+
+impl Bed {
+    /// Sets up `kind` on `link`, from a thread in the client's namespace (see [`Bed::run`]).
+    fn new(kind: ServerKind, link: Link) -> anyhow::Result<Self> {
+        let server_address = match link.server.v4 {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(_) => bail!("the link's server has no IPv4 address"),
+        };
+        let flow = Flow {
+            client_mac: link.client.mac,
+            server_mac: link.server.mac,
+            server: SocketAddrV4::new(server_address, 123),
+            first_client: FIRST_CLIENT,
+            clients: CLIENTS,
+        };
+        // Replies from socket servers reach the simulated clients through the real one, with
+        // complete checksums (the counter checks them).
+        link.server_ns.ip(&[
+            "route",
+            "add",
+            &format!("{FIRST_CLIENT}/16"),
+            "via",
+            &link.client.v4.to_string(),
+        ]);
+        link.server_ns.run("ethtool", &["-K", "veth-srv", "tx", "off"]);
+        let server = match kind {
+            ServerKind::NtpxdXdp => Running::Ntpxd(Ntpxd::start(
+                &link.server_ns,
+                "local stratum 10\nallow 10.0.0.0/8\nclientlog entries 1000000\nxdp veth-srv native\n",
+            )),
+            ServerKind::NtpxdSlowPath => Running::Ntpxd(Ntpxd::start(
+                &link.server_ns,
+                "local stratum 10\nallow 10.0.0.0/8\nclientlog entries 1000000\n",
+            )),
+            ServerKind::Chronyd => {
+                Running::Chronyd(Chronyd::start(&link.server_ns, "local stratum 10\nallow\n"))
+            }
+            ServerKind::Reflector => Running::Program {
+                _attached: in_netns(&link.server_ns, || Attached::reflector("veth-srv"))?,
+            },
+        };
+        // Live frames reach a socket server only through a veth with NAPI, which XDP gives.
+        let socket_front = match kind {
+            ServerKind::NtpxdSlowPath | ServerKind::Chronyd => {
+                Some(in_netns(&link.server_ns, || Attached::pass("veth-srv"))?)
+            }
+            _ => None,
+        };
+        let utc_minus_tai_ns = -i64::from(KernelClock::read()?.tai_offset_s) * 1_000_000_000;
+        let counter_config = flow.counter_config(utc_minus_tai_ns, kind == ServerKind::Reflector);
+        let counter = in_netns(&link.client_ns, || Counter::attach("veth-cli", &counter_config))?;
+        let index = in_netns(&link.client_ns, || Ok(nix::net::if_::if_nametoindex("veth-cli")?))?;
+        let generator = Generator::new(&flow.generator_config(), flow.request(0, 0), index)?;
+        let bed = Self {
+            kind,
+            server,
+            _socket_front: socket_front,
+            generator,
+            counter,
+            _link: link,
+            flow,
+        };
+        bed.place_on_cpus()?;
+        Ok(bed)
+    }
+
+    /// The server's process, all its threads, on the server CPU (the packet path runs where the
+    /// generator sends).
+    fn place_on_cpus(&self) -> anyhow::Result<()> {
+        if let Some(process) = self.server_process() {
+            let pid = process.pid().as_raw();
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                if let Ok(tid) = task?.file_name().to_string_lossy().parse() {
+                    pin(tid, SERVER_CPU)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Offers `rate` requests a second for `duration`, and counts what came back (waiting a
+    /// little for the last replies).
+    pub fn step(&mut self, rate: f64, duration: Duration) -> anyhow::Result<Step> {
+        let before = self.counter.tally()?;
+        let sent_before = self.generator.sent()?;
+        self.generator.set_rate(rate)?;
+        let start = Instant::now();
+        self.generator.run_for(duration)?;
+        let seconds = start.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(200));
+        let offered = self.generator.sent()? - sent_before;
+        let tally = self.counter.tally()?.since(&before)?;
+        Ok(Step { target_rate: rate, offered, seconds, tally })
+    }
+
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// Sets up `kind` and runs `work` on it, from a thread pinned to the load CPU inside the
+    /// client's namespace (the generator sends from there).
+    pub fn run<T: Send>(
+        kind: ServerKind,
+        work: impl FnOnce(&mut Bed) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let link = Link::without_client_program();
+        let path = link.client_ns.path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    pin(0, LOAD_CPU)?;
+                    let file = std::fs::File::open(&path).context("the client namespace")?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    let mut bed = Bed::new(kind, link)?;
+                    work(&mut bed)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?
+        })
+    }
+
+    /// The server process's log, for diagnosing a failed run.
+    pub fn server_log(&self) -> String {
+        match &self.server {
+            Running::Ntpxd(ntpxd) => ntpxd.process.log(),
+            Running::Chronyd(chronyd) => chronyd.process.log(),
+            Running::Program { .. } => String::new(),
+        }
+    }
+
+    pub fn server_process(&self) -> Option<&Process> {
+        match &self.server {
+            Running::Ntpxd(ntpxd) => Some(&ntpxd.process),
+            Running::Chronyd(chronyd) => Some(&chronyd.process),
+            Running::Program { .. } => None,
+        }
+    }
+}
+
+/// Runs `f` on a thread in `netns` (programs attach to the interfaces of the caller's
+/// namespace).
+fn in_netns<T: Send>(
+    netns: &Netns,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    netns.enter(f)
+}
+
+/// Pins a thread (0: the calling one) to one CPU.
+fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu % cpus)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+        .with_context(|| format!("pinning {pid} to CPU {cpu}"))?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Microbenchmarks: what the XDP program costs per request on each of its paths, and what the
+//! userspace responder costs.
+
+use std::{net::IpAddr, time::Instant};
+
+use ntp_common::{
+    responder,
+    state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
+    wire::NtpHeader,
+};
+use ntp_userspace::{
+    access::{Access, AccessRule, AccessTable, Subnet},
+    client_table::ClientLogSettings,
+    clock,
+    config::LocalReference,
+    dataplane::Dataplane,
+    reference::{Reference, TaiReading},
+};
+use ntpx_bench_ebpf::FRAME_LEN;
+use ntpx_tests::frame::{Frame, UdpChecksum};
+
+use crate::programs::CostProbe;
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Costs {
+    /// A request answered with XDP_TX (client log on).
+    pub answered_ns: f64,
+    /// A request passed to the kernel after full parsing (a bad UDP checksum).
+    pub passed_ns: f64,
+    /// A request from a denied source, dropped.
+    pub denied_ns: f64,
+    /// `ntp_common::responder::respond`, in userspace.
+    pub responder_ns: f64,
+}
+
+const RUNS: u32 = 200_000;
+
+pub fn measure() -> anyhow::Result<Costs> {
+    let server: IpAddr = "10.0.0.1".parse()?;
+    let mut dataplane = Dataplane::load(123, 1 << 16)?;
+    let rules = [
+        AccessRule { access: Access::Allow, all: false, subnet: Subnet::Everything },
+        AccessRule {
+            access: Access::Deny,
+            all: false,
+            subnet: Subnet::V4("10.66.0.0".parse()?, 16),
+        },
+    ];
+    dataplane.set_access(&AccessTable::from_rules(&rules))?;
+    dataplane.set_local_addresses(&[server]);
+    dataplane.set_client_log(ClientLogSettings {
+        enabled: true,
+        limit: ntp_common::ratelimit::RateLimit::DISABLED,
+        epoch_tai_ns: clock::tai_ns(),
+    });
+    let local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+    let mut probe = CostProbe::new()?;
+    let frame = |client: &str, checksum: UdpChecksum| -> anyhow::Result<[u8; FRAME_LEN]> {
+        let mut frame = Frame::request(client.parse()?, server);
+        frame.checksum = checksum;
+        frame.build().try_into().map_err(|_| anyhow::anyhow!("not a {FRAME_LEN}-byte frame"))
+    };
+    let answered = frame("10.1.2.3", UdpChecksum::Correct)?;
+    let passed = frame("10.1.2.3", UdpChecksum::Wrong)?;
+    let denied = frame("10.66.2.3", UdpChecksum::Correct)?;
+    let mut cost = |frame: &[u8; FRAME_LEN]| -> anyhow::Result<f64> {
+        // A fresh state for each measurement (each lasts well under its freshness).
+        let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: 0 };
+        dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS));
+        probe.cost(dataplane.program_mut()?, frame, RUNS)
+    };
+    Ok(Costs {
+        answered_ns: cost(&answered)?,
+        passed_ns: cost(&passed)?,
+        denied_ns: cost(&denied)?,
+        responder_ns: responder_cost(),
+    })
+}
+
+fn responder_cost() -> f64 {
+    let anchor = TimeAnchor {
+        tai_ns: clock::tai_ns(),
+        served_unix_ns: clock::realtime_ns(),
+        frequency: 0.0,
+    };
+    let state = ServerState::new(anchor, ReplyHeader::UNSYNCHRONISED, MAX_STATE_AGE_NS);
+    let request =
+        NtpHeader::client_request(4, 6, ntp_common::wire::NtpTimestamp::from_fixed(1)).to_bytes();
+    let runs = 2_000_000u32;
+    let start = Instant::now();
+    let mut check = 0u8;
+    for i in 0..runs {
+        let at = anchor.tai_ns + u64::from(i);
+        let reply =
+            responder::respond(std::hint::black_box(&request), &state, at, at + 50, i8::MIN);
+        check ^= reply.map(|r| r[47]).unwrap_or(0);
+    }
+    std::hint::black_box(check);
+    start.elapsed().as_secs_f64() * 1e9 / f64::from(runs)
+}

@@ -1,0 +1,236 @@
+//! The benchmark's results: a table, JSON, and a plot of answered against offered rates.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{bed::Step, cost::Costs, sweep};
+
+/// Latency or time error percentiles: p50, p99, p99.9.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        Self {
+            p50: histogram.value_at_quantile(0.5),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub target_rate: f64,
+    pub offered_rate: f64,
+    pub answered_rate: f64,
+    pub loss: f64,
+    pub invalid: u64,
+    pub kiss_of_death: u64,
+    pub latency_ns: Percentiles,
+    /// |NTP offset| of the replies: the served time's error.
+    pub time_error_ns: Percentiles,
+}
+
+impl StepReport {
+    pub fn of(step: &Step) -> Self {
+        Self {
+            target_rate: step.target_rate,
+            offered_rate: step.offered_rate(),
+            answered_rate: step.answered_rate(),
+            loss: step.loss(),
+            invalid: step.tally.invalid,
+            kiss_of_death: step.tally.kiss_of_death,
+            latency_ns: Percentiles::of(&step.tally.latency),
+            time_error_ns: Percentiles::of(&step.tally.offset),
+        }
+    }
+
+    /// One progress line.
+    pub fn line(&self, server: &str) -> String {
+        format!(
+            "{server:<18} offered {:>10.0}/s answered {:>10.0}/s loss {:>6.2}% invalid {} \
+             latency p50/p99/p99.9 {:.1}/{:.1}/{:.1} us  time error p50/p99 {}/{} ns",
+            self.offered_rate,
+            self.answered_rate,
+            self.loss * 100.0,
+            self.invalid,
+            self.latency_ns.p50 as f64 / 1e3,
+            self.latency_ns.p99 as f64 / 1e3,
+            self.latency_ns.p999 as f64 / 1e3,
+            self.time_error_ns.p50,
+            self.time_error_ns.p99,
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerReport {
+    pub server: String,
+    /// The highest answered rate with less than 1% lost and nothing invalid.
+    pub max_rate: Option<f64>,
+    /// That step.
+    pub at_max_rate: Option<StepReport>,
+    pub invalid: u64,
+    pub steps: Vec<StepReport>,
+}
+
+impl ServerReport {
+    pub fn of(server: &str, steps: &[Step]) -> Self {
+        let best = sweep::max_rate(steps, 0.01);
+        Self {
+            server: server.to_owned(),
+            max_rate: best.map(Step::answered_rate),
+            at_max_rate: best.map(StepReport::of),
+            invalid: steps.iter().map(|s| s.tally.invalid).sum(),
+            steps: steps.iter().map(StepReport::of).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub costs: Option<Costs>,
+    pub servers: Vec<ServerReport>,
+}
+
+impl Report {
+    fn rate_of(&self, server: &str) -> Option<f64> {
+        self.servers.iter().find(|s| s.server.starts_with(server)).and_then(|s| s.max_rate)
+    }
+
+    /// The table: each server's maximum rate under 1% loss, its ratios to chrony and to the
+    /// reflector, and its latencies and time error at that rate.
+    pub fn table(&self) -> String {
+        let chrony = self.rate_of("chronyd");
+        let reflector = self.rate_of("reflector");
+        let ratio = |rate: Option<f64>, base: Option<f64>| match (rate, base) {
+            (Some(rate), Some(base)) if base > 0.0 => format!("{:.1}x", rate / base),
+            _ => "-".into(),
+        };
+        let mut table = String::from(
+            "| server | max rate, <1% loss | vs chrony | vs reflector | latency p50 / p99 / p99.9 | time error p50 / p99 | invalid |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for server in &self.servers {
+            let (latency, error) = match &server.at_max_rate {
+                Some(step) => (
+                    format!(
+                        "{:.1} / {:.1} / {:.1} us",
+                        step.latency_ns.p50 as f64 / 1e3,
+                        step.latency_ns.p99 as f64 / 1e3,
+                        step.latency_ns.p999 as f64 / 1e3
+                    ),
+                    format!("{} / {} ns", step.time_error_ns.p50, step.time_error_ns.p99),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                server.server,
+                server.max_rate.map_or("-".into(), |r| format!("{:.0}/s", r)),
+                ratio(server.max_rate, chrony),
+                ratio(server.max_rate, reflector),
+                latency,
+                error,
+                server.invalid
+            );
+        }
+        if let Some(costs) = &self.costs {
+            let _ = write!(
+                table,
+                "\nXDP program cost per request (BPF_PROG_TEST_RUN): answered {:.0} ns, passed {:.0} ns, \
+                 denied {:.0} ns; userspace responder {:.0} ns.\n",
+                costs.answered_ns, costs.passed_ns, costs.denied_ns, costs.responder_ns
+            );
+        }
+        table
+    }
+
+    /// Answered against offered rate, one line per server, log-log.
+    pub fn svg(&self) -> String {
+        let (width, height, margin) = (760.0, 480.0, 70.0);
+        let rates: Vec<f64> = self
+            .servers
+            .iter()
+            .flat_map(|s| s.steps.iter().flat_map(|p| [p.offered_rate, p.answered_rate]))
+            .filter(|r| *r > 0.0)
+            .collect();
+        let low = rates.iter().copied().fold(f64::MAX, f64::min).max(1.0).log10().floor();
+        let high = rates.iter().copied().fold(1.0, f64::max).log10().ceil().max(low + 1.0);
+        let x = |rate: f64| {
+            margin + (rate.max(1.0).log10() - low) / (high - low) * (width - 2.0 * margin)
+        };
+        let y = |rate: f64| {
+            height - margin - (rate.max(1.0).log10() - low) / (high - low) * (height - 2.0 * margin)
+        };
+        let colors = ["#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd"];
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Answered against offered requests per second ({})</text>\n",
+            width / 2.0,
+            self.machine
+        );
+        for decade in (low as i32)..=(high as i32) {
+            let rate = 10f64.powi(decade);
+            let _ = write!(
+                svg,
+                "<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0}\" y=\"{3}\" text-anchor=\"middle\">1e{decade}</text>\n\
+                 <line x1=\"{4}\" y1=\"{5}\" x2=\"{6}\" y2=\"{5}\" stroke=\"#ddd\"/><text x=\"{7}\" y=\"{8}\" text-anchor=\"end\">1e{decade}</text>\n",
+                x(rate),
+                margin,
+                height - margin,
+                height - margin + 18.0,
+                margin,
+                y(rate),
+                width - margin,
+                margin - 6.0,
+                y(rate) + 4.0
+            );
+        }
+        let _ = write!(
+            svg,
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"4 4\"/>\n\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">offered per second</text>\n\
+             <text x=\"18\" y=\"{}\" transform=\"rotate(-90 18 {})\" text-anchor=\"middle\">answered per second</text>\n",
+            x(10f64.powf(low)),
+            y(10f64.powf(low)),
+            x(10f64.powf(high)),
+            y(10f64.powf(high)),
+            width / 2.0,
+            height - 25.0,
+            height / 2.0,
+            height / 2.0
+        );
+        for (i, server) in self.servers.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let points: Vec<String> = server
+                .steps
+                .iter()
+                .map(|s| format!("{:.1},{:.1}", x(s.offered_rate), y(s.answered_rate)))
+                .collect();
+            let _ = write!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
+                 <rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+                points.join(" "),
+                margin + 10.0,
+                margin + 10.0 + 18.0 * i as f64,
+                margin + 28.0,
+                margin + 21.0 + 18.0 * i as f64,
+                server.server
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}

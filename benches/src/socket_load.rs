@@ -1,0 +1,121 @@
+//! The socket load generator: requests with sendmmsg and replies with recvmmsg, for servers on
+//! other machines and as a cross-check of the XDP generator. It tops out well below the XDP
+//! generator (a few hundred thousand requests a second here).
+
+use std::{
+    io::{IoSlice, IoSliceMut},
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use ntp_common::wire::{HEADER_LEN, NtpHeader, NtpTimestamp};
+use ntp_userspace::clock::{self, KernelClock};
+
+use crate::{
+    bed::Step,
+    frames::{Reply, check_reply},
+    programs::Tally,
+};
+
+const BATCH: usize = 32;
+
+/// Offers `rate` requests a second to `server` for `duration`, and counts the replies.
+pub fn step(server: SocketAddr, rate: f64, duration: Duration) -> anyhow::Result<Step> {
+    let bind: SocketAddr =
+        if server.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let socket = Arc::new(UdpSocket::bind(bind)?);
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let utc_minus_tai_ns = -i64::from(KernelClock::read()?.tai_offset_s) * 1_000_000_000;
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (socket, done) = (socket.clone(), done.clone());
+        std::thread::spawn(move || receive(&socket, &done, utc_minus_tai_ns))
+    };
+    let start = Instant::now();
+    let slice = Duration::from_millis(1);
+    let (mut offered, mut due, mut next) = (0u64, 0.0, start);
+    let target = SockaddrStorage::from(server);
+    while next < start + duration {
+        due += rate * slice.as_secs_f64();
+        while due >= 1.0 {
+            let count = (due.floor() as usize).min(BATCH);
+            let requests: Vec<[u8; HEADER_LEN]> = (0..count)
+                .map(|_| {
+                    NtpHeader::client_request(4, 6, NtpTimestamp::from_fixed(clock::tai_ns()))
+                        .to_bytes()
+                })
+                .collect();
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                requests.iter().map(|r| [IoSlice::new(r)]).collect();
+            let addresses = vec![Some(target); count];
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(count, None);
+            let sent = sendmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addresses,
+                [],
+                MsgFlags::empty(),
+            )
+            .map(|results| results.count())
+            .unwrap_or(0);
+            offered += sent as u64;
+            due -= count as f64;
+        }
+        next += slice;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::Relaxed);
+    let tally = receiver.join().map_err(|_| anyhow::anyhow!("the receiver panicked"))??;
+    Ok(Step { target_rate: rate, offered, seconds, tally })
+}
+
+fn receive(socket: &UdpSocket, done: &AtomicBool, utc_minus_tai_ns: i64) -> anyhow::Result<Tally> {
+    let mut tally = Tally {
+        valid: 0,
+        invalid: 0,
+        kiss_of_death: 0,
+        negative_offsets: 0,
+        latency: Histogram::new(3)?,
+        offset: Histogram::new(3)?,
+    };
+    let mut buffers = vec![[0u8; 512]; BATCH];
+    while !done.load(Ordering::Relaxed) {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+            buffers.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let lengths: Vec<usize> = match recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(messages) => messages.map(|m| m.bytes).collect(),
+            Err(_) => continue, // the read timeout: check whether to stop
+        };
+        let received = clock::tai_ns();
+        for (buffer, len) in buffers.iter().zip(lengths) {
+            match check_reply(&buffer[..len], received, utc_minus_tai_ns) {
+                Ok(Reply::Time { latency_ns, offset_ns }) => {
+                    tally.valid += 1;
+                    tally.latency.record(latency_ns.max(1))?;
+                    tally.negative_offsets += u64::from(offset_ns < 0);
+                    tally.offset.record(offset_ns.unsigned_abs().max(1))?;
+                }
+                Ok(Reply::KissOfDeath) => tally.kiss_of_death += 1,
+                Err(_) => tally.invalid += 1,
+            }
+        }
+    }
+    Ok(tally)
+}

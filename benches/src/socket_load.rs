@@ -97,7 +97,8 @@ fn receive(socket: &UdpSocket, done: &AtomicBool, utc_minus_tai_ns: i64) -> anyh
             socket.as_raw_fd(),
             &mut headers,
             slices.iter_mut(),
-            MsgFlags::empty(),
+            // Return as soon as one reply is there, not when the batch is full.
+            MsgFlags::MSG_WAITFORONE,
             None,
         ) {
             Ok(messages) => messages.map(|m| m.bytes).collect(),

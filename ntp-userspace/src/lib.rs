@@ -11,3 +11,4 @@ pub mod reference;
 pub mod report;
 pub mod server;
 pub mod socket;
+pub mod sync;

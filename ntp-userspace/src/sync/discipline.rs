@@ -1,0 +1,288 @@
+//! Clock discipline: turning the estimate of true time into corrections of the system clock
+//! (through the kernel) and of the served time (the part not yet applied).
+//!
+//! Samples are kept against the *raw* clock: the system clock minus every correction ntpxd has
+//! applied to it. That keeps them on one straight line however the clock was slewed or stepped,
+//! and the corrections are known exactly because ntpxd makes them all: frequency changes
+//! (which slew) and steps. With `-x` nothing is applied and the raw clock is the system clock.
+
+use std::io;
+
+use ntp_common::wire::Leap;
+
+use super::regression::seconds_between;
+
+/// The kernel's clock controls (adjtimex), behind a trait so that the discipline can be tested
+/// against a simulated clock.
+pub trait ClockControl: Send {
+    /// The frequency offset now set, ppm.
+    fn frequency(&self) -> io::Result<f64>;
+    fn set_frequency(&mut self, ppm: f64) -> io::Result<()>;
+    /// Steps the clock by `seconds`.
+    fn step(&mut self, seconds: f64) -> io::Result<()>;
+    /// Keeps the kernel's error estimates fresh and its leap and synchronisation flags right.
+    fn set_status(&mut self, status: KernelStatus) -> io::Result<()>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelStatus {
+    pub max_error: f64,
+    pub est_error: f64,
+    pub synchronised: bool,
+    /// Clear STA_UNSYNC when synchronised (chrony does so only with `rtcsync`).
+    pub rtcsync: bool,
+    pub leap: Leap,
+}
+
+/// Largest extra frequency used to slew an offset away, s/s (the kernel's limit is 500 ppm).
+const MAX_SLEW: f64 = 500e-6;
+/// The kernel's frequency range, ppm.
+const MAX_FREQUENCY_PPM: f64 = 500.0;
+/// An offset is slewed away over about this long (at most MAX_SLEW).
+const SLEW_TIME: f64 = 16.0;
+
+/// `makestep THRESHOLD LIMIT`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MakeStep {
+    pub threshold: f64,
+    /// Updates during which a step is allowed; negative: always.
+    pub limit: i32,
+}
+
+/// What the discipline did with an update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    /// Served time only (`-x`).
+    None,
+    Slewed,
+    Stepped(f64),
+}
+
+pub struct Discipline {
+    control: Option<Box<dyn ClockControl>>,
+    /// The kernel frequency found at start, ppm: corrections are relative to it.
+    base_ppm: f64,
+    /// Applied correction (system - raw), s, at `applied_since_ns` (raw), and the extra
+    /// frequency applied since, s/s.
+    applied: f64,
+    applied_since_ns: i64,
+    applied_rate: f64,
+    makestep: Option<MakeStep>,
+    updates: u32,
+}
+
+impl Discipline {
+    /// `control` is `None` with `-x`.
+    pub fn new(
+        control: Option<Box<dyn ClockControl>>,
+        makestep: Option<MakeStep>,
+        now_raw_ns: i64,
+    ) -> io::Result<Self> {
+        let base_ppm = match &control {
+            Some(control) => control.frequency()?,
+            None => 0.0,
+        };
+        Ok(Self {
+            control,
+            base_ppm,
+            applied: 0.0,
+            applied_since_ns: now_raw_ns,
+            applied_rate: 0.0,
+            makestep,
+            updates: 0,
+        })
+    }
+
+    pub fn controls_clock(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// The correction applied to the system clock at raw time `raw_ns` (system = raw + this).
+    pub fn applied_at(&self, raw_ns: i64) -> f64 {
+        self.applied + self.applied_rate * seconds_between(self.applied_since_ns, raw_ns)
+    }
+
+    /// Raw time of a system clock reading.
+    pub fn raw_ns(&self, system_ns: i64) -> i64 {
+        // system = raw + applied + rate * (raw - since), solved for raw.
+        let system_since = (system_ns - self.applied_since_ns) as f64 - self.applied * 1e9;
+        self.applied_since_ns + (system_since / (1.0 + self.applied_rate)).round() as i64
+    }
+
+    /// The extra frequency applied, s/s.
+    pub fn applied_rate(&self) -> f64 {
+        self.applied_rate
+    }
+
+    /// The kernel frequency set by ntpxd, ppm (what the driftfile keeps).
+    pub fn kernel_frequency_ppm(&self) -> f64 {
+        self.base_ppm + self.applied_rate * (1.0 + self.base_ppm * 1e-6) * 1e6
+    }
+
+    /// Applies an update: true time is raw time plus `offset + frequency * (t - now)`.
+    pub fn update(&mut self, now_raw_ns: i64, offset: f64, frequency: f64) -> io::Result<Action> {
+        self.updates += 1;
+        let Some(control) = self.control.as_mut() else {
+            return Ok(Action::None);
+        };
+        // Re-anchor the applied correction at now.
+        self.applied += self.applied_rate * seconds_between(self.applied_since_ns, now_raw_ns);
+        self.applied_since_ns = now_raw_ns;
+        let residual = offset - self.applied;
+        if let Some(MakeStep { threshold, limit }) = self.makestep
+            && residual.abs() > threshold
+            && (limit < 0 || self.updates <= limit as u32)
+        {
+            control.step(residual)?;
+            self.applied += residual;
+            return Ok(Action::Stepped(residual));
+        }
+        // Cancel the raw clock's drift, and slew the residual away, within the kernel's range.
+        let slew = (residual / SLEW_TIME).clamp(-MAX_SLEW, MAX_SLEW);
+        let kernel_ppm =
+            (self.base_ppm + (frequency + slew) * 1e6).clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+        control.set_frequency(kernel_ppm)?;
+        // The kernel scales the clock's rate: relative to the raw clock (running at the base
+        // frequency), system time gains this much per second.
+        self.applied_rate = (kernel_ppm - self.base_ppm) * 1e-6 / (1.0 + self.base_ppm * 1e-6);
+        Ok(Action::Slewed)
+    }
+
+    pub fn set_status(&mut self, status: KernelStatus) -> io::Result<()> {
+        match self.control.as_mut() {
+            Some(control) => control.set_status(status),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The real kernel clock, through `adjtimex`.
+pub struct KernelClockControl;
+
+impl KernelClockControl {
+    fn adjtimex(modes: u32, fill: impl FnOnce(&mut libc::timex)) -> io::Result<libc::timex> {
+        // SAFETY: timex is plain old data.
+        let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+        timex.modes = modes;
+        fill(&mut timex);
+        // SAFETY: `timex` is valid for the kernel to read and write.
+        if unsafe { libc::adjtimex(&mut timex) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(timex)
+    }
+}
+
+/// The kernel's frequency unit: ppm scaled by 2^16.
+const PPM_SCALE: f64 = 65_536.0;
+
+impl ClockControl for KernelClockControl {
+    fn frequency(&self) -> io::Result<f64> {
+        Ok(Self::adjtimex(0, |_| {})?.freq as f64 / PPM_SCALE)
+    }
+
+    fn set_frequency(&mut self, ppm: f64) -> io::Result<()> {
+        let freq =
+            (ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM) * PPM_SCALE).round() as libc::c_long;
+        Self::adjtimex(libc::ADJ_FREQUENCY, |t| t.freq = freq).map(drop)
+    }
+
+    fn step(&mut self, seconds: f64) -> io::Result<()> {
+        let nanos = (seconds * 1e9).round() as i64;
+        Self::adjtimex(libc::ADJ_SETOFFSET | libc::ADJ_NANO, |t| {
+            t.time.tv_sec = nanos.div_euclid(1_000_000_000);
+            t.time.tv_usec = nanos.rem_euclid(1_000_000_000);
+        })
+        .map(drop)
+    }
+
+    fn set_status(&mut self, status: KernelStatus) -> io::Result<()> {
+        let current = Self::adjtimex(0, |_| {})?.status;
+        let mut flags = current & !(libc::STA_INS | libc::STA_DEL | libc::STA_UNSYNC);
+        match status.leap {
+            Leap::InsertSecond => flags |= libc::STA_INS,
+            Leap::DeleteSecond => flags |= libc::STA_DEL,
+            _ => {}
+        }
+        if !(status.synchronised && status.rtcsync) {
+            flags |= libc::STA_UNSYNC;
+        }
+        let max_error = (status.max_error * 1e6).min(16e6) as libc::c_long;
+        let est_error = (status.est_error * 1e6).min(16e6) as libc::c_long;
+        Self::adjtimex(libc::ADJ_MAXERROR | libc::ADJ_ESTERROR | libc::ADJ_STATUS, |t| {
+            t.maxerror = if status.synchronised { max_error } else { 16_000_000 };
+            t.esterror = est_error;
+            t.status = flags;
+        })
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+pub mod simulated {
+    //! A simulated kernel clock for the discipline's tests: it never touches the real one.
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub struct SimulatedClock {
+        /// The clock's own frequency error, s/s (before corrections).
+        pub intrinsic: f64,
+        /// The frequency correction set, ppm.
+        pub frequency_ppm: f64,
+        /// System time minus true time, s, at `since` (true time, s).
+        pub error: f64,
+        pub since: f64,
+        pub steps: Vec<f64>,
+        pub status: Option<KernelStatus>,
+    }
+
+    impl SimulatedClock {
+        /// How much faster than true time the clock runs, s/s. The kernel's frequency scales
+        /// the clock's own rate, so the two multiply.
+        pub fn rate_error(&self) -> f64 {
+            (1.0 + self.intrinsic) * (1.0 + self.frequency_ppm * 1e-6) - 1.0
+        }
+
+        /// Advances to true time `now`, accumulating error at the current rate.
+        pub fn advance(&mut self, now: f64) {
+            self.error += self.rate_error() * (now - self.since);
+            self.since = now;
+        }
+
+        pub fn system(&self, now: f64) -> f64 {
+            now + self.error + self.rate_error() * (now - self.since)
+        }
+    }
+
+    /// A handle the discipline owns; the test keeps another to read and advance the clock.
+    #[derive(Clone, Default)]
+    pub struct Handle(pub Arc<Mutex<SimulatedClock>>);
+
+    impl ClockControl for Handle {
+        fn frequency(&self) -> io::Result<f64> {
+            Ok(self.0.lock().unwrap().frequency_ppm)
+        }
+
+        fn set_frequency(&mut self, ppm: f64) -> io::Result<()> {
+            let mut clock = self.0.lock().unwrap();
+            let now = clock.since;
+            clock.advance(now);
+            clock.frequency_ppm = ppm.clamp(-500.0, 500.0);
+            Ok(())
+        }
+
+        fn step(&mut self, seconds: f64) -> io::Result<()> {
+            let mut clock = self.0.lock().unwrap();
+            clock.error += seconds;
+            clock.steps.push(seconds);
+            Ok(())
+        }
+
+        fn set_status(&mut self, status: KernelStatus) -> io::Result<()> {
+            self.0.lock().unwrap().status = Some(status);
+            Ok(())
+        }
+    }
+}

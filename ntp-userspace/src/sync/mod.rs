@@ -1,0 +1,531 @@
+//! Synchronisation to upstream sources, sans-IO: requests and replies with their local
+//! timestamps in, requests out, and the estimate of true time that the server serves and the
+//! discipline applies. The daemon's shell does the sockets, timers and name lookups.
+
+pub mod discipline;
+pub mod leap;
+pub mod regression;
+pub mod selection;
+pub mod source;
+
+use std::net::{IpAddr, SocketAddr};
+
+use ntp_common::{
+    state::ReplyHeader,
+    wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
+};
+use serde::{Deserialize, Serialize};
+
+use self::{
+    discipline::{Action, Discipline, KernelStatus},
+    leap::LeapTable,
+    regression::seconds_between,
+    selection::{Candidate, select},
+    source::{PHI, PollSettings, Request, Source, SourceState},
+};
+
+/// Index of a source.
+pub type SourceId = usize;
+
+/// Settings of the synchronisation as a whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncSettings {
+    /// Sources further than this (root distance, s) are not used, and the server becomes
+    /// unsynchronised when its own distance passes it (`maxdistance`).
+    pub max_distance: f64,
+    /// How fast the error bound grows without updates (`maxclockerror`, s/s).
+    pub clock_error: f64,
+    /// Clear STA_UNSYNC when synchronised (`rtcsync`).
+    pub rtcsync: bool,
+    pub precision: i8,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self { max_distance: 3.0, clock_error: PHI, rtcsync: false, precision: -20 }
+    }
+}
+
+/// The reference: what the server's time is based on at the last update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Reference {
+    peer: SourceId,
+    stratum: u8,
+    reference_id: ReferenceId,
+    /// Raw time of the update, ns.
+    time_raw_ns: i64,
+    root_delay: f64,
+    /// At the update.
+    root_dispersion: f64,
+    leap: Leap,
+}
+
+/// The served time and header at a moment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Served {
+    /// Served time minus system time, s.
+    pub correction: f64,
+    /// How much faster served time runs than the system clock, s/s.
+    pub frequency: f64,
+    /// The header, or `None` when unsynchronised.
+    pub header: Option<ReplyHeader>,
+    /// A leap second takes effect at this system time (ns): served state must not be used past
+    /// it without recomputing.
+    pub leap_at_ns: Option<i64>,
+}
+
+/// `tracking`, as chronyc shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tracking {
+    pub reference_id: u32,
+    pub reference_name: String,
+    pub stratum: u8,
+    /// Unix seconds of the last update (0: never).
+    pub reference_time: f64,
+    /// System time minus served time, s (positive: the system clock is fast).
+    pub system_time_offset: f64,
+    pub last_offset: f64,
+    pub rms_offset: f64,
+    /// ppm; positive: the system clock is fast.
+    pub frequency_ppm: f64,
+    pub residual_frequency_ppm: f64,
+    pub skew_ppm: f64,
+    pub root_delay: f64,
+    pub root_dispersion: f64,
+    pub update_interval: f64,
+    pub leap: String,
+    pub synchronised: bool,
+}
+
+/// One row of `sources` and `sourcestats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub name: String,
+    pub address: IpAddr,
+    pub state: SourceState,
+    pub stratum: u8,
+    pub poll: i8,
+    pub reach: u8,
+    /// Seconds since the last good reply (`None`: never).
+    pub last_rx: Option<f64>,
+    /// The last sample: offset adjusted for corrections since, measured offset, error bound.
+    pub adjusted_offset: f64,
+    pub measured_offset: f64,
+    pub error: f64,
+    pub samples: usize,
+    pub runs: usize,
+    pub span: f64,
+    pub frequency_ppm: f64,
+    pub skew_ppm: f64,
+    pub offset: f64,
+    pub std_dev: f64,
+}
+
+pub struct Synchroniser {
+    settings: SyncSettings,
+    sources: Vec<Source>,
+    discipline: Discipline,
+    leap_table: Option<LeapTable>,
+    reference: Option<Reference>,
+    /// Served time = raw time + `offset + frequency * (t - since)` (raw ns).
+    offset: f64,
+    frequency: f64,
+    since_raw_ns: i64,
+    skew: f64,
+    /// A leap second under -x: at this raw time true time moves by `leap_delta` s.
+    pending_leap: Option<(i64, f64)>,
+    last_offsets: Vec<f64>,
+    update_times: Vec<i64>,
+}
+
+impl Synchroniser {
+    pub fn new(
+        settings: SyncSettings,
+        discipline: Discipline,
+        leap_table: Option<LeapTable>,
+        now_system_ns: i64,
+    ) -> Self {
+        let since_raw_ns = discipline.raw_ns(now_system_ns);
+        Self {
+            settings,
+            sources: Vec::new(),
+            discipline,
+            leap_table,
+            reference: None,
+            offset: 0.0,
+            frequency: 0.0,
+            since_raw_ns,
+            skew: 0.0,
+            pending_leap: None,
+            last_offsets: Vec::new(),
+            update_times: Vec::new(),
+        }
+    }
+
+    pub fn add_source(
+        &mut self,
+        name: String,
+        address: SocketAddr,
+        settings: PollSettings,
+        now_system_ns: i64,
+    ) -> SourceId {
+        let now = self.discipline.raw_ns(now_system_ns);
+        self.sources.push(Source::new(name, address, settings, now));
+        self.sources.len() - 1
+    }
+
+    /// The sources added under `name` (the addresses a pool resolved to).
+    pub fn sources_named(&self, name: &str) -> Vec<SourceId> {
+        self.sources.iter().enumerate().filter(|(_, s)| s.name == name).map(|(i, _)| i).collect()
+    }
+
+    pub fn source(&self, id: SourceId) -> &Source {
+        &self.sources[id]
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Requests due at `now`; `random` gives each its unguessable transmit timestamp.
+    pub fn poll(
+        &mut self,
+        now_system_ns: i64,
+        mut random: impl FnMut() -> u64,
+    ) -> Vec<(SourceId, Request)> {
+        let now = self.discipline.raw_ns(now_system_ns);
+        self.sources
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(id, s)| s.poll(now, random()).map(|r| (id, r)))
+            .collect()
+    }
+
+    /// The earliest time (system ns) a source wants polling.
+    pub fn next_poll_ns(&self) -> Option<i64> {
+        self.sources.iter().filter(|s| !s.refused).map(Source::next_poll_ns).min()
+    }
+
+    /// A reply to source `id`, received at system time `received_ns`. Returns what the
+    /// discipline did, if the reply brought a new estimate.
+    pub fn receive(
+        &mut self,
+        id: SourceId,
+        reply: &[u8],
+        from: SocketAddr,
+        received_system_ns: i64,
+    ) -> Option<Action> {
+        let received = self.discipline.raw_ns(received_system_ns);
+        let source = self.sources.get_mut(id)?;
+        match source.receive(reply, from, received) {
+            Ok(_) => Some(self.update(received)),
+            Err(rejected) => {
+                tracing::debug!(source = %source.address, ?rejected, "reply not used");
+                None
+            }
+        }
+    }
+
+    /// Reselects and, when the selection gives an estimate, updates the served time and the
+    /// clock.
+    fn update(&mut self, now: i64) -> Action {
+        self.apply_due_leap(now);
+        let candidates: Vec<Option<Candidate>> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let estimate = s.estimate.as_ref()?;
+                let distance = s.root_distance(now);
+                (s.is_selectable() && distance <= self.settings.max_distance && s.stratum < 16)
+                    .then(|| Candidate {
+                        offset: s.offset_at(now).unwrap_or(0.0),
+                        distance,
+                        jitter: estimate.std_dev.max(estimate.offset_error),
+                        frequency: estimate.frequency,
+                        stratum: s.stratum,
+                        prefer: s.settings.prefer,
+                    })
+            })
+            .collect();
+        let selection = select(&candidates);
+        for (source, state) in self.sources.iter_mut().zip(&selection.states) {
+            source.state = *state;
+        }
+        let Some(combined) = selection.combined else {
+            return Action::None;
+        };
+        let peer = &self.sources[combined.peer];
+        let estimate = peer.estimate.expect("a selected source has an estimate");
+        let previous = self.offset_at(now);
+        self.offset = combined.offset;
+        self.frequency = combined.frequency;
+        self.since_raw_ns = now;
+        self.skew = estimate.skew;
+        let last_offset = combined.offset - previous;
+        self.last_offsets.push(last_offset);
+        if self.last_offsets.len() > 32 {
+            self.last_offsets.remove(0);
+        }
+        self.update_times.push(now);
+        if self.update_times.len() > 16 {
+            self.update_times.remove(0);
+        }
+        let newest = peer.samples.newest().copied();
+        self.reference = Some(Reference {
+            peer: combined.peer,
+            stratum: peer.stratum.saturating_add(1).min(15),
+            reference_id: reference_id_of(peer.address.ip()),
+            time_raw_ns: now,
+            root_delay: peer.root_delay + newest.map_or(0.0, |s| s.delay),
+            root_dispersion: peer.root_dispersion
+                + newest.map_or(0.0, |s| s.dispersion)
+                + combined.jitter
+                + estimate.offset_error,
+            leap: self.leap_status(now, &combined_leap(&self.sources, &selection.states)),
+        });
+        match self.discipline.update(now, self.offset, self.frequency) {
+            Ok(action) => {
+                if let Action::Stepped(step) = action {
+                    tracing::warn!(step, "system clock stepped");
+                }
+                action
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot adjust the system clock");
+                Action::None
+            }
+        }
+    }
+
+    /// True time minus raw time at raw `now`, s.
+    fn offset_at(&self, now_raw_ns: i64) -> f64 {
+        let leap = match self.pending_leap {
+            Some((at, delta)) if now_raw_ns >= at => delta,
+            _ => 0.0,
+        };
+        self.offset + self.frequency * seconds_between(self.since_raw_ns, now_raw_ns) + leap
+    }
+
+    /// The leap status: the leap table's when there is one, else the sources' majority.
+    fn leap_status(&self, now_raw_ns: i64, sources_leap: &Leap) -> Leap {
+        match &self.leap_table {
+            Some(table) => table.leap_today(now_raw_ns.div_euclid(1_000_000_000)),
+            None => *sources_leap,
+        }
+    }
+
+    /// Under `-x` the system clock makes no leap: at the leap, true time moves against it, and
+    /// every sample (relative to the raw clock) with it.
+    fn apply_due_leap(&mut self, now_raw_ns: i64) {
+        if let Some((at, delta)) = self.pending_leap
+            && now_raw_ns >= at
+        {
+            for source in &mut self.sources {
+                source.shift(delta);
+            }
+            self.offset += delta;
+            self.pending_leap = None;
+        }
+    }
+
+    /// Root distance of the server now (infinite without a reference).
+    fn root_distance(&self, now_raw_ns: i64) -> f64 {
+        self.reference.map_or(f64::INFINITY, |r| {
+            r.root_delay / 2.0
+                + r.root_dispersion
+                + self.settings.clock_error * seconds_between(r.time_raw_ns, now_raw_ns).max(0.0)
+        })
+    }
+
+    /// What to serve at system time `now`: the correction and, while synchronised, the header.
+    /// Also keeps the kernel's error estimates and leap flags fresh (call about once a second).
+    pub fn served(&mut self, now_system_ns: i64) -> Served {
+        let now = self.discipline.raw_ns(now_system_ns);
+        self.apply_due_leap(now);
+        let distance = self.root_distance(now);
+        let synchronised = distance <= self.settings.max_distance;
+        let applied = self.discipline.applied_at(now);
+        let mut leap_at_ns = None;
+        let header = match self.reference {
+            Some(reference) if synchronised => {
+                let elapsed = seconds_between(reference.time_raw_ns, now).max(0.0);
+                let leap = self.leap_status(now, &reference.leap);
+                if matches!(leap, Leap::InsertSecond | Leap::DeleteSecond) {
+                    let at = leap::next_midnight(now.div_euclid(1_000_000_000)) * 1_000_000_000;
+                    leap_at_ns = Some(at);
+                    if !self.discipline.controls_clock() && self.pending_leap.is_none() {
+                        let delta = if leap == Leap::InsertSecond { -1.0 } else { 1.0 };
+                        self.pending_leap = Some((at, delta));
+                    }
+                }
+                let served_reference =
+                    reference.time_raw_ns + (self.offset_at(reference.time_raw_ns) * 1e9) as i64;
+                Some(ReplyHeader {
+                    leap,
+                    stratum: reference.stratum,
+                    precision: self.settings.precision,
+                    root_delay: NtpShort::from_seconds(reference.root_delay),
+                    root_dispersion: NtpShort::from_seconds(
+                        reference.root_dispersion + self.settings.clock_error * elapsed,
+                    ),
+                    dispersion_rate: self.settings.clock_error,
+                    reference_id: reference.reference_id,
+                    reference_time: NtpTimestamp::from_unix_nanos(served_reference.max(0) as u64),
+                })
+            }
+            _ => None,
+        };
+        let status = KernelStatus {
+            max_error: if distance.is_finite() { distance } else { 16.0 },
+            est_error: self.reference.map_or(16.0, |r| r.root_dispersion),
+            synchronised: header.is_some(),
+            rtcsync: self.settings.rtcsync,
+            leap: header.map_or(Leap::NoWarning, |h| h.leap),
+        };
+        if let Err(error) = self.discipline.set_status(status) {
+            tracing::warn!(%error, "cannot update the kernel's clock status");
+        }
+        Served {
+            correction: self.offset_at(now) - applied,
+            frequency: self.frequency - self.discipline.applied_rate(),
+            header,
+            leap_at_ns,
+        }
+    }
+
+    pub fn tracking(&mut self, now_system_ns: i64) -> Tracking {
+        let now = self.discipline.raw_ns(now_system_ns);
+        let served = self.served(now_system_ns);
+        let rms = if self.last_offsets.is_empty() {
+            0.0
+        } else {
+            (self.last_offsets.iter().map(|o| o * o).sum::<f64>() / self.last_offsets.len() as f64)
+                .sqrt()
+        };
+        let interval = match (self.update_times.first(), self.update_times.last()) {
+            (Some(first), Some(last)) if self.update_times.len() > 1 => {
+                seconds_between(*first, *last) / (self.update_times.len() - 1) as f64
+            }
+            _ => 0.0,
+        };
+        let (reference_id, reference_name, stratum, reference_time) =
+            match (self.reference, served.header) {
+                (Some(reference), Some(header)) => (
+                    u32::from_be_bytes(header.reference_id.to_bits()),
+                    self.sources[reference.peer].address.ip().to_string(),
+                    header.stratum,
+                    header.reference_time.to_unix_nanos() as f64 * 1e-9,
+                ),
+                _ => (0, String::new(), 0, 0.0),
+            };
+        let (root_delay, root_dispersion) = match served.header {
+            Some(header) => (header.root_delay.to_seconds(), header.root_dispersion.to_seconds()),
+            None => (1.0, 1.0),
+        };
+        Tracking {
+            reference_id,
+            reference_name,
+            stratum,
+            reference_time,
+            system_time_offset: -served.correction,
+            last_offset: self.last_offsets.last().copied().unwrap_or(0.0),
+            rms_offset: rms,
+            // The system clock runs fast when true time gains on it less than it should.
+            frequency_ppm: -(self.frequency - self.discipline.applied_rate()) * 1e6,
+            residual_frequency_ppm: 0.0,
+            skew_ppm: self.skew * 1e6,
+            root_delay,
+            root_dispersion,
+            update_interval: interval,
+            leap: leap_name(served.header.map(|h| h.leap)).into(),
+            synchronised: served.header.is_some() && self.root_distance(now).is_finite(),
+        }
+    }
+
+    pub fn sources(&self, now_system_ns: i64) -> Vec<SourceReport> {
+        let now = self.discipline.raw_ns(now_system_ns);
+        self.sources
+            .iter()
+            .map(|s| {
+                let estimate = s.estimate.unwrap_or_default();
+                let (measured, adjusted) = match s.last_sample {
+                    // The sample relative to the system clock then, and to the served time now.
+                    Some(sample) => (
+                        sample.offset - self.discipline.applied_at(sample.time_ns),
+                        sample.offset - self.offset_at(sample.time_ns),
+                    ),
+                    None => (0.0, 0.0),
+                };
+                SourceReport {
+                    name: s.name.clone(),
+                    address: s.address.ip(),
+                    state: s.state,
+                    stratum: s.stratum,
+                    poll: s.poll,
+                    reach: s.reach,
+                    last_rx: s.last_rx_ns.map(|t| seconds_between(t, now)),
+                    adjusted_offset: adjusted,
+                    measured_offset: measured,
+                    error: if s.estimate.is_some() { s.root_distance(now) } else { 0.0 },
+                    samples: estimate.samples,
+                    runs: estimate.runs,
+                    span: estimate.span,
+                    frequency_ppm: (estimate.frequency - self.frequency) * 1e6,
+                    skew_ppm: estimate.skew * 1e6,
+                    offset: s.offset_at(now).map_or(0.0, |o| o - self.offset_at(now)),
+                    std_dev: estimate.std_dev,
+                }
+            })
+            .collect()
+    }
+
+    /// The kernel frequency to keep in the driftfile, ppm, and the skew.
+    pub fn drift(&self) -> (f64, f64) {
+        if self.discipline.controls_clock() {
+            (self.discipline.kernel_frequency_ppm(), self.skew * 1e6)
+        } else {
+            (self.frequency * 1e6, self.skew * 1e6)
+        }
+    }
+}
+
+/// chrony's leap status names.
+pub fn leap_name(leap: Option<Leap>) -> &'static str {
+    match leap {
+        Some(Leap::NoWarning) => "Normal",
+        Some(Leap::InsertSecond) => "Insert second",
+        Some(Leap::DeleteSecond) => "Delete second",
+        _ => "Not synchronised",
+    }
+}
+
+/// The majority leap announcement of the combined sources.
+fn combined_leap(sources: &[Source], states: &[SourceState]) -> Leap {
+    let combined: Vec<Leap> = sources
+        .iter()
+        .zip(states)
+        .filter(|(_, state)| matches!(state, SourceState::Selected | SourceState::Combined))
+        .map(|(s, _)| s.leap)
+        .collect();
+    for leap in [Leap::InsertSecond, Leap::DeleteSecond] {
+        if combined.iter().filter(|l| **l == leap).count() * 2 > combined.len() {
+            return leap;
+        }
+    }
+    Leap::NoWarning
+}
+
+/// The reference ID of an upstream server: its IPv4 address, or the first four bytes of the
+/// MD5 hash of its IPv6 address (RFC 5905).
+pub fn reference_id_of(address: IpAddr) -> ReferenceId {
+    match address {
+        IpAddr::V4(a) => ReferenceId::from_bits(a.octets()),
+        IpAddr::V6(a) => {
+            let digest = md5::compute(a.octets());
+            ReferenceId::from_bits([digest[0], digest[1], digest[2], digest[3]])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! One upstream server: when to poll it, its requests and the checks on their replies, the
+//! reachability register, the clock filter, and its samples. Sans-IO: times and bytes in,
+//! requests and samples out.
+
+use std::net::SocketAddr;
+
+use ntp_common::wire::{HEADER_LEN, Leap, Mode, NtpHeader, NtpTimestamp, ReferenceId};
+
+use super::regression::{Estimate, Sample, SampleSet, seconds_between};
+
+/// What `server` / `pool` say about polling a source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PollSettings {
+    pub minpoll: i8,
+    pub maxpoll: i8,
+    pub iburst: bool,
+    pub prefer: bool,
+    pub noselect: bool,
+    /// Samples with a longer round trip are ignored, s.
+    pub maxdelay: f64,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        Self {
+            minpoll: 6,
+            maxpoll: 10,
+            iburst: false,
+            prefer: false,
+            noselect: false,
+            maxdelay: 3.0,
+        }
+    }
+}
+
+/// Why a source is not used, or how it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    /// `*`: the system peer.
+    Selected,
+    /// `+`: combined with it.
+    Combined,
+    /// `-`: acceptable, not combined.
+    NotCombined,
+    /// `x`: may be in error (a falseticker).
+    Falseticker,
+    /// `~`: too variable.
+    TooVariable,
+    /// `?`: unusable (unreachable, no samples yet, denied, too far).
+    #[default]
+    Unusable,
+}
+
+impl SourceState {
+    /// chronyc's state column.
+    pub fn symbol(self) -> char {
+        match self {
+            Self::Selected => '*',
+            Self::Combined => '+',
+            Self::NotCombined => '-',
+            Self::Falseticker => 'x',
+            Self::TooVariable => '~',
+            Self::Unusable => '?',
+        }
+    }
+}
+
+/// A request to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub to: SocketAddr,
+    pub bytes: [u8; HEADER_LEN],
+}
+
+/// Why a reply was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    FromElsewhere,
+    NotAwaited,
+    Malformed,
+    /// The server says it is not synchronised (LI 3 or stratum 0/16).
+    Unsynchronised,
+    /// Round trip over `maxdelay`, or negative.
+    Delay,
+    KissOfDeath(ReferenceId),
+}
+
+/// The number of requests an `iburst` start sends, two seconds apart.
+const BURST: u8 = 4;
+const BURST_INTERVAL_NS: i64 = 2_000_000_000;
+/// Replies in a row at one poll before the poll doubles.
+const STABLE_REPLIES: u32 = 8;
+/// Replies the clock filter remembers, and how much slower than the quickest of them a sample
+/// may be and still be used.
+const FILTER_LENGTH: usize = 8;
+const FILTER_DELAY_RATIO: f64 = 2.0;
+/// Maximum frequency error assumed of a clock (RFC 5905's PHI), s/s.
+pub const PHI: f64 = 15e-6;
+
+pub struct Source {
+    pub name: String,
+    pub address: SocketAddr,
+    pub settings: PollSettings,
+    /// log2 of the poll interval, s.
+    pub poll: i8,
+    pub reach: u8,
+    next_poll_ns: i64,
+    burst_left: u8,
+    /// The transmit timestamp of the request in flight (random) and when it left.
+    awaiting: Option<(NtpTimestamp, i64)>,
+    replies_in_a_row: u32,
+    /// The round-trip delays of the last 8 replies: the clock filter's memory.
+    recent_delays: Vec<f64>,
+    pub samples: SampleSet,
+    pub estimate: Option<Estimate>,
+    pub last_rx_ns: Option<i64>,
+    /// The server's header fields of its last good reply.
+    pub stratum: u8,
+    pub leap: Leap,
+    pub root_delay: f64,
+    pub root_dispersion: f64,
+    pub reference_id: ReferenceId,
+    /// The last raw sample (for `sources`: measured offset, error bound).
+    pub last_sample: Option<Sample>,
+    /// DENY or RSTR: never used again.
+    pub refused: bool,
+    pub state: SourceState,
+}
+
+impl Source {
+    pub fn new(name: String, address: SocketAddr, settings: PollSettings, now_ns: i64) -> Self {
+        let first = now_ns;
+        Self {
+            name,
+            address,
+            settings,
+            poll: settings.minpoll,
+            reach: 0,
+            next_poll_ns: first,
+            burst_left: if settings.iburst { BURST } else { 0 },
+            awaiting: None,
+            replies_in_a_row: 0,
+            recent_delays: Vec::new(),
+            samples: SampleSet::default(),
+            estimate: None,
+            last_rx_ns: None,
+            stratum: 0,
+            leap: Leap::Unsynchronised,
+            root_delay: 0.0,
+            root_dispersion: 0.0,
+            reference_id: ReferenceId::NONE,
+            last_sample: None,
+            refused: false,
+            state: SourceState::Unusable,
+        }
+    }
+
+    fn poll_interval_ns(&self) -> i64 {
+        (2f64.powi(i32::from(self.poll)) * 1e9) as i64
+    }
+
+    /// When the next request is due.
+    pub fn next_poll_ns(&self) -> i64 {
+        self.next_poll_ns
+    }
+
+    /// A request if one is due at `now_ns`, with `random` as its transmit timestamp (so that a
+    /// reply must echo something unguessable). The request in flight, if any, is abandoned.
+    pub fn poll(&mut self, now_ns: i64, random: u64) -> Option<Request> {
+        if self.refused || now_ns < self.next_poll_ns {
+            return None;
+        }
+        // A request without a reply: the register shifts in a zero.
+        self.reach <<= 1;
+        if self.awaiting.is_some() {
+            self.replies_in_a_row = 0;
+        }
+        let interval = if self.burst_left > 0 {
+            self.burst_left -= 1;
+            BURST_INTERVAL_NS.min(self.poll_interval_ns())
+        } else {
+            self.poll_interval_ns()
+        };
+        self.next_poll_ns = now_ns + interval;
+        let transmit = NtpTimestamp::from_fixed(random);
+        self.awaiting = Some((transmit, now_ns));
+        let request = NtpHeader::client_request(4, self.poll, transmit).to_bytes();
+        Some(Request { to: self.address, bytes: request })
+    }
+
+    /// A reply from `from` received at local raw time `received_ns` (the request left at the
+    /// time `poll` was given).
+    pub fn receive(
+        &mut self,
+        reply: &[u8],
+        from: SocketAddr,
+        received_ns: i64,
+    ) -> Result<Sample, Rejected> {
+        if from != self.address {
+            return Err(Rejected::FromElsewhere);
+        }
+        let reply: &[u8; HEADER_LEN] =
+            reply.get(..HEADER_LEN).and_then(|r| r.try_into().ok()).ok_or(Rejected::Malformed)?;
+        let header = NtpHeader::from_bytes(reply);
+        let Some((transmit, sent_ns)) = self.awaiting else {
+            return Err(Rejected::NotAwaited);
+        };
+        if header.origin_timestamp != transmit {
+            return Err(Rejected::NotAwaited);
+        }
+        if header.mode != Mode::Server || !(1..=4).contains(&header.version) {
+            return Err(Rejected::Malformed);
+        }
+        // One reply per request: a duplicate is not awaited.
+        self.awaiting = None;
+        if header.stratum == 0 && header.leap == Leap::Unsynchronised {
+            let code = header.reference_id;
+            if code == ReferenceId::from_bits(*b"DENY") || code == ReferenceId::from_bits(*b"RSTR")
+            {
+                self.refused = true;
+            } else if code == ReferenceId::KISS_RATE {
+                // Asked to slow down: poll less often from now on (up to maxpoll).
+                self.poll = self.poll.saturating_add(1).min(self.settings.maxpoll.max(self.poll));
+                self.next_poll_ns = received_ns + self.poll_interval_ns();
+            }
+            return Err(Rejected::KissOfDeath(code));
+        }
+        if header.leap == Leap::Unsynchronised || header.stratum == 0 || header.stratum >= 16 {
+            return Err(Rejected::Unsynchronised);
+        }
+        let server_receive = header.receive_timestamp;
+        let server_transmit = header.transmit_timestamp;
+        if server_transmit < server_receive
+            || header.root_delay.to_seconds() > 16.0
+            || header.root_dispersion.to_seconds() > 16.0
+        {
+            return Err(Rejected::Malformed);
+        }
+        // Server instants as ns since the Unix epoch; differences with local instants.
+        let t2 = server_receive.to_unix_nanos() as i64;
+        let t3 = server_transmit.to_unix_nanos() as i64;
+        let round_trip = seconds_between(sent_ns, received_ns);
+        let in_server = seconds_between(t2, t3);
+        let delay = round_trip - in_server;
+        if !(-1e-6..=self.settings.maxdelay).contains(&delay) {
+            return Err(Rejected::Delay);
+        }
+        let offset = (seconds_between(sent_ns, t2) + seconds_between(received_ns, t3)) / 2.0;
+        let precision = 2f64.powi(i32::from(header.precision)) + 2e-9;
+        let sample = Sample {
+            time_ns: sent_ns + (received_ns - sent_ns) / 2,
+            offset,
+            delay: delay.max(0.0),
+            dispersion: precision + PHI * round_trip,
+        };
+        self.reach |= 1;
+        self.last_rx_ns = Some(received_ns);
+        self.stratum = header.stratum;
+        self.leap = header.leap;
+        self.root_delay = header.root_delay.to_seconds();
+        self.root_dispersion = header.root_dispersion.to_seconds();
+        self.reference_id = header.reference_id;
+        self.last_sample = Some(sample);
+        self.replies_in_a_row += 1;
+        if self.burst_left == 0
+            && self.replies_in_a_row >= STABLE_REPLIES
+            && self.poll < self.settings.maxpoll
+        {
+            self.poll += 1;
+            self.replies_in_a_row = 0;
+        }
+        self.filter_sample(sample);
+        Ok(sample)
+    }
+
+    /// The clock filter: a sample whose round trip took much longer than the quickest of the
+    /// last eight is dropped (queueing delay is what corrupts an offset, and it is rarely
+    /// symmetric). The rest go on to the regression, which weighs them by their delay.
+    fn filter_sample(&mut self, sample: Sample) {
+        if self.recent_delays.len() == FILTER_LENGTH {
+            self.recent_delays.remove(0);
+        }
+        self.recent_delays.push(sample.delay);
+        let quickest = self.recent_delays.iter().copied().fold(f64::INFINITY, f64::min);
+        if sample.delay <= quickest * FILTER_DELAY_RATIO + sample.dispersion {
+            self.samples.push(sample);
+            self.estimate = self.samples.estimate();
+        }
+    }
+
+    /// Whether the source can take part in selection.
+    pub fn is_selectable(&self) -> bool {
+        !self.refused && !self.settings.noselect && self.reach != 0 && self.estimate.is_some()
+    }
+
+    /// The source's root distance at `now_ns`: its error bound as a time source.
+    pub fn root_distance(&self, now_ns: i64) -> f64 {
+        let Some(estimate) = &self.estimate else { return f64::INFINITY };
+        let newest = self.samples.newest().map_or(0.0, |s| s.delay / 2.0 + s.dispersion);
+        let age = seconds_between(estimate.time_ns, now_ns).max(0.0);
+        self.root_delay / 2.0
+            + self.root_dispersion
+            + newest
+            + estimate.offset_error
+            + estimate.std_dev
+            + PHI * age
+    }
+
+    /// The source's offset (its time minus local raw time) at `now_ns`.
+    pub fn offset_at(&self, now_ns: i64) -> Option<f64> {
+        self.estimate.as_ref().map(|e| e.offset_at(now_ns))
+    }
+
+    /// Shifts the source's samples by `delta` (the local raw timescale moved).
+    pub fn shift(&mut self, delta: f64) {
+        self.samples.shift(delta);
+        self.estimate = self.samples.estimate();
+    }
+}

@@ -1,0 +1,355 @@
+//! The synchronisation core against simulated clocks and networks: no socket, no real clock.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use ntp_common::wire::{Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId};
+
+use super::{
+    discipline::{
+        Discipline, MakeStep,
+        simulated::{Handle, SimulatedClock},
+    },
+    source::{PollSettings, SourceState},
+    *,
+};
+
+/// Unix time of the simulation's start, ns. Times in the simulation are seconds since then, so
+/// that f64 keeps them to a fraction of a nanosecond.
+const START_NS: i64 = 1_795_660_000_000_000_000;
+const START: f64 = 0.0;
+
+/// A deterministic random number generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A simulated upstream server.
+struct Upstream {
+    address: SocketAddr,
+    /// Its time minus true time, s.
+    error: f64,
+    stratum: u8,
+    answering: bool,
+}
+
+/// A network with delays of `base + uniform(0, jitter)` each way, independently.
+struct Network {
+    base: f64,
+    jitter: f64,
+    rng: Rng,
+}
+
+impl Network {
+    fn delay(&mut self) -> f64 {
+        self.base + self.jitter * self.rng.uniform()
+    }
+}
+
+/// The local clock: free-running (`-x`), or disciplined through a simulated kernel.
+enum LocalClock {
+    Free { frequency: f64, offset: f64 },
+    Kernel(Handle),
+}
+
+impl LocalClock {
+    fn system(&self, true_time: f64) -> f64 {
+        match self {
+            Self::Free { frequency, offset } => {
+                true_time + offset + frequency * (true_time - START)
+            }
+            Self::Kernel(handle) => handle.0.lock().unwrap().system(true_time),
+        }
+    }
+
+    fn advance(&self, true_time: f64) {
+        if let Self::Kernel(handle) = self {
+            handle.0.lock().unwrap().advance(true_time);
+        }
+    }
+}
+
+/// Unix ns of simulation time `seconds`.
+fn ns(seconds: f64) -> i64 {
+    START_NS + (seconds * 1e9).round() as i64
+}
+
+fn reply_to(request: &[u8; 48], upstream: &Upstream, received: f64, sent: f64) -> [u8; 48] {
+    let request = NtpHeader::from_bytes(request);
+    let unix = |t: f64| NtpTimestamp::from_unix_nanos(ns(t + upstream.error) as u64);
+    NtpHeader {
+        leap: Leap::NoWarning,
+        version: 4,
+        mode: Mode::Server,
+        stratum: upstream.stratum,
+        poll: request.poll,
+        precision: -24,
+        root_delay: NtpShort::ZERO,
+        root_dispersion: NtpShort::from_seconds(10e-6),
+        reference_id: ReferenceId::from_bits(*b"GPS\0"),
+        reference_timestamp: unix(received - 1.0),
+        origin_timestamp: request.transmit_timestamp,
+        receive_timestamp: unix(received),
+        transmit_timestamp: unix(sent),
+    }
+    .to_bytes()
+}
+
+struct Simulation {
+    sync: Synchroniser,
+    clock: LocalClock,
+    upstreams: Vec<Upstream>,
+    network: Network,
+    rng: Rng,
+    in_flight: Vec<InFlight>,
+    now: f64,
+    updates: usize,
+}
+
+/// A reply on its way back.
+struct InFlight {
+    source: SourceId,
+    bytes: [u8; 48],
+    /// True time of its arrival, s.
+    arrives: f64,
+}
+
+impl Simulation {
+    fn new(
+        clock: LocalClock,
+        control: bool,
+        makestep: Option<MakeStep>,
+        settings: SyncSettings,
+    ) -> Self {
+        let system = ns(clock.system(START));
+        let control: Option<Box<dyn discipline::ClockControl>> = match (&clock, control) {
+            (LocalClock::Kernel(handle), true) => Some(Box::new(handle.clone())),
+            _ => None,
+        };
+        let discipline = Discipline::new(control, makestep, system).unwrap();
+        Self {
+            sync: Synchroniser::new(settings, discipline, None, system),
+            clock,
+            upstreams: Vec::new(),
+            // Round trips of 100 to 200 us.
+            network: Network { base: 50e-6, jitter: 50e-6, rng: Rng(7) },
+            rng: Rng(11),
+            in_flight: Vec::new(),
+            now: START,
+            updates: 0,
+        }
+    }
+
+    fn add_upstream(&mut self, error: f64, poll: i8) {
+        let address: SocketAddr =
+            format!("192.0.2.{}:123", self.upstreams.len() + 1).parse().unwrap();
+        self.upstreams.push(Upstream { address, error, stratum: 1, answering: true });
+        let settings =
+            PollSettings { minpoll: poll, maxpoll: poll, iburst: true, ..PollSettings::default() };
+        let system = ns(self.clock.system(self.now));
+        self.sync.add_source(address.to_string(), address, settings, system);
+    }
+
+    /// Runs for `seconds` of true time in 1/8 s steps, exchanging what is due. Replies are
+    /// delivered in order of arrival, so that the clock is only ever advanced.
+    fn run(&mut self, seconds: f64) {
+        let end = self.now + seconds;
+        while self.now < end {
+            let next = self.now + 0.125;
+            self.in_flight.sort_by(|a, b| a.arrives.total_cmp(&b.arrives));
+            while self.in_flight.first().is_some_and(|reply| reply.arrives <= next) {
+                let reply = self.in_flight.remove(0);
+                self.clock.advance(reply.arrives);
+                let received = ns(self.clock.system(reply.arrives));
+                let from = self.upstreams[reply.source].address;
+                if self.sync.receive(reply.source, &reply.bytes, from, received).is_some() {
+                    self.updates += 1;
+                }
+            }
+            self.now = next;
+            self.clock.advance(self.now);
+            let system = ns(self.clock.system(self.now));
+            let rng = &mut self.rng;
+            for (source, request) in self.sync.poll(system, || rng.next()) {
+                let upstream = &self.upstreams[source];
+                if !upstream.answering {
+                    continue;
+                }
+                let at_server = self.now + self.network.delay();
+                let leaves = at_server + 10e-6;
+                let bytes = reply_to(&request.bytes, upstream, at_server, leaves);
+                self.in_flight.push(InFlight {
+                    source,
+                    bytes,
+                    arrives: leaves + self.network.delay(),
+                });
+            }
+            self.sync.served(system);
+        }
+    }
+
+    /// Served time minus true time now, s.
+    fn served_error(&mut self) -> f64 {
+        let system = self.clock.system(self.now);
+        let served = self.sync.served(ns(system));
+        system - self.now + served.correction
+    }
+
+    /// How much faster served time runs than true time, s/s.
+    fn served_frequency_error(&mut self) -> f64 {
+        let rate = match &self.clock {
+            LocalClock::Free { frequency, .. } => 1.0 + frequency,
+            LocalClock::Kernel(handle) => 1.0 + handle.0.lock().unwrap().rate_error(),
+        };
+        let served = self.sync.served(ns(self.clock.system(self.now)));
+        rate * (1.0 + served.frequency) - 1.0
+    }
+}
+
+/// Runs until `updates` updates have been made.
+fn run_until_updates(simulation: &mut Simulation, updates: usize) {
+    while simulation.updates < updates {
+        simulation.run(1.0);
+    }
+}
+
+#[test]
+fn a_clock_50_ppm_off_converges_below_a_microsecond_and_005_ppm() {
+    // `-x`: the system clock runs 50 ppm fast from 3 ms ahead; the round trip jitters by
+    // 100 us (each way 50 us plus up to 50 us more, independently), so a single exchange's
+    // offset is off by 10 us (standard deviation). Polling every 16 s, the frequency is within
+    // 0.05 ppm after 150 updates (40 minutes) and the served time within 1 us after 800
+    // (3.6 hours): it takes that many samples to average the network's asymmetry away.
+    let clock = LocalClock::Free { frequency: 50e-6, offset: 3e-3 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 4);
+    run_until_updates(&mut simulation, 150);
+    let frequency = simulation.served_frequency_error();
+    let error = simulation.served_error();
+    eprintln!(
+        "after 150 updates: served time error {:+.3} us, frequency error {:+.4} ppm",
+        error * 1e6,
+        frequency * 1e6
+    );
+    assert!(frequency.abs() < 0.05e-6, "frequency error {frequency}");
+    assert!(error.abs() < 10e-6, "served time error {error}");
+    run_until_updates(&mut simulation, 800);
+    let frequency = simulation.served_frequency_error();
+    let error = simulation.served_error();
+    eprintln!(
+        "after 800 updates: served time error {:+.3} us, frequency error {:+.4} ppm",
+        error * 1e6,
+        frequency * 1e6
+    );
+    assert!(error.abs() < 1e-6, "served time error {error}");
+    assert!(frequency.abs() < 0.05e-6, "frequency error {frequency}");
+    let served = simulation.sync.served(ns(simulation.clock.system(simulation.now)));
+    let header = served.header.expect("synchronised");
+    assert_eq!((header.stratum, header.reference_id), (2, ReferenceId::from_bits([192, 0, 2, 1])));
+}
+
+#[test]
+fn a_falseticker_among_three_sources_is_marked_and_ignored() {
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 2);
+    simulation.add_upstream(50e-3, 2);
+    simulation.add_upstream(0.0, 2);
+    simulation.run(120.0);
+    let states: Vec<SourceState> =
+        simulation.sync.sources(ns(0.0)).iter().map(|s| s.state).collect();
+    assert_eq!(states[1], SourceState::Falseticker, "{states:?}");
+    assert!(states.contains(&SourceState::Selected));
+    assert!(simulation.served_error().abs() < 50e-6, "the falseticker pulled the time");
+}
+
+#[test]
+fn losing_every_source_holds_over_then_becomes_unsynchronised() {
+    // A clock error of 1000 ppm and a maximum distance of 10 ms make the holdover about 10 s.
+    let settings =
+        SyncSettings { max_distance: 10e-3, clock_error: 1e-3, ..SyncSettings::default() };
+    let clock = LocalClock::Free { frequency: 20e-6, offset: 1e-3 };
+    let mut simulation = Simulation::new(clock, false, None, settings);
+    simulation.add_upstream(0.0, 0);
+    simulation.run(60.0);
+    let system = |s: &Simulation| ns(s.clock.system(s.now));
+    assert!(simulation.sync.served(system(&simulation)).header.is_some(), "synchronised");
+    simulation.upstreams[0].answering = false;
+    simulation.run(3.0);
+    let holding = simulation.sync.served(system(&simulation));
+    assert!(holding.header.is_some(), "holdover keeps serving as synchronised");
+    assert!(simulation.served_error().abs() < 20e-6, "holdover keeps the estimate");
+    simulation.run(20.0);
+    let served = simulation.sync.served(system(&simulation));
+    assert_eq!(served.header, None, "unsynchronised after holdover");
+    assert!(simulation.served_error().abs() < 100e-6, "the time is still corrected");
+    assert_eq!(simulation.sync.tracking(system(&simulation)).leap, "Not synchronised");
+}
+
+#[test]
+fn makestep_steps_only_within_its_limit() {
+    let kernel = Handle(Arc::new(Mutex::new(SimulatedClock {
+        error: 0.5,
+        since: START,
+        ..SimulatedClock::default()
+    })));
+    let makestep = MakeStep { threshold: 0.1, limit: 3 };
+    let mut simulation = Simulation::new(
+        LocalClock::Kernel(kernel.clone()),
+        true,
+        Some(makestep),
+        SyncSettings::default(),
+    );
+    simulation.add_upstream(0.0, 0);
+    simulation.run(4.0);
+    assert_eq!(kernel.0.lock().unwrap().steps.len(), 1, "one step at the first update");
+    assert!(kernel.0.lock().unwrap().error.abs() < 1e-3, "the step corrected the clock");
+    simulation.run(30.0);
+    // Past the limit, a new 0.5 s error is slewed, not stepped.
+    kernel.0.lock().unwrap().error += 0.5;
+    simulation.run(4.0);
+    assert_eq!(kernel.0.lock().unwrap().steps.len(), 1, "no step past the limit");
+    let rate = kernel.0.lock().unwrap().frequency_ppm;
+    assert!(rate < -400.0, "slewing back at {rate} ppm");
+}
+
+#[test]
+fn the_kernel_discipline_cancels_a_50_ppm_error() {
+    let kernel = Handle(Arc::new(Mutex::new(SimulatedClock {
+        intrinsic: 50e-6,
+        error: 2e-3,
+        since: START,
+        ..SimulatedClock::default()
+    })));
+    let mut simulation =
+        Simulation::new(LocalClock::Kernel(kernel.clone()), true, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 3);
+    simulation.run(30.0 * 60.0);
+    let clock = kernel.0.lock().unwrap();
+    let system_error = clock.system(simulation.now) - simulation.now;
+    eprintln!(
+        "kernel: system clock error {:+.3} us, frequency {:.3} ppm",
+        system_error * 1e6,
+        clock.frequency_ppm
+    );
+    assert!((clock.frequency_ppm + 50.0).abs() < 0.1, "frequency {}", clock.frequency_ppm);
+    assert!(system_error.abs() < 20e-6, "system clock error {system_error}");
+    drop(clock);
+    assert!(simulation.served_error().abs() < 2e-6, "served error {}", simulation.served_error());
+    let status = kernel.0.lock().unwrap().status.expect("status kept fresh");
+    assert!(status.synchronised && status.max_error < 0.1);
+}

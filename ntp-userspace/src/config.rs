@@ -16,6 +16,7 @@ use ntp_common::ratelimit::RateLimit;
 use crate::{
     access::{Access, AccessRule, Subnet},
     dataplane::AttachMode,
+    sync::{discipline::MakeStep, source::PollSettings},
 };
 
 /// Where ntpxd looks for its configuration by default.
@@ -121,6 +122,63 @@ impl ClientLogSize {
     }
 }
 
+/// `server` or `pool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Server,
+    /// A name that resolves to several servers, of which `max_sources` are used.
+    Pool {
+        max_sources: u8,
+    },
+}
+
+/// A `server` or `pool` line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// A host name or an IP address.
+    pub name: String,
+    pub port: u16,
+    pub poll: PollSettings,
+}
+
+/// Where leap seconds come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeapSecondSource {
+    /// `leapsectz ZONE`: tzdata's table (ntpxd reads the leap-seconds.list tzdata installs).
+    TimeZone(String),
+    /// `leapseclist FILE`: a leap-seconds.list file.
+    List(PathBuf),
+}
+
+/// The synchronisation settings of chrony.conf.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncConfig {
+    pub sources: Vec<SourceConfig>,
+    pub makestep: Option<MakeStep>,
+    /// `maxdistance`, s.
+    pub max_distance: f64,
+    /// `maxclockerror`, ppm.
+    pub max_clock_error_ppm: f64,
+    pub driftfile: Option<PathBuf>,
+    pub rtcsync: bool,
+    pub leap_seconds: Option<LeapSecondSource>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            makestep: None,
+            max_distance: 3.0,
+            max_clock_error_ppm: 1.0,
+            driftfile: None,
+            rtcsync: false,
+            leap_seconds: None,
+        }
+    }
+}
+
 /// `xdp IFACE [native|generic]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XdpInterface {
@@ -143,6 +201,7 @@ pub struct Config {
     pub xdp: Vec<XdpInterface>,
     pub rate_limit: Option<RateLimitConfig>,
     pub client_log: ClientLogSize,
+    pub sync: SyncConfig,
 }
 
 impl Default for Config {
@@ -158,6 +217,7 @@ impl Default for Config {
             xdp: Vec::new(),
             rate_limit: None,
             client_log: ClientLogSize::default(),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -177,6 +237,7 @@ impl fmt::Display for Config {
             xdp,
             rate_limit,
             client_log,
+            sync,
         } = self;
         if let Some(LocalReference { stratum, orphan, distance }) = local {
             write!(f, "local stratum {stratum} distance {distance}")?;
@@ -217,6 +278,53 @@ impl fmt::Display for Config {
             ClientLogSize::Entries(entries) => writeln!(f, "clientlog entries {entries}")?,
             ClientLogSize::Disabled => writeln!(f, "noclientlog")?,
         }
+        write!(f, "{sync}")
+    }
+}
+
+impl fmt::Display for SyncConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            sources,
+            makestep,
+            max_distance,
+            max_clock_error_ppm,
+            driftfile,
+            rtcsync,
+            leap_seconds,
+        } = self;
+        for SourceConfig { kind, name, port, poll } in sources {
+            let PollSettings { minpoll, maxpoll, iburst, prefer, noselect, maxdelay } = poll;
+            match kind {
+                SourceKind::Server => write!(f, "server {name}")?,
+                SourceKind::Pool { max_sources } => {
+                    write!(f, "pool {name} maxsources {max_sources}")?
+                }
+            }
+            write!(f, " port {port} minpoll {minpoll} maxpoll {maxpoll} maxdelay {maxdelay}")?;
+            for (flag, on) in [("iburst", iburst), ("prefer", prefer), ("noselect", noselect)] {
+                if *on {
+                    write!(f, " {flag}")?;
+                }
+            }
+            writeln!(f)?;
+        }
+        if let Some(MakeStep { threshold, limit }) = makestep {
+            writeln!(f, "makestep {threshold} {limit}")?;
+        }
+        writeln!(f, "maxdistance {max_distance}")?;
+        writeln!(f, "maxclockerror {max_clock_error_ppm}")?;
+        if let Some(path) = driftfile {
+            writeln!(f, "driftfile {}", path.display())?;
+        }
+        if *rtcsync {
+            writeln!(f, "rtcsync")?;
+        }
+        match leap_seconds {
+            Some(LeapSecondSource::TimeZone(zone)) => writeln!(f, "leapsectz {zone}")?,
+            Some(LeapSecondSource::List(path)) => writeln!(f, "leapseclist {}", path.display())?,
+            None => {}
+        }
         Ok(())
     }
 }
@@ -240,14 +348,13 @@ enum Unsupported {
 fn unsupported(directive: &str) -> Option<Unsupported> {
     use Unsupported::{NoEffect, NotYet};
     Some(match directive {
-        "server" | "pool" | "peer" | "refclock" | "makestep" | "maxdistance" | "driftfile"
-        | "rtcsync" | "leapsectz" | "leapsecmode" | "maxupdateskew" | "maxchange"
-        | "maxclockerror" | "maxdrift" | "maxslewrate" | "minsources" | "maxjitter"
-        | "minsamples" | "maxsamples" | "combinelimit" | "reselectdist" | "stratumweight"
-        | "initstepslew" | "fallbackdrift" | "corrtimeratio" | "sourcedir" | "authselectmode"
-        | "smoothtime" | "tempcomp" | "clockprecision" | "hwtimestamp" | "hwtstimeout"
-        | "acquisitionport" | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast"
-        | "dscp" | "manual" | "refresh" => NotYet,
+        "peer" | "refclock" | "leapsecmode" | "maxupdateskew" | "maxchange" | "maxdrift"
+        | "maxslewrate" | "minsources" | "maxjitter" | "minsamples" | "maxsamples"
+        | "combinelimit" | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift"
+        | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
+        | "clockprecision" | "hwtimestamp" | "hwtstimeout" | "acquisitionport"
+        | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual"
+        | "refresh" => NotYet,
         "cmdallow" | "cmddeny" | "cmdport" | "cmdratelimit" | "bindcmddevice" => {
             NoEffect("ntpxd's control socket is a Unix socket: access is by file permissions")
         }
@@ -415,6 +522,47 @@ impl Parser {
                 config.client_log = ClientLogSize::Disabled;
                 self.no_client_log_at = Some(location.clone());
             }
+            "server" | "pool" => {
+                let (source, ignored) = parse_source(directive, args)?;
+                for option in ignored {
+                    self.warn(
+                        location,
+                        &format!(
+                            "{directive} option `{option}` is not implemented by ntpxd; ignored"
+                        ),
+                    );
+                }
+                self.config.sync.sources.push(source);
+            }
+            "makestep" => {
+                let [threshold, limit] = args else {
+                    return Err("usage: makestep THRESHOLD LIMIT".into());
+                };
+                let threshold = parse_positive(threshold, "a makestep threshold")?;
+                config.sync.makestep = Some(MakeStep {
+                    threshold,
+                    limit: parse_number(limit, "a number of updates")?,
+                });
+            }
+            "maxdistance" => {
+                config.sync.max_distance = parse_positive(one(args)?, "a distance in seconds")?
+            }
+            "maxclockerror" => {
+                config.sync.max_clock_error_ppm = parse_positive(one(args)?, "an error in ppm")?
+            }
+            "driftfile" => config.sync.driftfile = Some(PathBuf::from(one(args)?)),
+            "rtcsync" => {
+                if !args.is_empty() {
+                    return Err("rtcsync takes no value".into());
+                }
+                config.sync.rtcsync = true;
+            }
+            "leapsectz" => {
+                config.sync.leap_seconds = Some(LeapSecondSource::TimeZone(one(args)?.to_owned()))
+            }
+            "leapseclist" => {
+                config.sync.leap_seconds = Some(LeapSecondSource::List(PathBuf::from(one(args)?)))
+            }
             "include" => {
                 for path in expand_glob(one(args)?)? {
                     self.include(&path, depth)?;
@@ -473,6 +621,105 @@ fn one<'a>(args: &[&'a str]) -> Result<&'a str, String> {
 
 fn parse_number<T: std::str::FromStr>(word: &str, what: &str) -> Result<T, String> {
     word.parse().map_err(|_| format!("{word:?} is not {what}"))
+}
+
+fn parse_positive(word: &str, what: &str) -> Result<f64, String> {
+    match word.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("expected {what} above zero, not {word:?}")),
+    }
+}
+
+/// chrony's `server`/`pool` options that ntpxd accepts without acting on them; those that
+/// would change what the source means (authentication) are errors instead.
+const IGNORED_SOURCE_OPTIONS: &[(&str, bool)] = &[
+    // (option, takes a value)
+    ("burst", false),
+    ("trust", false),
+    ("require", false),
+    ("offline", false),
+    ("auto_offline", false),
+    ("xleave", false),
+    ("copy", false),
+    ("maxdelayratio", true),
+    ("maxdelaydevratio", true),
+    ("mindelay", true),
+    ("asymmetry", true),
+    ("offset", true),
+    ("minstratum", true),
+    ("polltarget", true),
+    ("presend", true),
+    ("maxsamples", true),
+    ("minsamples", true),
+    ("filter", true),
+    ("version", true),
+    ("extfield", true),
+];
+
+/// `server|pool NAME [OPTION]...`; also returns the options accepted without effect.
+fn parse_source(directive: &str, args: &[&str]) -> Result<(SourceConfig, Vec<String>), String> {
+    let Some((name, mut options)) = args.split_first() else {
+        return Err(format!("usage: {directive} NAME [OPTION]..."));
+    };
+    let mut poll = PollSettings::default();
+    let mut port = DEFAULT_NTP_PORT;
+    let mut max_sources = None;
+    let mut ignored = Vec::new();
+    while let Some((option, rest)) = options.split_first() {
+        options = rest;
+        let mut value = |what: &str| -> Result<&str, String> {
+            let (value, rest) =
+                options.split_first().ok_or_else(|| format!("{option} needs {what}"))?;
+            options = rest;
+            Ok(value)
+        };
+        match *option {
+            "iburst" => poll.iburst = true,
+            "prefer" => poll.prefer = true,
+            "noselect" => poll.noselect = true,
+            "minpoll" => poll.minpoll = parse_poll(value("a poll exponent")?)?,
+            "maxpoll" => poll.maxpoll = parse_poll(value("a poll exponent")?)?,
+            "maxdelay" => poll.maxdelay = parse_positive(value("a delay in seconds")?, "a delay")?,
+            "port" => port = parse_number(value("a UDP port")?, "a UDP port")?,
+            "maxsources" => {
+                let count: u8 = parse_number(value("a number of sources")?, "a number")?;
+                if !(1..=16).contains(&count) {
+                    return Err("maxsources must be 1 to 16".into());
+                }
+                max_sources = Some(count);
+            }
+            "key" | "nts" | "certset" => {
+                return Err(format!(
+                    "`{option}`: authenticated sources are not supported by ntpxd"
+                ));
+            }
+            other => match IGNORED_SOURCE_OPTIONS.iter().find(|(name, _)| *name == other) {
+                Some((_, takes_value)) => {
+                    if *takes_value {
+                        value("a value")?;
+                    }
+                    ignored.push(other.to_owned());
+                }
+                None => return Err(format!("unknown {directive} option `{other}`")),
+            },
+        }
+    }
+    if poll.maxpoll < poll.minpoll {
+        poll.maxpoll = poll.minpoll;
+    }
+    let kind = match (directive, max_sources) {
+        ("pool", max_sources) => SourceKind::Pool { max_sources: max_sources.unwrap_or(4) },
+        (_, Some(_)) => return Err("maxsources is an option of pool".into()),
+        _ => SourceKind::Server,
+    };
+    Ok((SourceConfig { kind, name: (*name).to_owned(), port, poll }, ignored))
+}
+
+fn parse_poll(word: &str) -> Result<i8, String> {
+    match word.parse::<i8>() {
+        Ok(poll) if (-7..=24).contains(&poll) => Ok(poll),
+        _ => Err(format!("a poll exponent is -7 to 24, not {word:?}")),
+    }
 }
 
 fn parse_rate_limit(args: &[&str]) -> Result<RateLimitConfig, String> {
@@ -768,13 +1015,10 @@ mod tests {
     #[test]
     fn directives_not_implemented_are_accepted_with_a_warning() {
         let loaded =
-            parse_text("allow\nserver 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
+            parse_text("allow\npeer 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
         let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(warnings.len(), 3);
-        assert!(
-            warnings[0].starts_with("test.conf:2: `server` is not implemented"),
-            "{warnings:?}"
-        );
+        assert!(warnings[0].starts_with("test.conf:2: `peer` is not implemented"), "{warnings:?}");
         assert!(warnings[1].starts_with("test.conf:3: `user` has no effect"));
         assert!(warnings[2].starts_with("test.conf:4: `keyfile` has no effect"));
     }
@@ -813,7 +1057,9 @@ mod tests {
     fn the_printed_configuration_reads_back_the_same() {
         let text = "local stratum 8 orphan\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
             port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nxdp eth0\nxdp eth1 generic\n\
-            ratelimit interval 2 kod 1\nclientlog entries 77\n";
+            ratelimit interval 2 kod 1\nclientlog entries 77\n\
+            server 192.0.2.1 iburst minpoll 2\npool p.example maxsources 2 noselect\n\
+            makestep 1 3\nmaxdistance 2\ndriftfile /tmp/drift\nrtcsync\nleapsectz right/UTC\n";
         let config = parse_text(text).unwrap().config;
         let printed = config.to_string();
         assert_eq!(parse_text(&printed).unwrap().config, config, "{printed}");
@@ -847,6 +1093,77 @@ mod tests {
             makestep 1 3\n\
             leapsectz right/UTC\n";
         let loaded = parse_text(debian).unwrap();
-        assert_eq!(loaded.warnings.len(), 11);
+        // sourcedir twice, keyfile, ntsdumpdir, logdir, maxupdateskew.
+        assert_eq!(loaded.warnings.len(), 6, "{:?}", loaded.warnings);
+        let sync = loaded.config.sync;
+        assert_eq!(sync.sources[0].kind, SourceKind::Pool { max_sources: 4 });
+        assert!(sync.sources[0].poll.iburst);
+        assert_eq!(sync.makestep, Some(MakeStep { threshold: 1.0, limit: 3 }));
+        assert!(sync.rtcsync);
+        assert_eq!(sync.leap_seconds, Some(LeapSecondSource::TimeZone("right/UTC".into())));
+    }
+
+    #[test]
+    fn reads_sources_and_the_discipline() {
+        let loaded = parse_text(
+            "server 192.0.2.1 iburst minpoll 2 maxpoll 4 prefer maxdelay 0.05\n\
+             server ntp.example.net noselect port 1123 xleave\n\
+             pool pool.example.net maxsources 6\n\
+             makestep 0.1 -1\n\
+             maxdistance 1.5\n\
+             maxclockerror 10\n\
+             driftfile /var/lib/ntpx/drift\n\
+             leapseclist /usr/share/zoneinfo/leap-seconds.list\n",
+        )
+        .unwrap();
+        let sync = loaded.config.sync;
+        let first = &sync.sources[0];
+        assert_eq!(
+            (first.kind, first.name.as_str(), first.port),
+            (SourceKind::Server, "192.0.2.1", 123)
+        );
+        assert_eq!(
+            first.poll,
+            PollSettings {
+                minpoll: 2,
+                maxpoll: 4,
+                iburst: true,
+                prefer: true,
+                noselect: false,
+                maxdelay: 0.05
+            }
+        );
+        assert!(sync.sources[1].poll.noselect);
+        assert_eq!(sync.sources[1].port, 1123);
+        assert_eq!(sync.sources[2].kind, SourceKind::Pool { max_sources: 6 });
+        assert_eq!(sync.makestep, Some(MakeStep { threshold: 0.1, limit: -1 }));
+        assert_eq!((sync.max_distance, sync.max_clock_error_ppm), (1.5, 10.0));
+        assert_eq!(sync.driftfile.as_deref(), Some(Path::new("/var/lib/ntpx/drift")));
+        assert!(matches!(sync.leap_seconds, Some(LeapSecondSource::List(_))));
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            ["test.conf:2: server option `xleave` is not implemented by ntpxd; ignored"]
+        );
+    }
+
+    #[test]
+    fn bad_source_lines_are_errors() {
+        for (line, message) in [
+            ("server", "usage: server NAME"),
+            ("server 192.0.2.1 minpoll 30", "a poll exponent is -7 to 24"),
+            ("server 192.0.2.1 minpoll", "minpoll needs a poll exponent"),
+            ("server 192.0.2.1 key 1", "authenticated sources are not supported"),
+            ("server 192.0.2.1 maxsources 2", "maxsources is an option of pool"),
+            ("pool p.example maxsources 17", "maxsources must be 1 to 16"),
+            ("server 192.0.2.1 fast", "unknown server option `fast`"),
+            ("makestep 1", "usage: makestep"),
+            ("makestep 0 3", "a makestep threshold above zero"),
+            ("maxdistance -1", "above zero"),
+        ] {
+            let error = error_of(line);
+            assert!(error.starts_with("test.conf:1: "), "{error}");
+            assert!(error.contains(message), "{line}: {error}");
+        }
     }
 }

@@ -13,7 +13,11 @@ use anyhow::Context as _;
 use ntp_common::maps::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::{access::Access, dataplane::AttachMode};
+use crate::{
+    access::Access,
+    dataplane::AttachMode,
+    sync::{SourceReport, Tracking},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -38,15 +42,21 @@ pub enum Request {
     },
     /// Rereads the configuration file and applies its access rules and rate limit.
     Reload,
+    /// The synchronisation as a whole (`tracking`).
+    Tracking,
+    /// Each source: state, reach, last sample and statistics (`sources`, `sourcestats`).
+    Sources,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     ServerStats(Box<ServerStats>),
     Clients { clients: Vec<ClientReport> },
     Ok,
     AccessCheck { allowed: bool },
+    Tracking(Box<Tracking>),
+    Sources { sources: Vec<SourceReport> },
     Error { message: String },
 }
 

@@ -29,6 +29,8 @@ use crate::{
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
     socket::NtpSocket,
+    sync::{Tracking, leap_name},
+    upstream::{self, Upstream},
 };
 
 /// Command-line choices that are not configuration.
@@ -41,6 +43,8 @@ pub struct Options {
 /// What the daemon's tasks change together: the kernel's maps and the rules they hold.
 struct Shared {
     dataplane: Option<Dataplane>,
+    /// The synchronisation, when there are `server` or `pool` lines.
+    upstream: Option<Arc<Upstream>>,
     config_file: PathBuf,
     config: Config,
     /// The configuration's access rules and those added at run time, in order.
@@ -80,8 +84,16 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
         client_log,
         kernel_clock.tai_offset_s,
     ));
+    let upstream = if config.sync.sources.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Upstream::new(&config.sync, precision, no_clock_control)?))
+    };
     if let Some(dataplane) = dataplane.as_mut() {
-        start_dataplane(dataplane, &config, &server, &access)?;
+        start_dataplane(dataplane, &config, &server, upstream.as_deref(), &access)?;
+    }
+    if let Some(upstream) = &upstream {
+        tokio::spawn(upstream::poll_sources(upstream.clone(), config.sync.sources.clone()));
     }
     let mut sockets = Vec::new();
     if config.port != 0 {
@@ -96,7 +108,7 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     }
     let control = ControlSocket::bind(&config.command_socket)?;
     let rules = config.access.clone();
-    let shared = Arc::new(Mutex::new(Shared { dataplane, config_file, config, rules }));
+    let shared = Arc::new(Mutex::new(Shared { dataplane, upstream, config_file, config, rules }));
 
     let mut ticker = tokio::time::interval(Duration::from_nanos(PUBLISH_INTERVAL_NS));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,8 +119,8 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
         tokio::select! {
             _ = ticker.tick() => {
                 let mut shared = shared.lock().expect("shared lock");
-                let Shared { dataplane, config, .. } = &mut *shared;
-                if let Err(error) = refresh(&server, dataplane.as_mut(), config) {
+                let Shared { dataplane, upstream, config, .. } = &mut *shared;
+                if let Err(error) = refresh(&server, dataplane.as_mut(), upstream.as_deref(), config) {
                     tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
                 }
             }
@@ -129,7 +141,11 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     }
 
     tracing::info!("ntpxd stopping");
-    if let Some(dataplane) = shared.lock().expect("shared lock").dataplane.as_mut() {
+    let mut shared = shared.lock().expect("shared lock");
+    if let Some(upstream) = &shared.upstream {
+        upstream.save_drift(true);
+    }
+    if let Some(dataplane) = shared.dataplane.as_mut() {
         dataplane.detach_all()?;
     }
     Ok(())
@@ -141,10 +157,11 @@ fn start_dataplane(
     dataplane: &mut Dataplane,
     config: &Config,
     server: &Server,
+    upstream: Option<&Upstream>,
     access: &AccessTable,
 ) -> anyhow::Result<()> {
     dataplane.reconfigure(access, client_log_settings(config, clock::tai_ns()))?;
-    refresh(server, Some(dataplane), config)?;
+    refresh(server, Some(dataplane), upstream, config)?;
     for xdp in &config.xdp {
         let mode = dataplane.attach(&xdp.interface, xdp.mode)?;
         tracing::info!(interface = xdp.interface, ?mode, "XDP attached");
@@ -160,13 +177,21 @@ fn client_log_settings(config: &Config, epoch_tai_ns: u64) -> ClientLogSettings 
     }
 }
 
-/// Follows the kernel clock and, with the program loaded, publishes a fresh state and the
-/// local addresses.
+/// Follows the kernel clock and the synchronisation and, with the program loaded, publishes a
+/// fresh state and the local addresses.
 fn refresh(
     server: &Server,
     dataplane: Option<&mut Dataplane>,
+    upstream: Option<&Upstream>,
     config: &Config,
 ) -> anyhow::Result<()> {
+    if let Some(upstream) = upstream {
+        // First: the synchronisation keeps the kernel's clock state (and TAI offset) fresh.
+        let now = clock::realtime_ns();
+        let served = upstream.sync.lock().expect("sync lock").served(now as i64);
+        server.set_served(served, now);
+        upstream.save_drift(false);
+    }
     let kernel = KernelClock::read().context("adjtimex")?;
     let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: kernel.tai_offset_s };
     server.observe_clock(now);
@@ -194,6 +219,7 @@ fn reload(server: &Server, shared: &mut Shared) -> anyhow::Result<()> {
         ("pidfile", new.pidfile != old.pidfile),
         ("xdp", new.xdp != old.xdp),
         ("the client log's size", new.client_log.entries() != old.client_log.entries()),
+        ("the sources or the clock discipline", new.sync != old.sync),
     ];
     for (what, changed) in needs_restart {
         if changed {
@@ -206,7 +232,7 @@ fn reload(server: &Server, shared: &mut Shared) -> anyhow::Result<()> {
         dataplane.reconfigure(&access, client_log_settings(&new, epoch))?;
     }
     server.set_access(access);
-    server.set_reference(Reference::new(new.local, server.precision()));
+    server.set_local(new.local);
     shared.rules = new.access.clone();
     shared.config = new;
     tracing::info!(file = %shared.config_file.display(), "configuration reloaded");
@@ -356,7 +382,40 @@ fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::R
             reload(server, shared)?;
             Response::Ok
         }
+        Request::Tracking => Response::Tracking(Box::new(tracking(server, shared))),
+        Request::Sources => {
+            let sources = match &shared.upstream {
+                Some(upstream) => {
+                    upstream.sync.lock().expect("sync lock").sources(clock::realtime_ns() as i64)
+                }
+                None => Vec::new(),
+            };
+            Response::Sources { sources }
+        }
     })
+}
+
+/// `tracking`: the synchronisation's, or what the server serves without one.
+fn tracking(server: &Server, shared: &Shared) -> Tracking {
+    if let Some(upstream) = &shared.upstream {
+        return upstream.sync.lock().expect("sync lock").tracking(clock::realtime_ns() as i64);
+    }
+    let now = TaiReading {
+        tai_ns: clock::tai_ns(),
+        tai_offset_s: KernelClock::read().map_or(0, |k| k.tai_offset_s),
+    };
+    let header = server.state_to_publish(now).header();
+    let synchronised = header.leap != ntp_common::wire::Leap::Unsynchronised;
+    Tracking {
+        reference_id: u32::from_be_bytes(header.reference_id.to_bits()),
+        stratum: header.stratum,
+        reference_time: header.reference_time.to_unix_nanos() as f64 * 1e-9,
+        root_delay: header.root_delay.to_seconds(),
+        root_dispersion: header.root_dispersion.to_seconds(),
+        leap: leap_name(synchronised.then_some(header.leap)).into(),
+        synchronised,
+        ..Tracking::default()
+    }
 }
 
 fn client_report(client: &Client, now: u32) -> ClientReport {

@@ -12,3 +12,4 @@ pub mod report;
 pub mod server;
 pub mod socket;
 pub mod sync;
+pub mod upstream;

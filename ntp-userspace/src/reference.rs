@@ -1,15 +1,16 @@
 //! What this server serves: the time and the reply header that go with it.
 //!
-//! Without upstream sources the server is either a `local` reference (the system clock, at the
-//! configured stratum, as chrony's `local` directive) or unsynchronised (still answered, LI = 3).
-//! Sans-IO: clock readings come in, a [`ServerState`] comes out.
+//! Synchronised to upstream sources, the server serves the synchronisation's estimate of true
+//! time and its header. Otherwise it is a `local` reference (at the configured stratum, as
+//! chrony's `local` directive) or unsynchronised (still answered, LI = 3); either way the time is
+//! the best estimate there is. Sans-IO: clock readings come in, a [`ServerState`] comes out.
 
 use ntp_common::{
     state::{ReplyHeader, ServerState, TimeAnchor},
     wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
 };
 
-use crate::config::LocalReference;
+use crate::{config::LocalReference, sync::Served};
 
 /// A CLOCK_TAI reading and the kernel's TAI - UTC offset at that time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,19 +30,42 @@ impl TaiReading {
 pub struct Reference {
     local: Option<LocalReference>,
     precision: i8,
+    /// The synchronisation's latest word, and the system time (Unix ns) it is for.
+    served: Option<(Served, u64)>,
 }
 
 impl Reference {
     pub fn new(local: Option<LocalReference>, precision: i8) -> Self {
-        Self { local, precision }
+        Self { local, precision, served: None }
     }
 
     pub fn precision(&self) -> i8 {
         self.precision
     }
 
+    /// The same reference with another `local` setting (a reloaded configuration).
+    pub fn with_local(&self, local: Option<LocalReference>) -> Self {
+        Self { local, ..self.clone() }
+    }
+
+    /// What the synchronisation serves at system time `at_system_ns`.
+    pub fn set_served(&mut self, served: Served, at_system_ns: u64) {
+        self.served = Some((served, at_system_ns));
+    }
+
+    /// Seconds from the synchronisation's word to `now`.
+    fn since_served(&self, now: TaiReading) -> f64 {
+        self.served.map_or(0.0, |(_, at)| (now.system_time_ns() as i64 - at as i64) as f64 * 1e-9)
+    }
+
     /// The reply header served now.
     pub fn header(&self, now: TaiReading) -> ReplyHeader {
+        if let Some((Served { header: Some(header), .. }, _)) = self.served {
+            // The root dispersion grows from the synchronisation's word on.
+            let elapsed = self.since_served(now).max(0.0);
+            let dispersion = header.root_dispersion.to_seconds() + header.dispersion_rate * elapsed;
+            return ReplyHeader { root_dispersion: NtpShort::from_seconds(dispersion), ..header };
+        }
         match self.local {
             // chrony serves its local reference with zero root delay and dispersion, and the
             // current time as the reference time.
@@ -53,16 +77,34 @@ impl Reference {
                 root_dispersion: NtpShort::ZERO,
                 dispersion_rate: 0.0,
                 reference_id: ReferenceId::LOCAL,
-                reference_time: NtpTimestamp::from_unix_nanos(now.system_time_ns()),
+                reference_time: NtpTimestamp::from_unix_nanos(self.served_unix_ns(now)),
             },
             None => ReplyHeader { precision: self.precision, ..ReplyHeader::UNSYNCHRONISED },
         }
     }
 
-    /// The state to serve from the instant `at` on, fresh for `fresh_for_ns`.
+    /// The time served at `now`, Unix ns: the system clock plus the synchronisation's correction.
+    fn served_unix_ns(&self, now: TaiReading) -> u64 {
+        let correction = self.served.map_or(0.0, |(served, _)| {
+            served.correction + served.frequency * self.since_served(now)
+        });
+        now.system_time_ns().saturating_add_signed((correction * 1e9).round() as i64)
+    }
+
+    /// The state to serve from the instant `at` on, fresh for `fresh_for_ns` and never across a
+    /// leap second (the system clock and its TAI offset change there).
     pub fn state_at(&self, at: TaiReading, fresh_for_ns: u64) -> ServerState {
+        let frequency = self.served.map_or(0.0, |(served, _)| served.frequency);
+        let to_leap = self
+            .served
+            .and_then(|(served, _)| served.leap_at_ns)
+            .map(|leap_at| (leap_at - at.system_time_ns() as i64).max(0) as u64);
+        let fresh_for_ns = match to_leap {
+            Some(to_leap) if to_leap > 0 => fresh_for_ns.min(to_leap),
+            _ => fresh_for_ns,
+        };
         let anchor =
-            TimeAnchor { tai_ns: at.tai_ns, served_unix_ns: at.system_time_ns(), frequency: 0.0 };
+            TimeAnchor { tai_ns: at.tai_ns, served_unix_ns: self.served_unix_ns(at), frequency };
         ServerState::new(anchor, self.header(at), fresh_for_ns)
     }
 }
@@ -83,6 +125,66 @@ mod tests {
         assert_eq!(header.precision, -25);
         let served = state.served_time(NOW.tai_ns + 1_000).unwrap().to_unix_nanos();
         assert_eq!(served, 1_795_660_024_000_000_000 - 37_000_000_000 + 1_000);
+    }
+
+    fn synchronised(correction: f64, leap_at_ns: Option<i64>) -> Served {
+        Served {
+            correction,
+            frequency: 1e-6,
+            header: Some(ReplyHeader {
+                leap: Leap::NoWarning,
+                stratum: 2,
+                precision: -25,
+                root_delay: NtpShort::from_seconds(1e-3),
+                root_dispersion: NtpShort::from_seconds(1e-3),
+                dispersion_rate: 1e-3,
+                reference_id: ReferenceId::from_bits([192, 0, 2, 1]),
+                reference_time: NtpTimestamp::from_unix_nanos(1_795_660_000_000_000_000),
+            }),
+            leap_at_ns,
+        }
+    }
+
+    #[test]
+    fn a_synchronised_server_serves_the_corrected_time_and_its_header() {
+        let mut reference = Reference::new(None, -25);
+        let system = NOW.system_time_ns();
+        reference.set_served(synchronised(0.020, None), system - 1_000_000_000);
+        let state = reference.state_at(NOW, 3_000_000_000);
+        // 20 ms, plus 1 ppm over the second since the synchronisation's word.
+        let served = state.served_time(NOW.tai_ns).unwrap().to_unix_nanos();
+        assert_eq!(served, system + 20_001_000);
+        let header = state.header();
+        assert_eq!(
+            (header.stratum, header.reference_id),
+            (2, ReferenceId::from_bits([192, 0, 2, 1]))
+        );
+        // 1 ms at the word, plus 1 ms/s for a second.
+        assert!((header.root_dispersion.to_seconds() - 2e-3).abs() < 1e-4);
+        assert_eq!(state.fresh_until_tai_ns, NOW.tai_ns + 3_000_000_000);
+    }
+
+    #[test]
+    fn the_served_state_expires_at_a_leap_second() {
+        let mut reference = Reference::new(None, -25);
+        let system = NOW.system_time_ns();
+        let leap_at = system as i64 + 500_000_000;
+        reference.set_served(synchronised(0.0, Some(leap_at)), system);
+        let state = reference.state_at(NOW, 3_000_000_000);
+        assert_eq!(state.fresh_until_tai_ns, NOW.tai_ns + 500_000_000);
+    }
+
+    #[test]
+    fn unsynchronised_the_local_reference_takes_over_with_the_corrected_time() {
+        let local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+        let mut reference = Reference::new(Some(local), -25);
+        let system = NOW.system_time_ns();
+        reference.set_served(Served { header: None, ..synchronised(-0.5, None) }, system);
+        let state = reference.state_at(NOW, 3_000_000_000);
+        assert_eq!(state.header().stratum, 10);
+        assert_eq!(state.served_time(NOW.tai_ns).unwrap().to_unix_nanos(), system - 500_000_000);
+        let unsynchronised = Reference::new(None, -25).state_at(NOW, 3_000_000_000);
+        assert_eq!(unsynchronised.header().leap, Leap::Unsynchronised);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! ntpxc's reports, in chronyc's layouts: text, `-c` CSV, and JSON.
 
-use crate::control::{ClientReport, ServerStats};
+use crate::{
+    control::{ClientReport, ServerStats},
+    sync::{SourceReport, Tracking},
+};
 
 /// The lines of `serverstats`: chrony's eleven, then this server's own.
 fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
@@ -134,6 +137,238 @@ fn ago(seconds: u32) -> String {
     }
 }
 
+/// chronyc's `tracking`.
+pub fn tracking_text(t: &Tracking) -> String {
+    let seconds = |value: f64| format!("{value:.9} seconds");
+    let lines = [
+        ("Reference ID", format!("{:08X} ({})", t.reference_id, t.reference_name)),
+        ("Stratum", t.stratum.to_string()),
+        ("Ref time (UTC)", utc_date(t.reference_time)),
+        (
+            "System time",
+            format!(
+                "{:.9} seconds {} of NTP time",
+                t.system_time_offset.abs(),
+                if t.system_time_offset >= 0.0 { "fast" } else { "slow" }
+            ),
+        ),
+        ("Last offset", format!("{:+.9} seconds", t.last_offset)),
+        ("RMS offset", seconds(t.rms_offset)),
+        (
+            "Frequency",
+            format!(
+                "{:.3} ppm {}",
+                t.frequency_ppm.abs(),
+                if t.frequency_ppm > 0.0 { "fast" } else { "slow" }
+            ),
+        ),
+        ("Residual freq", format!("{:+.3} ppm", t.residual_frequency_ppm)),
+        ("Skew", format!("{:.3} ppm", t.skew_ppm)),
+        ("Root delay", seconds(t.root_delay)),
+        ("Root dispersion", seconds(t.root_dispersion)),
+        ("Update interval", format!("{:.1} seconds", t.update_interval)),
+        ("Leap status", t.leap.clone()),
+    ];
+    lines.iter().map(|(label, value)| format!("{label:<16}: {value}\n")).collect()
+}
+
+/// chronyc -c tracking (the system time is the correction: negative when the clock is fast).
+pub fn tracking_csv(t: &Tracking) -> String {
+    format!(
+        "{:08X},{},{},{:.9},{:.9},{:.9},{:.9},{:.3},{:.3},{:.3},{:.9},{:.9},{:.1},{}\n",
+        t.reference_id,
+        t.reference_name,
+        t.stratum,
+        t.reference_time,
+        -t.system_time_offset,
+        t.last_offset,
+        t.rms_offset,
+        t.frequency_ppm,
+        t.residual_frequency_ppm,
+        t.skew_ppm,
+        t.root_delay,
+        t.root_dispersion,
+        t.update_interval,
+        t.leap
+    )
+}
+
+const SOURCES_LEGEND: &str = "
+  .-- Source mode  '^' = server, '=' = peer, '#' = local clock.
+ / .- Source state '*' = current best, '+' = combined, '-' = not combined,
+| /             'x' = may be in error, '~' = too variable, '?' = unusable.
+||                                                 .- xxxx [ yyyy ] +/- zzzz
+||      Reachability register (octal) -.           |  xxxx = adjusted offset,
+||      Log2(Polling interval) --.      |          |  yyyy = measured offset,
+||                                \\     |          |  zzzz = estimated error.
+||                                 |    |           \\
+";
+
+const SOURCESTATS_LEGEND: &str =
+    "                             .- Number of sample points in measurement set.
+                            /    .- Number of residual runs with same sign.
+                           |    /    .- Length of measurement set (time).
+                           |   |    /      .- Est. clock freq error (ppm).
+                           |   |   |      /           .- Est. error in freq.
+                           |   |   |     |           /         .- Est. offset.
+                           |   |   |     |          |          |   On the -.
+                           |   |   |     |          |          |   samples. \\
+                           |   |   |     |          |          |             |
+";
+
+/// chronyc's `sources`; `verbose` adds the legend (`-v`).
+pub fn sources_text(sources: &[SourceReport], verbose: bool) -> String {
+    let mut text = String::new();
+    if verbose {
+        text.push_str(SOURCES_LEGEND);
+    }
+    text.push_str(
+        "MS Name/IP address         Stratum Poll Reach LastRx Last sample               \n\
+         ===============================================================================\n",
+    );
+    for s in sources {
+        text.push_str(&format!(
+            "^{} {:<27}  {:>2}  {:>2}   {:>3o}  {:>4}  {}[{}] +/- {}\n",
+            s.state.symbol(),
+            s.name,
+            s.stratum,
+            s.poll,
+            s.reach,
+            last_rx(s.last_rx),
+            signed_duration(s.adjusted_offset),
+            signed_duration(s.measured_offset),
+            duration(s.error)
+        ));
+    }
+    text
+}
+
+/// chronyc -c sources.
+pub fn sources_csv(sources: &[SourceReport]) -> String {
+    sources
+        .iter()
+        .map(|s| {
+            format!(
+                "^,{},{},{},{},{:o},{},{:.9},{:.9},{:.9}\n",
+                s.state.symbol(),
+                s.address,
+                s.stratum,
+                s.poll,
+                s.reach,
+                s.last_rx.map_or(u32::MAX, |t| t as u32),
+                s.adjusted_offset,
+                s.measured_offset,
+                s.error
+            )
+        })
+        .collect()
+}
+
+/// chronyc's `sourcestats`; `verbose` adds the legend (`-v`).
+pub fn sourcestats_text(sources: &[SourceReport], verbose: bool) -> String {
+    let mut text = String::new();
+    if verbose {
+        text.push_str(SOURCESTATS_LEGEND);
+    }
+    text.push_str(
+        "Name/IP Address            NP  NR  Span  Frequency  Freq Skew  Offset  Std Dev\n\
+         ==============================================================================\n",
+    );
+    for s in sources {
+        text.push_str(&format!(
+            "{:<25} {:>3} {:>3}  {:>4} {:>+10.3} {:>10.3}  {}  {}\n",
+            s.name,
+            s.samples,
+            s.runs,
+            ago(s.span as u32),
+            s.frequency_ppm,
+            s.skew_ppm,
+            signed_duration(s.offset),
+            duration(s.std_dev)
+        ));
+    }
+    text
+}
+
+/// chronyc -c sourcestats.
+pub fn sourcestats_csv(sources: &[SourceReport]) -> String {
+    sources
+        .iter()
+        .map(|s| {
+            format!(
+                "{},{},{},{},{:.3},{:.3},{:.9},{:.9}\n",
+                s.address,
+                s.samples,
+                s.runs,
+                s.span as u32,
+                s.frequency_ppm,
+                s.skew_ppm,
+                s.offset,
+                s.std_dev
+            )
+        })
+        .collect()
+}
+
+fn last_rx(seconds: Option<f64>) -> String {
+    ago(seconds.map_or(u32::MAX, |s| s.max(0.0) as u32))
+}
+
+/// A duration in chronyc's units: four digits of ns, us, ms or s.
+fn duration(seconds: f64) -> String {
+    let (value, unit) = scaled(seconds);
+    format!("{value:4.0}{unit}")
+}
+
+/// A signed duration in chronyc's units: a sign and four digits.
+fn signed_duration(seconds: f64) -> String {
+    let (value, unit) = scaled(seconds);
+    format!("{value:+5.0}{unit}")
+}
+
+fn scaled(seconds: f64) -> (f64, &'static str) {
+    let magnitude = seconds.abs();
+    if magnitude < 9999.5e-9 {
+        (seconds * 1e9, "ns")
+    } else if magnitude < 9999.5e-6 {
+        (seconds * 1e6, "us")
+    } else if magnitude < 9999.5e-3 {
+        (seconds * 1e3, "ms")
+    } else {
+        (seconds, "s")
+    }
+}
+
+/// Unix seconds as chronyc prints a date: `Thu Nov 26 02:26:27 2026` (UTC).
+fn utc_date(unix_seconds: f64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let seconds = unix_seconds.floor() as i64;
+    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // The proleptic Gregorian calendar from days since 1970-01-01 (in 400-year eras).
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{} {} {:02} {:02}:{:02}:{:02} {}",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        day,
+        time / 3600,
+        time % 3600 / 60,
+        time % 60,
+        year
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +408,105 @@ mod tests {
             "192.168.111.150                 5      0   4   -   66m       0      0   -     -"
         );
         assert_eq!(clients_csv(&clients[..1]), "127.0.0.1,24,16,-1,-2,0,0,0,127,4294967295\n");
+    }
+
+    fn source(name: &str) -> SourceReport {
+        SourceReport {
+            name: name.into(),
+            address: "127.0.0.1".parse().unwrap(),
+            state: crate::sync::source::SourceState::Combined,
+            stratum: 8,
+            poll: 1,
+            reach: 0o377,
+            last_rx: Some(1.4),
+            adjusted_offset: -139e-9,
+            measured_offset: -203e-9,
+            error: 2883e-9,
+            samples: 15,
+            runs: 7,
+            span: 24.0,
+            frequency_ppm: 0.003,
+            skew_ppm: 0.029,
+            offset: -269e-9,
+            std_dev: 205e-9,
+        }
+    }
+
+    #[test]
+    fn sources_and_sourcestats_follow_chronycs_layout() {
+        let sources = [source("localhost")];
+        let text = sources_text(&sources, false);
+        let lines: Vec<&str> = text.lines().collect();
+        // chronyc 4.3's lines for the same values (see the reference page).
+        assert_eq!(
+            lines[2],
+            "^+ localhost                     8   1   377     1   -139ns[ -203ns] +/- 2883ns"
+        );
+        assert_eq!(
+            sourcestats_text(&sources, false).lines().nth(2).unwrap(),
+            "localhost                  15   7    24     +0.003      0.029   -269ns   205ns"
+        );
+        assert!(sources_text(&sources, true).starts_with("\n  .-- Source mode"));
+        let never = SourceReport { last_rx: None, reach: 0, ..source("192.0.2.1") };
+        let row = sources_text(std::slice::from_ref(&never), false);
+        assert!(row.lines().nth(2).unwrap().contains("   0     -  "), "{row}");
+        assert_eq!(
+            sources_csv(&[never]),
+            "^,+,127.0.0.1,8,1,0,4294967295,-0.000000139,-0.000000203,0.000002883\n"
+        );
+        assert_eq!(
+            sourcestats_csv(&sources),
+            "127.0.0.1,15,7,24,0.003,0.029,-0.000000269,0.000000205\n"
+        );
+    }
+
+    #[test]
+    fn units_follow_the_magnitude() {
+        assert_eq!(signed_duration(12.5e-6), "  +12us");
+        assert_eq!(signed_duration(-0.0201), "  -20ms");
+        assert_eq!(duration(9999.4e-9), "9999ns");
+        assert_eq!(duration(12.0), "  12s");
+    }
+
+    #[test]
+    fn tracking_follows_chronycs_layout() {
+        let tracking = Tracking {
+            reference_id: 0xCF40_4DC8,
+            reference_name: "::1".into(),
+            stratum: 9,
+            reference_time: 1_795_659_987.834_911,
+            system_time_offset: 0.000_001_553,
+            last_offset: -0.000_000_065,
+            rms_offset: 0.000_000_147,
+            frequency_ppm: 0.006,
+            residual_frequency_ppm: -0.0001,
+            skew_ppm: 0.026,
+            root_delay: 0.000_007_008,
+            root_dispersion: 0.000_001_082,
+            update_interval: 2.0,
+            leap: "Normal".into(),
+            synchronised: true,
+        };
+        let text = tracking_text(&tracking);
+        // chronyc 4.3's report (the reference page), line for line.
+        let expected = "Reference ID    : CF404DC8 (::1)\n\
+            Stratum         : 9\n\
+            Ref time (UTC)  : Thu Nov 26 02:26:27 2026\n\
+            System time     : 0.000001553 seconds fast of NTP time\n\
+            Last offset     : -0.000000065 seconds\n\
+            RMS offset      : 0.000000147 seconds\n\
+            Frequency       : 0.006 ppm fast\n\
+            Residual freq   : -0.000 ppm\n\
+            Skew            : 0.026 ppm\n\
+            Root delay      : 0.000007008 seconds\n\
+            Root dispersion : 0.000001082 seconds\n\
+            Update interval : 2.0 seconds\n\
+            Leap status     : Normal\n";
+        assert_eq!(text, expected);
+        assert!(tracking_csv(&tracking).starts_with("CF404DC8,::1,9,1795659987.8349"));
+        assert!(tracking_csv(&tracking).ends_with(",2.0,Normal\n"));
+        assert_eq!(utc_date(0.0), "Thu Jan 01 00:00:00 1970");
+        assert_eq!(utc_date(951_782_400.0), "Tue Feb 29 00:00:00 2000");
     }
 
     #[test]

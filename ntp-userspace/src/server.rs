@@ -19,8 +19,10 @@ use ntp_common::{
 use crate::{
     access::AccessTable,
     client_table::ClientLog,
+    config::LocalReference,
     control::SlowPathCounters,
     reference::{Reference, TaiReading},
+    sync::Served,
 };
 
 /// How long a published state is served by the kernel. The daemon republishes every
@@ -78,8 +80,15 @@ impl Server {
         }
     }
 
-    pub fn set_reference(&self, reference: Reference) {
-        *self.reference.write().expect("reference lock") = reference;
+    /// A new `local` setting (a reloaded configuration).
+    pub fn set_local(&self, local: Option<LocalReference>) {
+        let mut reference = self.reference.write().expect("reference lock");
+        *reference = reference.with_local(local);
+    }
+
+    /// What the synchronisation serves, as of system time `at_system_ns`.
+    pub fn set_served(&self, served: Served, at_system_ns: u64) {
+        self.reference.write().expect("reference lock").set_served(served, at_system_ns);
     }
 
     pub fn precision(&self) -> i8 {
@@ -186,10 +195,7 @@ mod tests {
     use ntp_common::wire::{NtpHeader, NtpTimestamp, ReferenceId};
 
     use super::*;
-    use crate::{
-        access::{Access, AccessRule, Subnet},
-        config::LocalReference,
-    };
+    use crate::access::{Access, AccessRule, Subnet};
 
     /// A client log that decides as told.
     struct FixedLog(Limit);

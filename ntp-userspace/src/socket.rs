@@ -67,6 +67,20 @@ impl NtpSocket {
     }
 
     /// Sends `reply` to `to`, from the address and interface `from` when known.
+    /// Sends at once, without waiting for the runtime to learn the socket is writable (a new
+    /// socket's first readiness takes a turn of the reactor): returns the CLOCK_REALTIME instant
+    /// just before the datagram was handed to the kernel.
+    pub async fn send_now(&self, datagram: &[u8], to: SocketAddr) -> io::Result<u64> {
+        let sent = crate::clock::realtime_ns();
+        match send(self.socket.as_raw_fd(), datagram, to, None) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.send(datagram, to, None).await?;
+                Ok(crate::clock::realtime_ns())
+            }
+            result => result.map(|()| sent),
+        }
+    }
+
     pub async fn send(
         &self,
         reply: &[u8],

@@ -5,6 +5,7 @@ pub mod client;
 pub mod frame;
 pub mod netns;
 pub mod peers;
+pub mod upstream;
 
 /// Whether privileged tests can run. `cargo xtask test` sets `NTPX_REQUIRE_PRIVILEGED=1`, and
 /// then a missing privilege fails the test; a plain `cargo test` without root skips it, saying why.

@@ -185,3 +185,38 @@ fn mac_of(netns: &Netns, interface: &str) -> [u8; 6] {
     }
     mac
 }
+
+pub const UPSTREAM_SIDE_V4: &str = "10.78.0.1";
+/// The upstream namespace's addresses, one per server run there.
+pub const UPSTREAM_V4: [&str; 2] = ["10.78.0.11", "10.78.0.12"];
+
+/// A namespace of upstream servers, joined to `server_ns` by its own veth pair (no XDP on it):
+/// the server's sources, apart from the link its clients use.
+pub struct Upstreams {
+    pub ns: Netns,
+}
+
+impl Upstreams {
+    pub fn new(server_ns: &Netns) -> Self {
+        let ns = Netns::new("upstream");
+        server_ns.ip(&[
+            "link",
+            "add",
+            "veth-ntpx",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-up",
+            "netns",
+            ns.name(),
+        ]);
+        server_ns.ip(&["addr", "add", &format!("{UPSTREAM_SIDE_V4}/24"), "dev", "veth-ntpx"]);
+        for address in UPSTREAM_V4 {
+            ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "veth-up"]);
+        }
+        server_ns.ip(&["link", "set", "veth-ntpx", "up"]);
+        ns.ip(&["link", "set", "veth-up", "up"]);
+        Self { ns }
+    }
+}

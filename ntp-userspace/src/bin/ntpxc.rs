@@ -59,6 +59,20 @@ enum Command {
     Accheck { address: String },
     /// Reread the configuration file (as SIGHUP): access rules, rate limit, local reference.
     Reload,
+    /// The synchronisation: reference, stratum, offsets, frequency, root distance, leap status.
+    Tracking,
+    /// The upstream sources: state, stratum, poll, reach, last sample.
+    Sources {
+        /// With a legend of the columns.
+        #[arg(short = 'v')]
+        verbose: bool,
+    },
+    /// The upstream sources' statistics: samples, frequency, skew, offset, spread.
+    Sourcestats {
+        /// With a legend of the columns.
+        #[arg(short = 'v')]
+        verbose: bool,
+    },
 }
 
 fn access_request(access: Access, rule: &[String]) -> Result<Request, String> {
@@ -83,6 +97,8 @@ fn main() -> ExitCode {
         Command::Deny { rule } => access_request(Access::Deny, rule),
         Command::Accheck { address } => Ok(Request::AccessCheck { address: address.clone() }),
         Command::Reload => Ok(Request::Reload),
+        Command::Tracking => Ok(Request::Tracking),
+        Command::Sources { .. } | Command::Sourcestats { .. } => Ok(Request::Sources),
     };
     let request = match request {
         Ok(request) => request,
@@ -106,6 +122,8 @@ fn main() -> ExitCode {
         let json = match &response {
             Response::ServerStats(stats) => serde_json::to_string_pretty(stats),
             Response::Clients { clients } => serde_json::to_string_pretty(clients),
+            Response::Tracking(tracking) => serde_json::to_string_pretty(tracking),
+            Response::Sources { sources } => serde_json::to_string_pretty(sources),
             other => serde_json::to_string_pretty(other),
         };
         json.map(|j| j + "\n").unwrap_or_default()
@@ -115,6 +133,17 @@ fn main() -> ExitCode {
             (Response::ServerStats(stats), false) => report::serverstats_text(stats),
             (Response::Clients { clients }, true) => report::clients_csv(clients),
             (Response::Clients { clients }, false) => report::clients_text(clients),
+            (Response::Tracking(tracking), true) => report::tracking_csv(tracking),
+            (Response::Tracking(tracking), false) => report::tracking_text(tracking),
+            (Response::Sources { sources }, csv) => match (&args.command, csv) {
+                (Command::Sourcestats { .. }, true) => report::sourcestats_csv(sources),
+                (Command::Sourcestats { verbose }, false) => {
+                    report::sourcestats_text(sources, *verbose)
+                }
+                (Command::Sources { .. }, true) => report::sources_csv(sources),
+                (Command::Sources { verbose }, false) => report::sources_text(sources, *verbose),
+                _ => unreachable!("only sources and sourcestats ask for sources"),
+            },
             (Response::AccessCheck { allowed: true }, _) => "208 Access allowed\n".into(),
             (Response::AccessCheck { allowed: false }, _) => "209 Access denied\n".into(),
             (Response::Ok, _) => "200 OK\n".into(),

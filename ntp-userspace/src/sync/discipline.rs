@@ -32,6 +32,8 @@ pub struct KernelStatus {
     /// Clear STA_UNSYNC when synchronised (chrony does so only with `rtcsync`).
     pub rtcsync: bool,
     pub leap: Leap,
+    /// TAI - UTC, from the leap second table, for CLOCK_TAI.
+    pub tai_offset: Option<i32>,
 }
 
 /// Largest extra frequency used to slew an offset away, s/s (the kernel's limit is 500 ppm).
@@ -197,8 +199,8 @@ impl ClockControl for KernelClockControl {
     }
 
     fn set_status(&mut self, status: KernelStatus) -> io::Result<()> {
-        let current = Self::adjtimex(0, |_| {})?.status;
-        let mut flags = current & !(libc::STA_INS | libc::STA_DEL | libc::STA_UNSYNC);
+        let current = Self::adjtimex(0, |_| {})?;
+        let mut flags = current.status & !(libc::STA_INS | libc::STA_DEL | libc::STA_UNSYNC);
         match status.leap {
             Leap::InsertSecond => flags |= libc::STA_INS,
             Leap::DeleteSecond => flags |= libc::STA_DEL,
@@ -213,8 +215,13 @@ impl ClockControl for KernelClockControl {
             t.maxerror = if status.synchronised { max_error } else { 16_000_000 };
             t.esterror = est_error;
             t.status = flags;
-        })
-        .map(drop)
+        })?;
+        if let Some(offset) = status.tai_offset
+            && offset != current.tai
+        {
+            Self::adjtimex(libc::ADJ_TAI, |t| t.constant = libc::c_long::from(offset))?;
+        }
+        Ok(())
     }
 }
 

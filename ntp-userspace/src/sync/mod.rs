@@ -174,9 +174,25 @@ impl Synchroniser {
         self.sources.len() - 1
     }
 
-    /// The sources added under `name` (the addresses a pool resolved to).
-    pub fn sources_named(&self, name: &str) -> Vec<SourceId> {
-        self.sources.iter().enumerate().filter(|(_, s)| s.name == name).map(|(i, _)| i).collect()
+    /// Puts a new server in the place of source `id` (a pool replacing an unreachable one).
+    pub fn replace_source(
+        &mut self,
+        id: SourceId,
+        name: String,
+        address: SocketAddr,
+        now_system_ns: i64,
+    ) {
+        let now = self.discipline.raw_ns(now_system_ns);
+        let settings = self.sources[id].settings;
+        self.sources[id] = Source::new(name, address, settings, now);
+    }
+
+    /// The request to source `id` left at system time `sent_ns`.
+    pub fn transmitted(&mut self, id: SourceId, sent_system_ns: i64) {
+        let sent = self.discipline.raw_ns(sent_system_ns);
+        if let Some(source) = self.sources.get_mut(id) {
+            source.transmitted(sent);
+        }
     }
 
     pub fn source(&self, id: SourceId) -> &Source {
@@ -381,6 +397,10 @@ impl Synchroniser {
             synchronised: header.is_some(),
             rtcsync: self.settings.rtcsync,
             leap: header.map_or(Leap::NoWarning, |h| h.leap),
+            tai_offset: self
+                .leap_table
+                .as_ref()
+                .and_then(|t| t.tai_offset(now.div_euclid(1_000_000_000))),
         };
         if let Err(error) = self.discipline.set_status(status) {
             tracing::warn!(%error, "cannot update the kernel's clock status");
@@ -412,7 +432,7 @@ impl Synchroniser {
             match (self.reference, served.header) {
                 (Some(reference), Some(header)) => (
                     u32::from_be_bytes(header.reference_id.to_bits()),
-                    self.sources[reference.peer].address.ip().to_string(),
+                    self.sources[reference.peer].name.clone(),
                     header.stratum,
                     header.reference_time.to_unix_nanos() as f64 * 1e-9,
                 ),

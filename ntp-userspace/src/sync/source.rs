@@ -105,6 +105,8 @@ pub struct Source {
     /// log2 of the poll interval, s.
     pub poll: i8,
     pub reach: u8,
+    /// Requests sent since the last good reply.
+    pub polls_without_reply: u32,
     next_poll_ns: i64,
     burst_left: u8,
     /// The transmit timestamp of the request in flight (random) and when it left.
@@ -137,6 +139,7 @@ impl Source {
             settings,
             poll: settings.minpoll,
             reach: 0,
+            polls_without_reply: 0,
             next_poll_ns: first,
             burst_left: if settings.iburst { BURST } else { 0 },
             awaiting: None,
@@ -173,6 +176,7 @@ impl Source {
         }
         // A request without a reply: the register shifts in a zero.
         self.reach <<= 1;
+        self.polls_without_reply += 1;
         if self.awaiting.is_some() {
             self.replies_in_a_row = 0;
         }
@@ -187,6 +191,18 @@ impl Source {
         self.awaiting = Some((transmit, now_ns));
         let request = NtpHeader::client_request(4, self.poll, transmit).to_bytes();
         Some(Request { to: self.address, bytes: request })
+    }
+
+    /// The request in flight actually left at `sent_ns` (the caller sends it after `poll`).
+    pub fn transmitted(&mut self, sent_ns: i64) {
+        if let Some((_, sent)) = self.awaiting.as_mut() {
+            *sent = sent_ns;
+        }
+    }
+
+    /// No reply to the last eight requests (or DENY / RSTR): a pool replaces such a source.
+    pub fn is_unreachable(&self) -> bool {
+        self.refused || self.polls_without_reply >= 8
     }
 
     /// A reply from `from` received at local raw time `received_ns` (the request left at the
@@ -255,6 +271,7 @@ impl Source {
             dispersion: precision + PHI * round_trip,
         };
         self.reach |= 1;
+        self.polls_without_reply = 0;
         self.last_rx_ns = Some(received_ns);
         self.stratum = header.stratum;
         self.leap = header.leap;

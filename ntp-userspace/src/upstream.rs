@@ -1,0 +1,344 @@
+//! The synchronisation's I/O shell: name lookups (pools looked up again when their servers are
+//! lost), one UDP socket per request (a fresh random source port each time) with the kernel's
+//! receive timestamp, the poll timer, the kernel clock and the driftfile. Decisions live in
+//! `sync`.
+
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::{
+    clock,
+    config::{LeapSecondSource, SourceConfig, SourceKind, SyncConfig},
+    socket::NtpSocket,
+    sync::{
+        SourceId, SyncSettings, Synchroniser,
+        discipline::{ClockControl, Discipline, KernelClockControl},
+        leap::{LeapTable, TZDATA_LEAP_SECONDS},
+        source::Request,
+    },
+};
+
+/// How often the driftfile is written (and at exit), as chrony does.
+const DRIFT_WRITE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often unresolved names and pools short of servers are looked up again.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest the poll timer sleeps: new sources are noticed within it.
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+
+/// The synchroniser, shared by the polling task, the publishing tick and the control socket.
+pub struct Upstream {
+    pub sync: Mutex<Synchroniser>,
+    driftfile: Option<PathBuf>,
+    drift_written: Mutex<Instant>,
+}
+
+impl Upstream {
+    /// Sets up the synchronisation: the discipline (none with `-x`), the driftfile's frequency,
+    /// the leap second table.
+    pub fn new(config: &SyncConfig, precision: i8, no_clock_control: bool) -> anyhow::Result<Self> {
+        let control: Option<Box<dyn ClockControl>> = if no_clock_control {
+            None
+        } else {
+            let mut kernel = KernelClockControl;
+            if let Some(path) = &config.driftfile
+                && let Some(ppm) = read_driftfile(path)?
+            {
+                kernel.set_frequency(ppm).context("setting the frequency from the driftfile")?;
+                tracing::info!(ppm, file = %path.display(), "frequency from the driftfile");
+            }
+            Some(Box::new(kernel))
+        };
+        let now = clock::realtime_ns() as i64;
+        let discipline = Discipline::new(control, config.makestep, now)
+            .context("reading the kernel clock's frequency")?;
+        let leap_table = match &config.leap_seconds {
+            None => None,
+            Some(source) => {
+                let path = match source {
+                    LeapSecondSource::TimeZone(_) => Path::new(TZDATA_LEAP_SECONDS),
+                    LeapSecondSource::List(path) => path.as_path(),
+                };
+                match read_leap_table(path) {
+                    Ok(table) => Some(table),
+                    Err(error) => {
+                        tracing::warn!("{error:#}: leap seconds come from the sources only");
+                        None
+                    }
+                }
+            }
+        };
+        let settings = SyncSettings {
+            max_distance: config.max_distance,
+            clock_error: config.max_clock_error_ppm * 1e-6,
+            rtcsync: config.rtcsync,
+            precision,
+        };
+        Ok(Self {
+            sync: Mutex::new(Synchroniser::new(settings, discipline, leap_table, now)),
+            driftfile: config.driftfile.clone(),
+            drift_written: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Writes the driftfile if an hour has passed since it was last written (or `now`).
+    pub fn save_drift(&self, force: bool) {
+        let Some(path) = &self.driftfile else { return };
+        let mut written = self.drift_written.lock().expect("drift lock");
+        if !force && written.elapsed() < DRIFT_WRITE_INTERVAL {
+            return;
+        }
+        let (frequency, skew) = self.sync.lock().expect("sync lock").drift();
+        if let Err(error) = write_driftfile(path, frequency, skew) {
+            tracing::warn!(file = %path.display(), %error, "cannot write the driftfile");
+        }
+        *written = Instant::now();
+    }
+}
+
+fn read_leap_table(path: &Path) -> anyhow::Result<LeapTable> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    LeapTable::parse(&text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}", path.display()))
+}
+
+/// The frequency a driftfile holds, ppm (chrony's format: frequency and skew in ppm).
+fn read_driftfile(path: &Path) -> anyhow::Result<Option<f64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    match text.split_whitespace().next().map(str::parse::<f64>) {
+        Some(Ok(ppm)) if ppm.abs() <= 500.0 => Ok(Some(ppm)),
+        _ => {
+            tracing::warn!(file = %path.display(), "driftfile not understood; ignored");
+            Ok(None)
+        }
+    }
+}
+
+/// Written to a temporary file first, so that a crash never leaves half a driftfile.
+fn write_driftfile(path: &Path, frequency_ppm: f64, skew_ppm: f64) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, format!("{frequency_ppm:.6} {skew_ppm:.6}\n"))?;
+    std::fs::rename(&temporary, path)
+}
+
+/// What the polling task hears from its helpers.
+enum Event {
+    /// The outcome of one request: when it left and, if one came, the reply.
+    Exchange { source: SourceId, sent_ns: i64, reply: Option<Reply> },
+    /// A lookup of configured source `index`.
+    Resolved { index: usize, addresses: Vec<SocketAddr> },
+}
+
+struct Reply {
+    bytes: Vec<u8>,
+    from: SocketAddr,
+    received_ns: i64,
+}
+
+/// Polls the configured sources until the daemon stops.
+pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
+    let (events_tx, mut events) = mpsc::channel(256);
+    // Which configured line each source came from.
+    let mut origins: Vec<usize> = Vec::new();
+    let mut looking_up = vec![false; sources.len()];
+    let mut lookups = tokio::time::interval(LOOKUP_INTERVAL);
+    loop {
+        let wait = {
+            let sync = upstream.sync.lock().expect("sync lock");
+            let now = clock::realtime_ns() as i64;
+            sync.next_poll_ns().map_or(MAX_TIMER_SLEEP, |next| {
+                Duration::from_nanos((next - now).max(0) as u64).min(MAX_TIMER_SLEEP)
+            })
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let requests = {
+                    let mut sync = upstream.sync.lock().expect("sync lock");
+                    sync.poll(clock::realtime_ns() as i64, random_u64)
+                };
+                for (source, request) in requests {
+                    let interval = upstream.sync.lock().expect("sync lock").source(source).poll;
+                    let timeout = Duration::from_secs_f64(2f64.powi(interval.into()).clamp(1.0, 8.0));
+                    tokio::spawn(exchange(source, request, timeout, events_tx.clone()));
+                }
+            }
+            _ = lookups.tick() => {
+                let sync = upstream.sync.lock().expect("sync lock");
+                for (index, source) in sources.iter().enumerate() {
+                    let members: Vec<SourceId> =
+                        (0..origins.len()).filter(|&id| origins[id] == index).collect();
+                    let wanted = match source.kind {
+                        SourceKind::Server => 1,
+                        SourceKind::Pool { max_sources } => usize::from(max_sources),
+                    };
+                    let lost = members.iter().any(|&id| sync.source(id).is_unreachable());
+                    let short = members.len() < wanted;
+                    let replaceable = matches!(source.kind, SourceKind::Pool { .. }) && lost;
+                    if (short || replaceable) && !looking_up[index] {
+                        looking_up[index] = true;
+                        tokio::spawn(look_up(index, source.clone(), events_tx.clone()));
+                    }
+                }
+            }
+            Some(event) = events.recv() => match event {
+                Event::Exchange { source, sent_ns, reply } => {
+                    let mut sync = upstream.sync.lock().expect("sync lock");
+                    sync.transmitted(source, sent_ns);
+                    if let Some(Reply { bytes, from, received_ns }) = reply {
+                        sync.receive(source, &bytes, from, received_ns);
+                    }
+                }
+                Event::Resolved { index, addresses } => {
+                    looking_up[index] = false;
+                    let mut sync = upstream.sync.lock().expect("sync lock");
+                    add_resolved(&mut sync, &mut origins, index, &sources[index], &addresses);
+                }
+            },
+        }
+    }
+}
+
+/// Adds what a lookup found: a server's first address; for a pool, new addresses in place of
+/// unreachable members, then up to `maxsources`.
+fn add_resolved(
+    sync: &mut Synchroniser,
+    origins: &mut Vec<usize>,
+    index: usize,
+    source: &SourceConfig,
+    addresses: &[SocketAddr],
+) {
+    let now = clock::realtime_ns() as i64;
+    let in_use = |sync: &Synchroniser, address: &SocketAddr| {
+        (0..sync.source_count()).any(|id| sync.source(id).address == *address)
+    };
+    let mut fresh =
+        addresses.iter().filter(|a| !in_use(sync, a)).copied().collect::<Vec<_>>().into_iter();
+    let members: Vec<SourceId> = (0..origins.len()).filter(|&id| origins[id] == index).collect();
+    let (wanted, name_of): (usize, fn(&SourceConfig, &SocketAddr) -> String) = match source.kind {
+        SourceKind::Server => (1, |source, _| source.name.clone()),
+        SourceKind::Pool { max_sources } => {
+            (usize::from(max_sources), |_, address| address.ip().to_string())
+        }
+    };
+    if matches!(source.kind, SourceKind::Pool { .. }) {
+        for &id in &members {
+            if sync.source(id).is_unreachable()
+                && let Some(address) = fresh.next()
+            {
+                tracing::info!(pool = source.name, old = %sync.source(id).address, new = %address, "replacing an unreachable pool server");
+                sync.replace_source(id, name_of(source, &address), address, now);
+            }
+        }
+    }
+    for address in fresh.take(wanted.saturating_sub(members.len())) {
+        tracing::info!(name = source.name, %address, "new source");
+        sync.add_source(name_of(source, &address), address, source.poll, now);
+        origins.push(index);
+    }
+}
+
+async fn look_up(index: usize, source: SourceConfig, events: mpsc::Sender<Event>) {
+    let addresses = match tokio::net::lookup_host((source.name.as_str(), source.port)).await {
+        Ok(addresses) => addresses.collect(),
+        Err(error) => {
+            tracing::warn!(name = source.name, %error, "cannot resolve; trying again later");
+            Vec::new()
+        }
+    };
+    let _ = events.send(Event::Resolved { index, addresses }).await;
+}
+
+/// Sends one request from a new socket (a random source port) and waits for its reply.
+async fn exchange(
+    source: SourceId,
+    request: Request,
+    timeout: Duration,
+    events: mpsc::Sender<Event>,
+) {
+    let unspecified: SocketAddr = match request.to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = match NtpSocket::bind(unspecified) {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::warn!(%error, "cannot open a socket for a request");
+            return;
+        }
+    };
+    let sent_ns = match socket.send_now(&request.bytes, request.to).await {
+        Ok(sent) => sent as i64,
+        Err(error) => {
+            tracing::debug!(to = %request.to, %error, "sending a request");
+            return;
+        }
+    };
+    let mut buffer = [0u8; 1024];
+    let receive = async {
+        loop {
+            match socket.recv(&mut buffer).await {
+                // Anything from elsewhere on this port is ignored; the origin timestamp is
+                // checked by the synchroniser.
+                Ok(datagram) if datagram.source == request.to => return Some(datagram),
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::debug!(%error, "receiving a reply");
+                    return None;
+                }
+            }
+        }
+    };
+    let reply = match tokio::time::timeout(timeout, receive).await {
+        Ok(Some(datagram)) => Some(Reply {
+            bytes: buffer[..datagram.len].to_vec(),
+            from: datagram.source,
+            received_ns: datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns) as i64,
+        }),
+        _ => None,
+    };
+    let _ = events.send(Event::Exchange { source, sent_ns, reply }).await;
+}
+
+/// 64 unpredictable bits for a request's transmit timestamp.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is valid for 8 bytes of writing.
+    let written = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(written, 8, "getrandom failed");
+    u64::from_ne_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driftfile_is_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drift");
+        assert_eq!(read_driftfile(&path).unwrap(), None);
+        write_driftfile(&path, -12.345_678, 0.0123).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "-12.345678 0.012300\n");
+        assert_eq!(read_driftfile(&path).unwrap(), Some(-12.345_678));
+        std::fs::write(&path, "nonsense\n").unwrap();
+        assert_eq!(read_driftfile(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn random_transmit_timestamps_differ() {
+        assert_ne!(random_u64(), random_u64());
+    }
+}

@@ -1,0 +1,103 @@
+//! A test upstream server that serves the machine's time plus a fixed offset: the pure
+//! responder of `ntp-common` behind a UDP socket with kernel receive timestamps.
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, SockaddrStorage, sockopt};
+use ntp_common::{
+    responder,
+    state::{ReplyHeader, ServerState, TimeAnchor},
+    wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
+};
+use ntp_userspace::clock;
+
+use crate::netns::Netns;
+
+/// Serves until dropped.
+pub struct OffsetServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OffsetServer {
+    /// Serves on `address` in `netns`, `offset_ns` ahead of this machine's clock, at stratum 1.
+    pub fn start(netns: &Netns, address: SocketAddr, offset_ns: i64) -> Self {
+        // A socket stays in the namespace it was opened in.
+        let socket =
+            netns.enter(|| std::net::UdpSocket::bind(address)).expect("binding the upstream");
+        socket::setsockopt(&socket, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 1024];
+            while !stopping.load(Ordering::Relaxed) {
+                let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+                let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
+                let Ok(message) = socket::recvmsg::<SockaddrStorage>(
+                    socket.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut control),
+                    MsgFlags::empty(),
+                ) else {
+                    continue;
+                };
+                let (len, from) = (message.bytes, message.address);
+                let received_realtime = message.cmsgs().ok().and_then(|mut cmsgs| {
+                    cmsgs.find_map(|cmsg| match cmsg {
+                        ControlMessageOwned::ScmTimestampns(ts) => {
+                            Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+                        }
+                        _ => None,
+                    })
+                });
+                let (Some(from), Some(received_realtime)) = (from, received_realtime) else {
+                    continue;
+                };
+                // TAI and the system clock, read together, to place the receive instant in TAI.
+                let tai_minus_realtime = clock::tai_ns() as i64 - clock::realtime_ns() as i64;
+                let received_tai = received_realtime.saturating_add_signed(tai_minus_realtime);
+                let anchor = TimeAnchor {
+                    tai_ns: received_tai,
+                    served_unix_ns: received_realtime.saturating_add_signed(offset_ns),
+                    frequency: 0.0,
+                };
+                let header = ReplyHeader {
+                    leap: Leap::NoWarning,
+                    stratum: 1,
+                    precision: -24,
+                    root_delay: NtpShort::ZERO,
+                    root_dispersion: NtpShort::from_seconds(10e-6),
+                    dispersion_rate: 0.0,
+                    reference_id: ReferenceId::from_bits(*b"TEST"),
+                    reference_time: NtpTimestamp::from_unix_nanos(received_realtime),
+                };
+                let state = ServerState::new(anchor, header, 1_000_000_000);
+                if let Ok(reply) =
+                    responder::respond(&buffer[..len], &state, received_tai, clock::tai_ns(), 0)
+                {
+                    let _ = socket::sendto(socket.as_raw_fd(), &reply, &from, MsgFlags::empty());
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for OffsetServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -338,6 +338,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_replaces_its_unreachable_servers() {
+        let now = clock::realtime_ns() as i64;
+        let discipline = Discipline::new(None, None, now).unwrap();
+        let mut sync = Synchroniser::new(SyncSettings::default(), discipline, None, now);
+        let pool = SourceConfig {
+            kind: SourceKind::Pool { max_sources: 2 },
+            name: "pool.example".into(),
+            port: 123,
+            poll: Default::default(),
+        };
+        let [a, b, c]: [SocketAddr; 3] =
+            ["192.0.2.1:123", "192.0.2.2:123", "192.0.2.3:123"].map(|a| a.parse().unwrap());
+        let mut origins = Vec::new();
+        add_resolved(&mut sync, &mut origins, 0, &pool, &[a, b, c]);
+        let addresses = |sync: &Synchroniser| {
+            (0..sync.source_count()).map(|id| sync.source(id).address).collect::<Vec<_>>()
+        };
+        assert_eq!(addresses(&sync), [a, b], "maxsources 2");
+        // Eight polls without a reply: both unreachable; the lookup gives one new address.
+        for poll in 1..=8 {
+            sync.poll(now + poll * 3_600_000_000_000, || 0);
+        }
+        add_resolved(&mut sync, &mut origins, 0, &pool, &[a, b, c]);
+        assert_eq!(addresses(&sync), [c, b]);
+        assert_eq!(sync.source(0).name, "192.0.2.3");
+    }
+
+    #[test]
     fn random_transmit_timestamps_differ() {
         assert_ne!(random_u64(), random_u64());
     }

@@ -20,7 +20,7 @@ use self::{
     discipline::{Action, Discipline, KernelStatus},
     leap::LeapTable,
     regression::seconds_between,
-    selection::{Candidate, select},
+    selection::{Candidate, Combined, select},
     source::{PHI, PollSettings, Request, Source, SourceState},
 };
 
@@ -210,11 +210,19 @@ impl Synchroniser {
         mut random: impl FnMut() -> u64,
     ) -> Vec<(SourceId, Request)> {
         let now = self.discipline.raw_ns(now_system_ns);
-        self.sources
+        let reachable = self.sources.iter().filter(|s| s.reach != 0).count();
+        let requests = self
+            .sources
             .iter_mut()
             .enumerate()
             .filter_map(|(id, s)| s.poll(now, random()).map(|r| (id, r)))
-            .collect()
+            .collect();
+        // A source that just became unreachable leaves the selection now, not at the next
+        // reply (there may be none); the time served stays as it is.
+        if self.sources.iter().filter(|s| s.reach != 0).count() < reachable {
+            self.select_sources(now);
+        }
+        requests
     }
 
     /// The earliest time (system ns) a source wants polling.
@@ -246,28 +254,7 @@ impl Synchroniser {
     /// clock.
     fn update(&mut self, now: i64) -> Action {
         self.apply_due_leap(now);
-        let candidates: Vec<Option<Candidate>> = self
-            .sources
-            .iter()
-            .map(|s| {
-                let estimate = s.estimate.as_ref()?;
-                let distance = s.root_distance(now);
-                (s.is_selectable() && distance <= self.settings.max_distance && s.stratum < 16)
-                    .then(|| Candidate {
-                        offset: s.offset_at(now).unwrap_or(0.0),
-                        distance,
-                        jitter: estimate.std_dev.max(estimate.offset_error),
-                        frequency: estimate.frequency,
-                        stratum: s.stratum,
-                        prefer: s.settings.prefer,
-                    })
-            })
-            .collect();
-        let selection = select(&candidates);
-        for (source, state) in self.sources.iter_mut().zip(&selection.states) {
-            source.state = *state;
-        }
-        let Some(combined) = selection.combined else {
+        let Some(combined) = self.select_sources(now) else {
             return Action::None;
         };
         let peer = &self.sources[combined.peer];
@@ -297,7 +284,7 @@ impl Synchroniser {
                 + newest.map_or(0.0, |s| s.dispersion)
                 + combined.jitter
                 + estimate.offset_error,
-            leap: self.leap_status(now, &combined_leap(&self.sources, &selection.states)),
+            leap: self.leap_status(now, &combined_leap(&self.sources)),
         });
         match self.discipline.update(now, self.offset, self.frequency) {
             Ok(action) => {
@@ -311,6 +298,32 @@ impl Synchroniser {
                 Action::None
             }
         }
+    }
+
+    /// Selects among the sources (setting their states), and combines the survivors.
+    fn select_sources(&mut self, now: i64) -> Option<Combined> {
+        let candidates: Vec<Option<Candidate>> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let estimate = s.estimate.as_ref()?;
+                let distance = s.root_distance(now);
+                (s.is_selectable() && distance <= self.settings.max_distance && s.stratum < 16)
+                    .then(|| Candidate {
+                        offset: s.offset_at(now).unwrap_or(0.0),
+                        distance,
+                        jitter: estimate.std_dev.max(estimate.offset_error),
+                        frequency: estimate.frequency,
+                        stratum: s.stratum,
+                        prefer: s.settings.prefer,
+                    })
+            })
+            .collect();
+        let selection = select(&candidates);
+        for (source, state) in self.sources.iter_mut().zip(&selection.states) {
+            source.state = *state;
+        }
+        selection.combined
     }
 
     /// True time minus raw time at raw `now`, s.
@@ -520,12 +533,11 @@ pub fn leap_name(leap: Option<Leap>) -> &'static str {
 }
 
 /// The majority leap announcement of the combined sources.
-fn combined_leap(sources: &[Source], states: &[SourceState]) -> Leap {
+fn combined_leap(sources: &[Source]) -> Leap {
     let combined: Vec<Leap> = sources
         .iter()
-        .zip(states)
-        .filter(|(_, state)| matches!(state, SourceState::Selected | SourceState::Combined))
-        .map(|(s, _)| s.leap)
+        .filter(|s| matches!(s.state, SourceState::Selected | SourceState::Combined))
+        .map(|s| s.leap)
         .collect();
     for leap in [Leap::InsertSecond, Leap::DeleteSecond] {
         if combined.iter().filter(|l| **l == leap).count() * 2 > combined.len() {

@@ -335,3 +335,127 @@ impl Source {
         self.estimate = self.samples.estimate();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ntp_common::wire::NtpShort;
+
+    use super::*;
+
+    const SERVER: &str = "192.0.2.1:123";
+    const T0: i64 = 1_795_660_000_000_000_000;
+
+    fn source(settings: PollSettings) -> Source {
+        Source::new(SERVER.into(), SERVER.parse().unwrap(), settings, T0)
+    }
+
+    /// The server's reply to `request`, 1 ms ahead of the client, 50 us each way.
+    fn reply(request: &Request, stratum: u8, leap: Leap, reference_id: ReferenceId) -> [u8; 48] {
+        let request = NtpHeader::from_bytes(&request.bytes);
+        let at = |ns: i64| NtpTimestamp::from_unix_nanos((ns + 1_000_000) as u64);
+        NtpHeader {
+            leap,
+            version: 4,
+            mode: Mode::Server,
+            stratum,
+            poll: request.poll,
+            precision: -20,
+            root_delay: NtpShort::ZERO,
+            root_dispersion: NtpShort::ZERO,
+            reference_id,
+            reference_timestamp: at(T0),
+            origin_timestamp: request.transmit_timestamp,
+            receive_timestamp: at(T0 + 50_000),
+            transmit_timestamp: at(T0 + 60_000),
+        }
+        .to_bytes()
+    }
+
+    fn good(request: &Request) -> [u8; 48] {
+        reply(request, 1, Leap::NoWarning, ReferenceId::from_bits(*b"GPS\0"))
+    }
+
+    const RECEIVED: i64 = T0 + 110_000;
+
+    #[test]
+    fn a_reply_gives_a_sample_and_fills_the_reach_register() {
+        let mut source = source(PollSettings::default());
+        let request = source.poll(T0, 42).expect("due at once");
+        assert_eq!(
+            NtpHeader::from_bytes(&request.bytes).transmit_timestamp,
+            NtpTimestamp::from_fixed(42)
+        );
+        let sample = source.receive(&good(&request), request.to, RECEIVED).unwrap();
+        assert!((sample.offset - 1e-3).abs() < 1e-9, "{}", sample.offset);
+        assert!((sample.delay - 100e-6).abs() < 1e-9, "{}", sample.delay);
+        assert_eq!((source.reach, source.stratum), (1, 1));
+        // A duplicate of the reply is not awaited any more.
+        assert_eq!(
+            source.receive(&good(&request), request.to, RECEIVED),
+            Err(Rejected::NotAwaited)
+        );
+    }
+
+    #[test]
+    fn replies_that_do_not_answer_the_request_are_rejected() {
+        let mut source = source(PollSettings::default());
+        let request = source.poll(T0, 42).unwrap();
+        let elsewhere = "192.0.2.99:123".parse().unwrap();
+        assert_eq!(
+            source.receive(&good(&request), elsewhere, RECEIVED),
+            Err(Rejected::FromElsewhere)
+        );
+        let mut wrong_origin = good(&request);
+        wrong_origin[24] ^= 1;
+        assert_eq!(source.receive(&wrong_origin, request.to, RECEIVED), Err(Rejected::NotAwaited));
+        assert_eq!(
+            source.receive(&good(&request)[..40], request.to, RECEIVED),
+            Err(Rejected::Malformed)
+        );
+        let unsynchronised = reply(&request, 3, Leap::Unsynchronised, ReferenceId::NONE);
+        assert_eq!(
+            source.receive(&unsynchronised, request.to, RECEIVED),
+            Err(Rejected::Unsynchronised)
+        );
+        assert_eq!(source.reach, 0, "no rejected reply counts as reached");
+    }
+
+    #[test]
+    fn kiss_of_death_rate_slows_polling_and_deny_stops_it() {
+        let mut source = source(PollSettings { minpoll: 4, maxpoll: 8, ..PollSettings::default() });
+        let request = source.poll(T0, 1).unwrap();
+        let rate = reply(&request, 0, Leap::Unsynchronised, ReferenceId::KISS_RATE);
+        assert_eq!(
+            source.receive(&rate, request.to, RECEIVED),
+            Err(Rejected::KissOfDeath(ReferenceId::KISS_RATE))
+        );
+        assert_eq!(source.poll, 5);
+        assert!(source.next_poll_ns() >= RECEIVED + 32_000_000_000);
+        let request = source.poll(source.next_poll_ns(), 2).unwrap();
+        let deny = reply(&request, 0, Leap::Unsynchronised, ReferenceId::from_bits(*b"DENY"));
+        source.receive(&deny, request.to, RECEIVED).unwrap_err();
+        assert!(source.refused && source.is_unreachable() && !source.is_selectable());
+        assert_eq!(source.poll(i64::MAX, 3), None, "a refusing server is never asked again");
+    }
+
+    #[test]
+    fn iburst_starts_with_requests_two_seconds_apart_then_polls_at_the_interval() {
+        let mut source = source(PollSettings { iburst: true, ..PollSettings::default() });
+        let mut times = Vec::new();
+        let mut now = T0;
+        while times.len() < 6 {
+            if source.poll(now, 7).is_some() {
+                times.push((now - T0) / 1_000_000_000);
+            }
+            now += 500_000_000;
+        }
+        assert_eq!(times, [0, 2, 4, 6, 8, 72]);
+        // Eight requests without a reply: unreachable.
+        assert_eq!(source.reach, 0);
+        while source.polls_without_reply < 8 {
+            now = source.next_poll_ns();
+            source.poll(now, 7);
+        }
+        assert!(source.is_unreachable());
+    }
+}

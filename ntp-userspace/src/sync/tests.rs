@@ -5,20 +5,25 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ntp_common::wire::{Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId};
+use ntp_common::wire::{
+    Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId, UNIX_EPOCH_NTP_SECONDS,
+};
 
 use super::{
     discipline::{
         Discipline, MakeStep,
         simulated::{Handle, SimulatedClock},
     },
+    leap::LeapTable,
     source::{PollSettings, SourceState},
     *,
 };
 
 /// Unix time of the simulation's start, ns. Times in the simulation are seconds since then, so
 /// that f64 keeps them to a fraction of a nanosecond.
-const START_NS: i64 = 1_795_660_000_000_000_000;
+const START_NS: i64 = 1_795_734_000_000_000_000;
+/// An hour after the start: the end of a UTC day.
+const MIDNIGHT_NS: i64 = START_NS + 3_600_000_000_000;
 const START: f64 = 0.0;
 
 /// A deterministic random number generator (xorshift64*).
@@ -352,4 +357,29 @@ fn the_kernel_discipline_cancels_a_50_ppm_error() {
     assert!(simulation.served_error().abs() < 2e-6, "served error {}", simulation.served_error());
     let status = kernel.0.lock().unwrap().status.expect("status kept fresh");
     assert!(status.synchronised && status.max_error < 0.1);
+}
+
+#[test]
+fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
+    let ntp_seconds = |unix_ns: i64| unix_ns / 1_000_000_000 + UNIX_EPOCH_NTP_SECONDS as i64;
+    let table = format!(
+        "{} 37\n{} 38\n",
+        ntp_seconds(MIDNIGHT_NS) - 86_400 * 100,
+        ntp_seconds(MIDNIGHT_NS)
+    );
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.sync.leap_table = Some(LeapTable::parse(&table).unwrap());
+    simulation.add_upstream(0.0, 4);
+    simulation.run(3600.0 - 30.0);
+    let system = |s: &Simulation| ns(s.clock.system(s.now));
+    let before = simulation.sync.served(system(&simulation));
+    assert_eq!(before.header.map(|h| h.leap), Some(Leap::InsertSecond));
+    assert_eq!(before.leap_at_ns, Some(MIDNIGHT_NS));
+    // Past midnight (the upstream, which would leap too, is left out).
+    simulation.upstreams[0].answering = false;
+    simulation.run(60.0);
+    let after = simulation.sync.served(system(&simulation));
+    assert!((after.correction - (before.correction - 1.0)).abs() < 1e-3, "{before:?} -> {after:?}");
+    assert_eq!(after.header.map(|h| h.leap), Some(Leap::NoWarning));
 }

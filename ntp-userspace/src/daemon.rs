@@ -108,6 +108,7 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     }
     let control = ControlSocket::bind(&config.command_socket)?;
     let rules = config.access.clone();
+    let shared_upstream = upstream.clone();
     let shared = Arc::new(Mutex::new(Shared { dataplane, upstream, config_file, config, rules }));
 
     let mut ticker = tokio::time::interval(Duration::from_nanos(PUBLISH_INTERVAL_NS));
@@ -117,13 +118,9 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                let mut shared = shared.lock().expect("shared lock");
-                let Shared { dataplane, upstream, config, .. } = &mut *shared;
-                if let Err(error) = refresh(&server, dataplane.as_mut(), upstream.as_deref(), config) {
-                    tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
-                }
-            }
+            _ = ticker.tick() => republish(&server, &shared),
+            // At once: the state in the kernel is anchored to the clock before the step.
+            _ = clock_stepped(&shared_upstream) => republish(&server, &shared),
             connection = control.listener.accept() => match connection {
                 Ok((stream, _)) => {
                     tokio::spawn(serve_control(stream, server.clone(), shared.clone()));
@@ -149,6 +146,22 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
         dataplane.detach_all()?;
     }
     Ok(())
+}
+
+fn republish(server: &Server, shared: &Mutex<Shared>) {
+    let mut shared = shared.lock().expect("shared lock");
+    let Shared { dataplane, upstream, config, .. } = &mut *shared;
+    if let Err(error) = refresh(server, dataplane.as_mut(), upstream.as_deref(), config) {
+        tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
+    }
+}
+
+/// Resolves when the synchronisation steps the system clock (never without one).
+async fn clock_stepped(upstream: &Option<Arc<Upstream>>) {
+    match upstream {
+        Some(upstream) => upstream.clock_stepped.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Fills the program's maps and publishes the state, then attaches: the program never runs on

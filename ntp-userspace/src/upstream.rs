@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::{
     clock,
@@ -20,7 +20,7 @@ use crate::{
     socket::NtpSocket,
     sync::{
         SourceId, SyncSettings, Synchroniser,
-        discipline::{ClockControl, Discipline, KernelClockControl},
+        discipline::{Action, ClockControl, Discipline, KernelClockControl},
         leap::{LeapTable, TZDATA_LEAP_SECONDS},
         source::Request,
     },
@@ -36,6 +36,8 @@ const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 /// The synchroniser, shared by the polling task, the publishing tick and the control socket.
 pub struct Upstream {
     pub sync: Mutex<Synchroniser>,
+    /// Told when the system clock was stepped: the published state is wrong until replaced.
+    pub clock_stepped: Notify,
     driftfile: Option<PathBuf>,
     drift_written: Mutex<Instant>,
 }
@@ -83,6 +85,7 @@ impl Upstream {
         };
         Ok(Self {
             sync: Mutex::new(Synchroniser::new(settings, discipline, leap_table, now)),
+            clock_stepped: Notify::new(),
             driftfile: config.driftfile.clone(),
             drift_written: Mutex::new(Instant::now()),
         })
@@ -197,8 +200,10 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                 Event::Exchange { source, sent_ns, reply } => {
                     let mut sync = upstream.sync.lock().expect("sync lock");
                     sync.transmitted(source, sent_ns);
-                    if let Some(Reply { bytes, from, received_ns }) = reply {
-                        sync.receive(source, &bytes, from, received_ns);
+                    if let Some(Reply { bytes, from, received_ns }) = reply
+                        && let Some(Action::Stepped(_)) = sync.receive(source, &bytes, from, received_ns)
+                    {
+                        upstream.clock_stepped.notify_one();
                     }
                 }
                 Event::Resolved { index, addresses } => {

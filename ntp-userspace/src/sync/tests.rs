@@ -383,3 +383,24 @@ fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
     assert!((after.correction - (before.correction - 1.0)).abs() < 1e-3, "{before:?} -> {after:?}");
     assert_eq!(after.header.map(|h| h.leap), Some(Leap::NoWarning));
 }
+
+#[test]
+fn reference_ids_are_ipv4_addresses_or_the_md5_of_ipv6_ones() {
+    assert_eq!(
+        reference_id_of("192.0.2.1".parse().unwrap()),
+        ReferenceId::from_bits([192, 0, 2, 1])
+    );
+    // chronyd 4.3 synchronised to ::1 reports reference ID CF404DC8 (the reference page).
+    assert_eq!(
+        reference_id_of("::1".parse().unwrap()),
+        ReferenceId::from_bits([0xCF, 0x40, 0x4D, 0xC8])
+    );
+}
+
+#[test]
+fn the_kernel_frequency_reads_without_writing() {
+    // A read-only adjtimex (modes = 0): the discipline's starting point on a real kernel.
+    use discipline::ClockControl as _;
+    let frequency = discipline::KernelClockControl.frequency().unwrap();
+    assert!((-500.0..=500.0).contains(&frequency), "{frequency} ppm");
+}

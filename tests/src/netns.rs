@@ -70,6 +70,15 @@ impl Netns {
         run("ip", &all)
     }
 
+    /// The `/etc/hosts` of programs started in the namespace (`ip netns exec` mounts
+    /// `/etc/netns/NAME/hosts` over it), for names that resolve without a network.
+    pub fn set_hosts(&self, hosts: &str) {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        std::fs::write(format!("{dir}/hosts"), hosts)
+            .unwrap_or_else(|e| panic!("{dir}/hosts: {e}"));
+    }
+
     /// Runs `f` on a thread that has entered the namespace (sockets it opens stay there).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = self.path();
@@ -90,6 +99,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
 }
 

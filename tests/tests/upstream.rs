@@ -13,13 +13,6 @@ use ntpx_tests::{
     upstream::OffsetServer,
 };
 
-/// ntpxd's sources and its serving: polled every second, served from XDP on the client link.
-fn ntpxd_config(upstreams: &[&str], extra: &str) -> String {
-    let servers: String =
-        upstreams.iter().map(|a| format!("server {a} iburst minpoll 0 maxpoll 0\n")).collect();
-    format!("{servers}allow 10.77.0.0/24\nxdp veth-srv native\n{extra}")
-}
-
 fn chronyd_client(link: &Link) -> Chronyd {
     Chronyd::start(
         &link.client_ns,
@@ -74,8 +67,8 @@ fn report_line<'a>(report: &'a str, label: &str) -> &'a str {
 }
 
 #[test]
-fn ntpxd_follows_two_upstream_chronyds_holds_over_and_then_serves_unsynchronised() {
-    if !privileged("ntpxd_follows_two_upstream_chronyds_holds_over_and_then_serves_unsynchronised")
+fn ntpxd_follows_a_pool_of_two_chronyds_holds_over_and_then_serves_unsynchronised() {
+    if !privileged("ntpxd_follows_a_pool_of_two_chronyds_holds_over_and_then_serves_unsynchronised")
     {
         return;
     }
@@ -89,11 +82,17 @@ fn ntpxd_follows_two_upstream_chronyds_holds_over_and_then_serves_unsynchronised
         &upstreams.ns,
         &format!("local stratum 1\nallow\nbindaddress {}\n", UPSTREAM_V4[1]),
     );
+    // Both upstreams under one pool name, resolved from the namespace's hosts file.
+    link.server_ns.set_hosts(&format!(
+        "{} upstreams.test\n{} upstreams.test\n",
+        UPSTREAM_V4[0], UPSTREAM_V4[1]
+    ));
     // A clock error bound of 5 ms/s against a maximum distance of 50 ms: about 10 s of
     // holdover once every source is gone.
     let ntpxd = Ntpxd::start(
         &link.server_ns,
-        &ntpxd_config(&UPSTREAM_V4, "maxdistance 0.05\nmaxclockerror 5000\n"),
+        "pool upstreams.test maxsources 2 iburst minpoll 0 maxpoll 0\nallow 10.77.0.0/24\n\
+         xdp veth-srv native\nmaxdistance 0.05\nmaxclockerror 5000\n",
     );
     let both = peers::wait_for(Duration::from_secs(30), || {
         let states = source_states(&ntpxd);
@@ -169,7 +168,13 @@ fn an_upstream_20_ms_ahead_makes_xdp_serve_time_20_ms_ahead() {
     let upstreams = Upstreams::new(&link.server_ns);
     let upstream_address = SocketAddr::new(UPSTREAM_V4[0].parse().unwrap(), 123);
     let _upstream = OffsetServer::start(&upstreams.ns, upstream_address, AHEAD_NS);
-    let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(&UPSTREAM_V4[..1], ""));
+    let ntpxd = Ntpxd::start(
+        &link.server_ns,
+        &format!(
+            "server {} iburst minpoll 0 maxpoll 0\nallow 10.77.0.0/24\nxdp veth-srv native\n",
+            UPSTREAM_V4[0]
+        ),
+    );
     assert!(
         peers::wait_for(Duration::from_secs(30), || has_state(&ntpxd, "*", UPSTREAM_V4[0])),
         "ntpxd did not select the upstream:\n{}",

@@ -132,6 +132,16 @@ pub enum SourceKind {
     },
 }
 
+impl SourceKind {
+    /// How many servers the line stands for.
+    pub fn max_sources(self) -> usize {
+        match self {
+            Self::Server => 1,
+            Self::Pool { max_sources } => usize::from(max_sources),
+        }
+    }
+}
+
 /// A `server` or `pool` line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceConfig {

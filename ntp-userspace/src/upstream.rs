@@ -140,7 +140,7 @@ fn write_driftfile(path: &Path, frequency_ppm: f64, skew_ppm: f64) -> io::Result
 /// What the polling task hears from its helpers.
 enum Event {
     /// The outcome of one request: when it left and, if one came, the reply.
-    Exchange { source: SourceId, sent_ns: i64, reply: Option<Reply> },
+    Exchange { source: SourceId, request: Request, sent_ns: i64, reply: Option<Reply> },
     /// A lookup of configured source `index`.
     Resolved { index: usize, addresses: Vec<SocketAddr> },
 }
@@ -181,14 +181,9 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
             _ = lookups.tick() => {
                 let sync = upstream.sync.lock().expect("sync lock");
                 for (index, source) in sources.iter().enumerate() {
-                    let members: Vec<SourceId> =
-                        (0..origins.len()).filter(|&id| origins[id] == index).collect();
-                    let wanted = match source.kind {
-                        SourceKind::Server => 1,
-                        SourceKind::Pool { max_sources } => usize::from(max_sources),
-                    };
+                    let members = members_of(&origins, index);
                     let lost = members.iter().any(|&id| sync.source(id).is_unreachable());
-                    let short = members.len() < wanted;
+                    let short = members.len() < source.kind.max_sources();
                     let replaceable = matches!(source.kind, SourceKind::Pool { .. }) && lost;
                     if (short || replaceable) && !looking_up[index] {
                         looking_up[index] = true;
@@ -197,9 +192,9 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                 }
             }
             Some(event) = events.recv() => match event {
-                Event::Exchange { source, sent_ns, reply } => {
+                Event::Exchange { source, request, sent_ns, reply } => {
                     let mut sync = upstream.sync.lock().expect("sync lock");
-                    sync.transmitted(source, sent_ns);
+                    sync.transmitted(source, &request, sent_ns);
                     if let Some(Reply { bytes, from, received_ns }) = reply
                         && let Some(Action::Stepped(_)) = sync.receive(source, &bytes, from, received_ns)
                     {
@@ -231,12 +226,11 @@ fn add_resolved(
     };
     let mut fresh =
         addresses.iter().filter(|a| !in_use(sync, a)).copied().collect::<Vec<_>>().into_iter();
-    let members: Vec<SourceId> = (0..origins.len()).filter(|&id| origins[id] == index).collect();
-    let (wanted, name_of): (usize, fn(&SourceConfig, &SocketAddr) -> String) = match source.kind {
-        SourceKind::Server => (1, |source, _| source.name.clone()),
-        SourceKind::Pool { max_sources } => {
-            (usize::from(max_sources), |_, address| address.ip().to_string())
-        }
+    let members = members_of(origins, index);
+    // A server keeps its configured name; a pool's members are known by their addresses.
+    let name_of = |address: &SocketAddr| match source.kind {
+        SourceKind::Server => source.name.clone(),
+        SourceKind::Pool { .. } => address.ip().to_string(),
     };
     if matches!(source.kind, SourceKind::Pool { .. }) {
         for &id in &members {
@@ -244,15 +238,20 @@ fn add_resolved(
                 && let Some(address) = fresh.next()
             {
                 tracing::info!(pool = source.name, old = %sync.source(id).address, new = %address, "replacing an unreachable pool server");
-                sync.replace_source(id, name_of(source, &address), address, now);
+                sync.replace_source(id, name_of(&address), address, now);
             }
         }
     }
-    for address in fresh.take(wanted.saturating_sub(members.len())) {
+    for address in fresh.take(source.kind.max_sources().saturating_sub(members.len())) {
         tracing::info!(name = source.name, %address, "new source");
-        sync.add_source(name_of(source, &address), address, source.poll, now);
+        sync.add_source(name_of(&address), address, source.poll, now);
         origins.push(index);
     }
+}
+
+/// The sources that came from configured line `index`.
+fn members_of(origins: &[usize], index: usize) -> Vec<SourceId> {
+    (0..origins.len()).filter(|&id| origins[id] == index).collect()
 }
 
 async fn look_up(index: usize, source: SourceConfig, events: mpsc::Sender<Event>) {
@@ -314,7 +313,7 @@ async fn exchange(
         }),
         _ => None,
     };
-    let _ = events.send(Event::Exchange { source, sent_ns, reply }).await;
+    let _ = events.send(Event::Exchange { source, request, sent_ns, reply }).await;
 }
 
 /// 64 unpredictable bits for a request's transmit timestamp.

@@ -187,11 +187,11 @@ impl Synchroniser {
         self.sources[id] = Source::new(name, address, settings, now);
     }
 
-    /// The request to source `id` left at system time `sent_ns`.
-    pub fn transmitted(&mut self, id: SourceId, sent_system_ns: i64) {
+    /// `request` to source `id` left at system time `sent_ns`.
+    pub fn transmitted(&mut self, id: SourceId, request: &Request, sent_system_ns: i64) {
         let sent = self.discipline.raw_ns(sent_system_ns);
         if let Some(source) = self.sources.get_mut(id) {
-            source.transmitted(sent);
+            source.transmitted(request, sent);
         }
     }
 

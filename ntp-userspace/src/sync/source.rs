@@ -193,9 +193,13 @@ impl Source {
         Some(Request { to: self.address, bytes: request })
     }
 
-    /// The request in flight actually left at `sent_ns` (the caller sends it after `poll`).
-    pub fn transmitted(&mut self, sent_ns: i64) {
-        if let Some((_, sent)) = self.awaiting.as_mut() {
+    /// `request` actually left at `sent_ns` (the caller sends it after `poll`); ignored if it
+    /// is no longer the request in flight.
+    pub fn transmitted(&mut self, request: &Request, sent_ns: i64) {
+        let transmit = NtpHeader::from_bytes(&request.bytes).transmit_timestamp;
+        if let Some((awaited, sent)) = self.awaiting.as_mut()
+            && *awaited == transmit
+        {
             *sent = sent_ns;
         }
     }
@@ -394,6 +398,20 @@ mod tests {
             source.receive(&good(&request), request.to, RECEIVED),
             Err(Rejected::NotAwaited)
         );
+    }
+
+    #[test]
+    fn the_send_time_is_that_of_the_request_in_flight_only() {
+        let earlier = T0 - 64_000_000_000;
+        let mut source =
+            Source::new(SERVER.into(), SERVER.parse().unwrap(), PollSettings::default(), earlier);
+        let stale = source.poll(earlier, 1).unwrap();
+        let request = source.poll(T0, 2).unwrap();
+        // The stale request's send time does not move the one in flight; its own does.
+        source.transmitted(&stale, T0 - 30_000);
+        source.transmitted(&request, T0 + 10_000);
+        let sample = source.receive(&good(&request), request.to, RECEIVED).unwrap();
+        assert!((sample.delay - 90e-6).abs() < 1e-9, "{}", sample.delay);
     }
 
     #[test]

@@ -111,6 +111,11 @@ impl Discipline {
         self.applied_since_ns + (system_since / (1.0 + self.applied_rate)).round() as i64
     }
 
+    /// System time of a raw clock reading.
+    pub fn system_ns(&self, raw_ns: i64) -> i64 {
+        raw_ns + (self.applied_at(raw_ns) * 1e9).round() as i64
+    }
+
     /// The extra frequency applied, s/s.
     pub fn applied_rate(&self) -> f64 {
         self.applied_rate
@@ -291,5 +296,28 @@ pub mod simulated {
             self.0.lock().unwrap().status = Some(status);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{simulated::Handle, *};
+
+    #[test]
+    fn raw_and_system_time_convert_both_ways_after_steps_and_slews() {
+        let t0 = 1_795_660_000_000_000_000;
+        let makestep = Some(MakeStep { threshold: 0.1, limit: 1 });
+        let mut discipline =
+            Discipline::new(Some(Box::new(Handle::default())), makestep, t0).unwrap();
+        assert_eq!(discipline.update(t0, 0.5, 20e-6).unwrap(), Action::Stepped(0.5));
+        assert_eq!(discipline.update(t0 + 1_000_000_000, 0.501, 20e-6).unwrap(), Action::Slewed);
+        for raw in [t0, t0 + 5_000_000_000, t0 + 86_400_000_000_000] {
+            let system = discipline.system_ns(raw);
+            assert!((discipline.raw_ns(system) - raw).abs() <= 1, "{raw}");
+        }
+        // 0.5 s stepped, and 20 ppm plus the slew of the remaining 1 ms since.
+        let after_an_hour = t0 + 3_600_000_000_000;
+        let applied = discipline.applied_at(after_an_hour);
+        assert!((applied - 0.5 - 3599.0 * (20e-6 + 1e-3 / SLEW_TIME)).abs() < 1e-6, "{applied}");
     }
 }

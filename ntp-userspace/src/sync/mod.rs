@@ -227,7 +227,8 @@ impl Synchroniser {
 
     /// The earliest time (system ns) a source wants polling.
     pub fn next_poll_ns(&self) -> Option<i64> {
-        self.sources.iter().filter(|s| !s.refused).map(Source::next_poll_ns).min()
+        let next = self.sources.iter().filter(|s| !s.refused).map(Source::next_poll_ns).min()?;
+        Some(self.discipline.system_ns(next))
     }
 
     /// A reply to source `id`, received at system time `received_ns`. Returns what the

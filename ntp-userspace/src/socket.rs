@@ -9,7 +9,7 @@ use std::{
 
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    SockaddrIn, SockaddrIn6, SockaddrStorage, sockopt,
+    SockaddrIn, SockaddrIn6, SockaddrStorage, TimestampingFlag, sockopt,
 };
 use tokio::io::Interest;
 
@@ -66,7 +66,6 @@ impl NtpSocket {
         self.socket.async_io(Interest::READABLE, || receive(self.socket.as_raw_fd(), buffer)).await
     }
 
-    /// Sends `reply` to `to`, from the address and interface `from` when known.
     /// Sends at once, without waiting for the runtime to learn the socket is writable (a new
     /// socket's first readiness takes a turn of the reactor): returns the CLOCK_REALTIME instant
     /// just before the datagram was handed to the kernel.
@@ -81,6 +80,46 @@ impl NtpSocket {
         }
     }
 
+    /// Asks the kernel to timestamp each datagram as the driver takes it (SO_TIMESTAMPING,
+    /// software): a truer send time than a clock reading before the system call.
+    pub fn enable_transmit_timestamps(&self) -> io::Result<()> {
+        let flags = TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+            | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
+        socket::setsockopt(&self.socket, sockopt::Timestamping, &flags)?;
+        Ok(())
+    }
+
+    /// The kernel's timestamp (CLOCK_REALTIME ns) of a datagram sent, from the socket's error
+    /// queue, if one is there.
+    pub fn transmit_timestamp(&self) -> Option<u64> {
+        // The timestamps (SO_TIMESTAMPING's, and SO_TIMESTAMPNS's too), and the error report
+        // that carries them (with an address).
+        let mut control = nix::cmsg_space!(
+            socket::Timestamps,
+            nix::sys::time::TimeSpec,
+            libc::sock_extended_err,
+            libc::sockaddr_in6
+        );
+        let mut nothing = [IoSliceMut::new(&mut [])];
+        let message = socket::recvmsg::<SockaddrStorage>(
+            self.socket.as_raw_fd(),
+            &mut nothing,
+            Some(&mut control),
+            MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+        )
+        .ok()?;
+        message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmTimestampsns(stamps) => {
+                let system = stamps.system;
+                let ns = system.tv_sec() as u64 * 1_000_000_000 + system.tv_nsec() as u64;
+                (ns != 0).then_some(ns)
+            }
+            _ => None,
+        })
+    }
+
+    /// Sends `reply` to `to`, from the address and interface `from` when known.
     pub async fn send(
         &self,
         reply: &[u8],
@@ -94,7 +133,9 @@ impl NtpSocket {
 }
 
 fn receive(fd: i32, buffer: &mut [u8]) -> io::Result<Datagram> {
-    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec, libc::in6_pktinfo);
+    // Room for a transmit-timestamping socket's receive timestamps too.
+    let mut control =
+        nix::cmsg_space!(nix::sys::time::TimeSpec, libc::in6_pktinfo, socket::Timestamps);
     let mut iov = [IoSliceMut::new(buffer)];
     let message =
         socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::empty())?;

@@ -1,6 +1,6 @@
 //! The synchronisation's I/O shell: name lookups (pools looked up again when their servers are
 //! lost), one UDP socket per request (a fresh random source port each time) with the kernel's
-//! receive timestamp, the poll timer, the kernel clock and the driftfile. Decisions live in
+//! transmit and receive timestamps, the poll timer, the kernel clock and the driftfile. Decisions live in
 //! `sync`.
 
 use std::{
@@ -283,6 +283,9 @@ async fn exchange(
             return;
         }
     };
+    if let Err(error) = socket.enable_transmit_timestamps() {
+        tracing::debug!(%error, "no kernel transmit timestamps: the send time is read before");
+    }
     let sent_ns = match socket.send_now(&request.bytes, request.to).await {
         Ok(sent) => sent as i64,
         Err(error) => {
@@ -305,7 +308,10 @@ async fn exchange(
             }
         }
     };
-    let reply = match tokio::time::timeout(timeout, receive).await {
+    let received = tokio::time::timeout(timeout, receive).await;
+    // The reply came after the request left: its kernel timestamp is queued by now.
+    let sent_ns = socket.transmit_timestamp().map_or(sent_ns, |sent| sent as i64);
+    let reply = match received {
         Ok(Some(datagram)) => Some(Reply {
             bytes: buffer[..datagram.len].to_vec(),
             from: datagram.source,

@@ -86,7 +86,9 @@ impl Reference {
     /// The time served at `now`, Unix ns: the system clock plus the synchronisation's correction.
     fn served_unix_ns(&self, now: TaiReading) -> u64 {
         let correction = self.served.map_or(0.0, |(served, _)| {
-            served.correction + served.frequency * self.since_served(now)
+            let leapt = served.leap_at_ns.is_some_and(|at| now.system_time_ns() as i64 >= at);
+            let leap = if leapt { served.correction_after_leap } else { 0.0 };
+            served.correction + served.frequency * self.since_served(now) + leap
         });
         now.system_time_ns().saturating_add_signed((correction * 1e9).round() as i64)
     }
@@ -142,6 +144,7 @@ mod tests {
                 reference_time: NtpTimestamp::from_unix_nanos(1_795_660_000_000_000_000),
             }),
             leap_at_ns,
+            correction_after_leap: -1.0,
         }
     }
 
@@ -165,13 +168,17 @@ mod tests {
     }
 
     #[test]
-    fn the_served_state_expires_at_a_leap_second() {
+    fn the_served_state_expires_at_a_leap_second_and_the_time_after_it_leaps() {
         let mut reference = Reference::new(None, -25);
         let system = NOW.system_time_ns();
         let leap_at = system as i64 + 500_000_000;
         reference.set_served(synchronised(0.0, Some(leap_at)), system);
         let state = reference.state_at(NOW, 3_000_000_000);
         assert_eq!(state.fresh_until_tai_ns, NOW.tai_ns + 500_000_000);
+        // Past the leap, before the synchronisation's next word: a second back (-x).
+        let later = TaiReading { tai_ns: NOW.tai_ns + 600_000_000, ..NOW };
+        let served = reference.state_at(later, 1_000_000_000).served_time(later.tai_ns).unwrap();
+        assert_eq!(served.to_unix_nanos(), system + 600_000_600 - 1_000_000_000);
     }
 
     #[test]

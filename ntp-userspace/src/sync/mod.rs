@@ -72,6 +72,9 @@ pub struct Served {
     /// A leap second takes effect at this system time (ns): served state must not be used past
     /// it without recomputing.
     pub leap_at_ns: Option<i64>,
+    /// How the correction changes at the leap: -1 s for an inserted second under -x (the
+    /// system clock does not leap, the served time must), 0 when the kernel leaps the clock.
+    pub correction_after_leap: f64,
 }
 
 /// `tracking`, as chronyc shows it.
@@ -376,16 +379,21 @@ impl Synchroniser {
         let synchronised = distance <= self.settings.max_distance;
         let applied = self.discipline.applied_at(now);
         let mut leap_at_ns = None;
+        let mut correction_after_leap = 0.0;
         let header = match self.reference {
             Some(reference) if synchronised => {
                 let elapsed = seconds_between(reference.time_raw_ns, now).max(0.0);
                 let leap = self.leap_status(now, &reference.leap);
                 if matches!(leap, Leap::InsertSecond | Leap::DeleteSecond) {
-                    let at = leap::next_midnight(now.div_euclid(1_000_000_000)) * 1_000_000_000;
+                    // The kernel leaps when the system clock reaches midnight; under -x the
+                    // served time leaps then too (raw time is system time).
+                    let at = leap::next_midnight(now_system_ns.div_euclid(1_000_000_000))
+                        * 1_000_000_000;
                     leap_at_ns = Some(at);
-                    if !self.discipline.controls_clock() && self.pending_leap.is_none() {
+                    if !self.discipline.controls_clock() {
                         let delta = if leap == Leap::InsertSecond { -1.0 } else { 1.0 };
-                        self.pending_leap = Some((at, delta));
+                        self.pending_leap.get_or_insert((at, delta));
+                        correction_after_leap = delta;
                     }
                 }
                 let served_reference =
@@ -424,6 +432,7 @@ impl Synchroniser {
             frequency: self.frequency - self.discipline.applied_rate(),
             header,
             leap_at_ns,
+            correction_after_leap,
         }
     }
 

@@ -4,7 +4,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ntp_common::wire::{HEADER_LEN, Mode, NtpHeader, NtpTimestamp, ReferenceId};
+use ntp_common::{
+    checksum::fold,
+    wire::{HEADER_LEN, Mode, NtpHeader, NtpTimestamp, ReferenceId},
+};
 use ntpx_bench_ebpf::{CounterConfig, FRAME_LEN, GeneratorConfig};
 
 /// Who sends to whom.
@@ -106,14 +109,6 @@ impl Flow {
             reserved: 0,
         }
     }
-}
-
-fn fold(sum: u64) -> u16 {
-    let mut sum = sum;
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// What a reply says, once checked.

@@ -28,6 +28,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ntp_common::{
+    checksum::fold,
     maps::{ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage, client_key_v4},
     ratelimit::{self, ClientRecord, Limit},
     responder,
@@ -581,15 +582,6 @@ fn sum(words: &[u16]) -> u64 {
         total += u64::from(*w);
     }
     total
-}
-
-#[inline(always)]
-fn fold(sum: u64) -> u16 {
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 #[inline(always)]

@@ -24,6 +24,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
+use ntp_common::checksum::fold;
 use ntpx_bench_ebpf::{
     CounterConfig, GeneratorConfig, GeneratorState, HISTOGRAM_BUCKETS, bucket, count,
 };
@@ -66,15 +67,6 @@ fn frame(ctx: &XdpContext) -> Option<&'static mut [u16; FRAME_WORDS]> {
     }
     // SAFETY: the bounds are checked; frames start 2-byte aligned.
     Some(unsafe { &mut *(start as *mut [u16; FRAME_WORDS]) })
-}
-
-#[inline(always)]
-fn fold(sum: u64) -> u16 {
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 #[inline(always)]

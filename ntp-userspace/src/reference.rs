@@ -39,10 +39,6 @@ impl Reference {
         Self { local, precision, served: None }
     }
 
-    pub fn precision(&self) -> i8 {
-        self.precision
-    }
-
     /// The same reference with another `local` setting (a reloaded configuration).
     pub fn with_local(&self, local: Option<LocalReference>) -> Self {
         Self { local, ..self.clone() }

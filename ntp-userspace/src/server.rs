@@ -91,10 +91,6 @@ impl Server {
         self.reference.write().expect("reference lock").set_served(served, at_system_ns);
     }
 
-    pub fn precision(&self) -> i8 {
-        self.reference.read().expect("reference lock").precision()
-    }
-
     /// Follows the kernel's TAI offset (it changes at leap seconds).
     pub fn observe_clock(&self, now: TaiReading) {
         self.tai_offset_s.store(now.tai_offset_s, Ordering::Relaxed);

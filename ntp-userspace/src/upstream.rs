@@ -168,13 +168,16 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                let requests = {
+                let exchanges: Vec<_> = {
                     let mut sync = upstream.sync.lock().expect("sync lock");
-                    sync.poll(clock::realtime_ns() as i64, random_u64)
+                    let requests = sync.poll(clock::realtime_ns() as i64, random_u64);
+                    // A reply is awaited for the poll interval, within 1 to 8 s.
+                    requests.into_iter().map(|(source, request)| {
+                        let interval = 2f64.powi(sync.source(source).poll.into());
+                        (source, request, Duration::from_secs_f64(interval.clamp(1.0, 8.0)))
+                    }).collect()
                 };
-                for (source, request) in requests {
-                    let interval = upstream.sync.lock().expect("sync lock").source(source).poll;
-                    let timeout = Duration::from_secs_f64(2f64.powi(interval.into()).clamp(1.0, 8.0));
+                for (source, request, timeout) in exchanges {
                     tokio::spawn(exchange(source, request, timeout, events_tx.clone()));
                 }
             }

@@ -224,6 +224,12 @@ impl Chronyd {
         Self { process, socket, netns_name: netns.name().to_owned(), _dir: dir }
     }
 
+    /// Whether chronyd has `address` as its selected source (`*`).
+    pub fn selects(&self, address: &str) -> bool {
+        let selected = format!("^,*,{address},");
+        self.chronyc(&["-c", "sources"]).lines().any(|line| line.starts_with(&selected))
+    }
+
     /// `chronyc -h SOCKET ARGS...` in the chronyd's namespace; its standard output.
     pub fn chronyc(&self, args: &[&str]) -> String {
         let mut all = vec!["netns", "exec", &self.netns_name, "chronyc", "-h"];
@@ -235,17 +241,15 @@ impl Chronyd {
     }
 }
 
-/// A seconds value from a `chronyc` text report line such as `Offset : +0.000000123 seconds`.
+/// The value of a `chronyc`/`ntpxc` text report line such as `Stratum         : 2`.
+pub fn report_value<'a>(report: &'a str, label: &str) -> Option<&'a str> {
+    let line = report.lines().find(|line| line.starts_with(label))?;
+    Some(line.split_once(':')?.1.trim())
+}
+
+/// A seconds value from a report line such as `Offset : +0.000000123 seconds`.
 pub fn report_seconds(report: &str, label: &str) -> Option<f64> {
-    report
-        .lines()
-        .find(|line| line.starts_with(label))?
-        .split(':')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    report_value(report, label)?.split_whitespace().next()?.parse().ok()
 }
 
 /// Polls `condition` every 200 ms until it holds or `timeout` passes.

@@ -20,13 +20,6 @@ fn chronyd_client(link: &Link) -> Chronyd {
     )
 }
 
-fn selects(chronyd: &Chronyd, address: &str) -> bool {
-    chronyd
-        .chronyc(&["-c", "sources"])
-        .lines()
-        .any(|line| line.starts_with(&format!("^,*,{address}")))
-}
-
 /// `ntpxc -c sources`: (state, address) of each source.
 fn source_states(ntpxd: &Ntpxd) -> Vec<(String, String)> {
     ntpxd
@@ -56,14 +49,6 @@ fn query_at(link: &Link) -> (u64, Option<NtpHeader>) {
 
 fn query(link: &Link) -> Option<NtpHeader> {
     query_at(link).1
-}
-
-fn report_line<'a>(report: &'a str, label: &str) -> &'a str {
-    report
-        .lines()
-        .find(|line| line.starts_with(label))
-        .and_then(|line| line.split_once(':'))
-        .map_or("", |(_, value)| value.trim())
 }
 
 #[test]
@@ -106,23 +91,23 @@ fn ntpxd_follows_a_pool_of_two_chronyds_holds_over_and_then_serves_unsynchronise
         ntpxd.ntpxc(&["sources"]).unwrap_or_default()
     );
     let tracking = ntpxd.ntpxc(&["tracking"]).unwrap();
-    assert_eq!(report_line(&tracking, "Stratum"), "2", "{tracking}");
-    assert_eq!(report_line(&tracking, "Leap status"), "Normal", "{tracking}");
+    assert_eq!(peers::report_value(&tracking, "Stratum"), Some("2"), "{tracking}");
+    assert_eq!(peers::report_value(&tracking, "Leap status"), Some("Normal"), "{tracking}");
 
     let client = chronyd_client(&link);
     assert!(
-        peers::wait_for(Duration::from_secs(30), || selects(&client, netns::SERVER_V4)),
+        peers::wait_for(Duration::from_secs(30), || client.selects(netns::SERVER_V4)),
         "the client did not select ntpxd:\n{}",
         client.chronyc(&["sources"])
     );
     let ntpdata = client.chronyc(&["ntpdata", netns::SERVER_V4]);
     eprintln!("the client's view of ntpxd:\n{ntpdata}");
-    assert_eq!(report_line(&ntpdata, "Stratum"), "2", "{ntpdata}");
+    assert_eq!(peers::report_value(&ntpdata, "Stratum"), Some("2"), "{ntpdata}");
     let reference_ids: Vec<String> = UPSTREAM_V4
         .iter()
         .map(|a| format!("{:08X}", u32::from(a.parse::<std::net::Ipv4Addr>().unwrap())))
         .collect();
-    let reference_id = report_line(&ntpdata, "Reference ID");
+    let reference_id = peers::report_value(&ntpdata, "Reference ID").unwrap_or_default();
     assert!(
         reference_ids.iter().any(|id| reference_id.starts_with(id.as_str())),
         "refid {reference_id}, not an upstream's"
@@ -155,7 +140,11 @@ fn ntpxd_follows_a_pool_of_two_chronyds_holds_over_and_then_serves_unsynchronise
         ntpxd.ntpxc(&["tracking"]).unwrap_or_default()
     );
     let tracking = ntpxd.ntpxc(&["tracking"]).unwrap();
-    assert_eq!(report_line(&tracking, "Leap status"), "Not synchronised", "{tracking}");
+    assert_eq!(
+        peers::report_value(&tracking, "Leap status"),
+        Some("Not synchronised"),
+        "{tracking}"
+    );
 }
 
 #[test]
@@ -188,7 +177,9 @@ fn an_upstream_20_ms_ahead_makes_xdp_serve_time_20_ms_ahead() {
     );
     let measured = peers::wait_for(Duration::from_secs(30), || {
         let ntpdata = client.chronyc(&["ntpdata", netns::SERVER_V4]);
-        report_line(&ntpdata, "Total valid RX").parse::<u32>().is_ok_and(|valid| valid >= 8)
+        peers::report_value(&ntpdata, "Total valid RX")
+            .and_then(|valid| valid.parse::<u32>().ok())
+            .is_some_and(|valid| valid >= 8)
     });
     assert!(measured, "the client got no replies:\n{}", client.chronyc(&["ntpdata"]));
     let ntpdata = client.chronyc(&["ntpdata", netns::SERVER_V4]);

@@ -373,6 +373,15 @@ impl Synchroniser {
     /// What to serve at system time `now`: the correction and, while synchronised, the header.
     /// Also keeps the kernel's error estimates and leap flags fresh (call about once a second).
     pub fn served(&mut self, now_system_ns: i64) -> Served {
+        let (served, status) = self.serving(now_system_ns);
+        if let Err(error) = self.discipline.set_status(status) {
+            tracing::warn!(%error, "cannot update the kernel's clock status");
+        }
+        served
+    }
+
+    /// What to serve at system time `now`, and the kernel clock status that goes with it.
+    fn serving(&mut self, now_system_ns: i64) -> (Served, KernelStatus) {
         let now = self.discipline.raw_ns(now_system_ns);
         self.apply_due_leap(now);
         let distance = self.root_distance(now);
@@ -424,21 +433,19 @@ impl Synchroniser {
                 .as_ref()
                 .and_then(|t| t.tai_offset(now.div_euclid(1_000_000_000))),
         };
-        if let Err(error) = self.discipline.set_status(status) {
-            tracing::warn!(%error, "cannot update the kernel's clock status");
-        }
-        Served {
+        let served = Served {
             correction: self.offset_at(now) - applied,
             frequency: self.frequency - self.discipline.applied_rate(),
             header,
             leap_at_ns,
             correction_after_leap,
-        }
+        };
+        (served, status)
     }
 
+    /// A report: it changes nothing in the kernel.
     pub fn tracking(&mut self, now_system_ns: i64) -> Tracking {
-        let now = self.discipline.raw_ns(now_system_ns);
-        let served = self.served(now_system_ns);
+        let (served, _) = self.serving(now_system_ns);
         let rms = if self.last_offsets.is_empty() {
             0.0
         } else {
@@ -473,15 +480,15 @@ impl Synchroniser {
             system_time_offset: -served.correction,
             last_offset: self.last_offsets.last().copied().unwrap_or(0.0),
             rms_offset: rms,
-            // The system clock runs fast when true time gains on it less than it should.
-            frequency_ppm: -(self.frequency - self.discipline.applied_rate()) * 1e6,
+            // The system clock runs fast when served time gains on it less than it should.
+            frequency_ppm: -served.frequency * 1e6,
             residual_frequency_ppm: 0.0,
             skew_ppm: self.skew * 1e6,
             root_delay,
             root_dispersion,
             update_interval: interval,
             leap: leap_name(served.header.map(|h| h.leap)).into(),
-            synchronised: served.header.is_some() && self.root_distance(now).is_finite(),
+            synchronised: served.header.is_some(),
         }
     }
 

@@ -31,12 +31,7 @@ fn main() {
     let client_config = format!("server {} iburst minpoll 0 maxpoll 0\n", netns::SERVER_V4);
     println!("demo: chronyd -x as the client:\n{}", indent(&client_config));
     let chronyd = Chronyd::start(&link.client_ns, &client_config);
-    let selected = peers::wait_for(Duration::from_secs(30), || {
-        chronyd
-            .chronyc(&["-c", "sources"])
-            .lines()
-            .any(|l| l.starts_with(&format!("^,*,{}", netns::SERVER_V4)))
-    });
+    let selected = peers::wait_for(Duration::from_secs(30), || chronyd.selects(netns::SERVER_V4));
     println!("demo: chronyd {} ntpxd", if selected { "selected" } else { "did NOT select" });
     std::thread::sleep(Duration::from_secs(4));
     println!("\n$ chronyc sources\n{}", chronyd.chronyc(&["sources"]));

@@ -28,6 +28,7 @@ use crate::{
     dataplane::Dataplane,
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
+    service,
     socket::NtpSocket,
     sync::{Tracking, leap_name},
     upstream::{self, Upstream},
@@ -116,11 +117,21 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    // Attached, the first state published, every socket open.
+    service::notify(service::State::Ready);
     loop {
         tokio::select! {
-            _ = ticker.tick() => republish(&server, &shared),
+            _ = ticker.tick() => {
+                // The watchdog hears from the loop that keeps the kernel's state fresh, and
+                // only when it did: a daemon that cannot publish is restarted.
+                if republish(&server, &shared) {
+                    service::notify(service::State::Alive);
+                }
+            }
             // At once: the state in the kernel is anchored to the clock before the step.
-            _ = clock_stepped(&shared_upstream) => republish(&server, &shared),
+            _ = clock_stepped(&shared_upstream) => {
+                republish(&server, &shared);
+            }
             connection = control.listener.accept() => match connection {
                 Ok((stream, _)) => {
                     tokio::spawn(serve_control(stream, server.clone(), shared.clone()));
@@ -138,6 +149,7 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     }
 
     tracing::info!("ntpxd stopping");
+    service::notify(service::State::Stopping);
     let mut shared = shared.lock().expect("shared lock");
     if let Some(upstream) = &shared.upstream {
         upstream.save_drift(true);
@@ -148,11 +160,16 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     Ok(())
 }
 
-fn republish(server: &Server, shared: &Mutex<Shared>) {
+/// Refreshes the kernel's state; false if it could not.
+fn republish(server: &Server, shared: &Mutex<Shared>) -> bool {
     let mut shared = shared.lock().expect("shared lock");
     let Shared { dataplane, upstream, config, .. } = &mut *shared;
-    if let Err(error) = refresh(server, dataplane.as_mut(), upstream.as_deref(), config) {
-        tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
+    match refresh(server, dataplane.as_mut(), upstream.as_deref(), config) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
+            false
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! ntpxd and ntpxc: the daemon around ntpx's XDP program, and its control client.
 
 pub mod access;
+pub mod cli;
 pub mod client_table;
 pub mod clock;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod dataplane;
 pub mod reference;
 pub mod report;
 pub mod server;
+pub mod service;
 pub mod socket;
 pub mod sync;
 pub mod upstream;

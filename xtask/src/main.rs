@@ -1,11 +1,12 @@
 //! `cargo xtask`: sets up, builds, runs, demonstrates and tests ntpx. It orchestrates only:
 //! the eBPF program is built by ntp-userspace's build.rs, the test bed lives in `tests/`.
 
+mod guest;
 mod setup;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -32,8 +33,14 @@ enum Task {
     },
     /// ntpxd serving a chronyd client across a veth pair between network namespaces (needs root).
     Demo,
-    /// Every test, the privileged ones included (needs root; fails rather than skips).
+    /// Every test, the privileged ones and the guest VM's included (needs root; fails rather
+    /// than skips).
     Test,
+    /// Build target/debian/ntpx_VERSION_amd64.deb (cargo-deb), man pages included.
+    Deb,
+    /// The guest VM tests alone: the .deb installed in a Debian guest under qemu, its own kernel
+    /// clock disciplined (needs root; the first run builds the guest image, a few minutes).
+    Vmtest,
     /// The load benchmark: ntpxd (XDP and slow path), chronyd and a reflector swept in
     /// namespaces; writes target/bench/results.json and sweep.svg (needs root; a few minutes).
     Bench {
@@ -50,6 +57,11 @@ fn main() -> anyhow::Result<()> {
         Task::Run { ntpxd_args } => run_loopback(&ntpxd_args),
         Task::Demo => demo(),
         Task::Test => test(),
+        Task::Deb => deb().map(drop),
+        Task::Vmtest => {
+            require_root("vmtest")?;
+            vmtest()
+        }
         Task::Bench { step } => bench(step),
     }
 }
@@ -130,8 +142,53 @@ fn test() -> anyhow::Result<()> {
     run(cargo(&["test", "--workspace", "--exclude", "ntp-ebpf"])
         .env("NTPX_REQUIRE_PRIVILEGED", "1")
         .env("NTPX_BIN_DIR", bin_dir))?;
-    println!("xtask: all tests passed, privileged ones included");
+    vmtest()?;
+    println!("xtask: all tests passed, privileged and guest VM ones included");
     Ok(())
+}
+
+/// Builds the .deb and returns its path.
+fn deb() -> anyhow::Result<PathBuf> {
+    ensure_setup()?;
+    let man = workspace().join("target/man");
+    run(cargo(&["run", "--quiet", "--package", "ntp-userspace", "--example", "manpages", "--"])
+        .arg(&man))?;
+    // cargo-deb builds the release binaries and prints the package's path last.
+    let output = cargo(&["deb", "--package", "ntp-userspace", "--output", "target/debian/"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo deb")?;
+    if !output.status.success() {
+        bail!("cargo deb failed ({})", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let deb = stdout
+        .lines()
+        .last()
+        .map(|path| workspace().join(path))
+        .context("cargo deb named no package")?;
+    println!("xtask: built {}", deb.display());
+    Ok(deb)
+}
+
+/// The guest VM tests (tests/tests/guest.rs), one guest at a time: each runs qemu on a core.
+fn vmtest() -> anyhow::Result<()> {
+    let deb = deb()?;
+    let image = guest::image()?;
+    run(cargo(&[
+        "test",
+        "--package",
+        "ntpx-tests",
+        "--test",
+        "guest",
+        "--",
+        "--include-ignored",
+        "--test-threads=1",
+    ])
+    .env("NTPX_REQUIRE_PRIVILEGED", "1")
+    .env("NTPX_QEMU_DIR", guest::qemu_dir())
+    .env("NTPX_GUEST_IMAGE", image)
+    .env("NTPX_DEB", deb))
 }
 
 fn bench(step: f64) -> anyhow::Result<()> {

@@ -2,7 +2,10 @@
 //!
 //! - the nightly toolchain's rust-src (the eBPF crate builds `core` for the BPF target);
 //! - bpf-linker, built against Debian's LLVM of the same major version as nightly rustc's;
-//! - the Debian packages the tests run: chrony, ntpsec-ntpdate (ntpdig), iproute2, ethtool.
+//! - the Debian packages the tests run: chrony, ntpsec-ntpdate (ntpdig), iproute2, ethtool,
+//!   and debootstrap for the guest VM's image;
+//! - cargo-deb, which builds the .deb;
+//! - qemu, unpacked from Debian's packages into target/vm/qemu (see `guest`).
 //!
 //! Without root, it prints the commands to run instead of failing obscurely.
 
@@ -13,10 +16,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{command_output, is_root, run};
+use crate::{command_output, guest, is_root, run};
 
 /// Debian packages the tests and the demo run.
-const TEST_PACKAGES: &[&str] = &["chrony", "ntpsec-ntpdate", "iproute2", "ethtool"];
+const TEST_PACKAGES: &[&str] =
+    &["chrony", "ntpsec-ntpdate", "iproute2", "ethtool", "debootstrap", "e2fsprogs"];
+
+/// cargo-deb, pinned: newer releases may need a newer rustc than these machines have.
+const CARGO_DEB: &str = "cargo-deb@3.8.0";
 
 /// One thing setup provides.
 struct Step {
@@ -34,6 +41,8 @@ fn steps() -> anyhow::Result<Vec<Step>> {
     let mut steps = vec![
         Step { what: "rust-src for the nightly toolchain".into(), missing: !has_rust_src()? },
         Step { what: format!("bpf-linker (LLVM {llvm})"), missing: bpf_linker().is_none() },
+        Step { what: "cargo-deb".into(), missing: cargo_bin("cargo-deb").is_none() },
+        Step { what: "qemu (target/vm/qemu)".into(), missing: !guest::has_qemu() },
     ];
     for package in TEST_PACKAGES {
         steps.push(Step {
@@ -57,7 +66,7 @@ pub fn setup() -> anyhow::Result<()> {
         packages.iter().map(String::as_str).filter(|p| !is_installed(p)).collect();
     let rust_src = has_rust_src()?;
 
-    if !is_root() && !missing_packages.is_empty() {
+    if !is_root() && (!missing_packages.is_empty() || !guest::has_qemu()) {
         println!("setup: these steps need root; run them, then `cargo xtask setup` again:");
         println!("  apt-get update");
         println!(
@@ -70,6 +79,9 @@ pub fn setup() -> anyhow::Result<()> {
         if need_linker {
             println!("  {}", install_linker_command(llvm).join(" "));
         }
+        println!(
+            "  sudo cargo xtask setup   # qemu for the guest VM tests, unpacked under target/vm"
+        );
         bail!("setup is incomplete");
     }
 
@@ -91,6 +103,24 @@ pub fn setup() -> anyhow::Result<()> {
     } else {
         println!("setup: Debian packages ... installing {}", missing_packages.join(" "));
         apt_install(&missing_packages)?;
+    }
+
+    match cargo_bin("cargo-deb") {
+        Some(path) => println!("setup: cargo-deb ... present ({})", path.display()),
+        None => {
+            println!("setup: cargo-deb ... building {CARGO_DEB} (about two minutes)");
+            run(Command::new("cargo").args(["install", "--locked", CARGO_DEB]))?;
+        }
+    }
+
+    if guest::has_qemu() {
+        println!("setup: qemu ... present ({})", guest::qemu_dir().display());
+    } else {
+        println!(
+            "setup: qemu ... unpacking Debian's packages into {}",
+            guest::qemu_dir().display()
+        );
+        guest::install_qemu()?;
     }
 
     match bpf_linker() {
@@ -174,8 +204,12 @@ fn llvm_major() -> anyhow::Result<u32> {
         .context("rustc +nightly -vV does not say its LLVM version")
 }
 
-/// bpf-linker, on PATH or in cargo's bin directory.
 fn bpf_linker() -> Option<PathBuf> {
+    cargo_bin("bpf-linker")
+}
+
+/// A program on PATH or in cargo's bin directory.
+fn cargo_bin(name: &str) -> Option<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
@@ -183,6 +217,6 @@ fn bpf_linker() -> Option<PathBuf> {
         .into_iter()
         .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .chain(cargo_home.map(|home| home.join("bin")))
-        .map(|dir| dir.join("bpf-linker"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
 }

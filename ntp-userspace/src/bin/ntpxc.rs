@@ -1,79 +1,14 @@
 //! ntpxc: reports from a running ntpxd and changes to its access rules, in chronyc's layouts.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use ntp_userspace::{
     access::Access,
-    config::DEFAULT_COMMAND_SOCKET,
+    cli::ntpxc::{Args, Command},
     control::{self, Request, Response},
     report,
 };
-
-#[derive(Parser, Debug)]
-#[command(version, about = "Reports from ntpxd, like chronyc", disable_help_flag = true)]
-struct Args {
-    /// ntpxd's control socket (chronyc's -h, for a Unix socket path).
-    #[arg(short = 'h', value_name = "SOCKET", default_value = DEFAULT_COMMAND_SOCKET)]
-    socket: PathBuf,
-    /// Comma-separated values, as `chronyc -c`.
-    #[arg(short = 'c')]
-    csv: bool,
-    /// JSON.
-    #[arg(long, conflicts_with = "csv")]
-    json: bool,
-    #[arg(long, action = clap::ArgAction::Help)]
-    help: Option<bool>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Counters of NTP requests: chronyc's, then the kernel's and the slow path's.
-    Serverstats,
-    /// The client log: requests, drops, intervals and last request of each client.
-    Clients {
-        /// Only clients with at least this many requests.
-        #[arg(short = 'p', value_name = "N", default_value_t = 0)]
-        min_requests: u32,
-        /// Zero the counts after reporting them.
-        #[arg(short = 'r')]
-        reset: bool,
-        /// Only the N clients with the most requests.
-        #[arg(long, value_name = "N")]
-        top: Option<usize>,
-    },
-    /// Serve a subnet from now on (as an `allow` line after the configuration's).
-    Allow {
-        /// `[all] [SUBNET]`: all also drops the more specific rules given before.
-        #[arg(num_args = 0..=2)]
-        rule: Vec<String>,
-    },
-    /// Refuse a subnet from now on (as a `deny` line after the configuration's).
-    Deny {
-        #[arg(num_args = 0..=2)]
-        rule: Vec<String>,
-    },
-    /// Whether an address is served.
-    Accheck { address: String },
-    /// Reread the configuration file (as SIGHUP): access rules, rate limit, local reference.
-    Reload,
-    /// The synchronisation: reference, stratum, offsets, frequency, root distance, leap status.
-    Tracking,
-    /// The upstream sources: state, stratum, poll, reach, last sample.
-    Sources {
-        /// With a legend of the columns.
-        #[arg(short = 'v')]
-        verbose: bool,
-    },
-    /// The upstream sources' statistics: samples, frequency, skew, offset, spread.
-    Sourcestats {
-        /// With a legend of the columns.
-        #[arg(short = 'v')]
-        verbose: bool,
-    },
-}
 
 fn access_request(access: Access, rule: &[String]) -> Result<Request, String> {
     let (all, subnet) = match rule {

@@ -1,43 +1,14 @@
 //! ntpxd: an NTP server that answers in the kernel (XDP), configured and run like chronyd.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use ntp_userspace::{
-    config::{self, DEFAULT_CONFIG_FILE},
+    cli::ntpxd::Args,
+    config,
     daemon::{self, Options},
 };
 use tracing::level_filters::LevelFilter;
-
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "NTP server answering client requests in the kernel (XDP); \
-    reads chrony.conf syntax"
-)]
-struct Args {
-    /// Configuration file (chrony.conf syntax).
-    #[arg(short = 'f', value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
-    config: PathBuf,
-    /// Do not detach from the terminal.
-    #[arg(short = 'n')]
-    no_detach: bool,
-    /// Do not detach, and log to the terminal (twice: debug messages too).
-    #[arg(short = 'd', action = clap::ArgAction::Count)]
-    debug: u8,
-    /// Never adjust the system clock.
-    #[arg(short = 'x')]
-    no_clock_control: bool,
-    /// Minimum log severity: 0 informational, 1 warning, 2 error, 3 fatal.
-    #[arg(short = 'L', value_name = "LEVEL", default_value_t = 0, allow_negative_numbers = true)]
-    log_level: i8,
-    /// Log to FILE instead of the terminal or syslog.
-    #[arg(short = 'l', value_name = "FILE")]
-    log_file: Option<PathBuf>,
-    /// Print the effective configuration and exit (checks the file).
-    #[arg(short = 'p')]
-    print_config: bool,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

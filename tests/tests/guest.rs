@@ -1,0 +1,292 @@
+//! The install guide, followed in a throwaway Debian guest with its own kernel clock: the .deb
+//! installed with apt, ntpxd run by systemd as its own user, a real clock stepped and
+//! disciplined, clients served from XDP on the guest's NIC. `cargo xtask vmtest` (and so
+//! `cargo xtask test`) runs these, one guest at a time; a plain `cargo test` lists them ignored.
+//!
+//! The guest's clock runs under software emulation (TCG), which adds about +-15 ppm of noise
+//! per measurement and +-30 ppm of wander (../shared/TOOLCHAIN.md): offsets are asserted within
+//! milliseconds and frequencies within tens of ppm.
+
+use std::time::{Duration, Instant};
+
+use ntpx_tests::{
+    guest::{GUEST_NTP_PORT_ON_HOST, Guest, HOST_FROM_GUEST},
+    peers::{Chronyd, wait_for},
+};
+
+/// The kernel's frequency unit: ppm scaled by 2^16.
+const PPM_SCALE: f64 = 65_536.0;
+
+/// A stratum 1 server on the host side of the guest's network (the guest's 10.0.2.2),
+/// serving this machine's clock without touching it.
+fn host_stratum_one(guest: &Guest) -> Chronyd {
+    Chronyd::start(&guest.netns, "local stratum 1\nallow 127.0.0.1\nbindaddress 127.0.0.1")
+}
+
+/// Installs the .deb the way the README says: `apt install ./ntpx_*.deb`.
+fn install(guest: &Guest) -> String {
+    let deb = guest.share_file(&ntpx_tests::guest::deb());
+    guest.run(&format!(
+        "cp {deb} /tmp/ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/$(basename {deb})"
+    ))
+}
+
+/// Replaces ntpxd's configuration and restarts it, waiting for systemd to call it started
+/// (Type=notify: attached and publishing).
+fn configure(guest: &Guest, config: &str) {
+    guest.write("/etc/ntpx/ntpx.conf", config);
+    guest.run("systemctl restart ntpxd && systemctl is-active ntpxd");
+}
+
+/// The number after `label` in `adjtimex --print`'s output.
+fn adjtimex(guest: &Guest, label: &str) -> f64 {
+    let text = guest.run("adjtimex --print");
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(label)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {label} in adjtimex --print:\n{text}"))
+}
+
+/// The guest's system clock against the host's stratum 1 server, measured by chronyd -Q (which
+/// prints the offset and changes nothing), s; positive: the guest is slow.
+fn measured_offset(guest: &Guest) -> f64 {
+    let text = guest.run(&format!(
+        "chronyd -Q -t 30 'port 0' 'cmdport 0' 'pidfile /run/chronyd-probe.pid' \
+         'server {HOST_FROM_GUEST} iburst maxsamples 4' 2>&1"
+    ));
+    text.split("wrong by ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|seconds| seconds.parse().ok())
+        .unwrap_or_else(|| panic!("chronyd -Q measured nothing:\n{text}"))
+}
+
+/// `ntpxc -c tracking`'s fields.
+fn tracking(guest: &Guest) -> Vec<String> {
+    guest.run("ntpxc -c tracking").trim().split(',').map(str::to_owned).collect()
+}
+
+#[test]
+#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+fn the_package_takes_over_from_chrony_and_timesyncd_and_purges_cleanly() {
+    let guest = Guest::boot();
+    assert_eq!(guest.run("systemctl is-active chrony").trim(), "active", "chronyd at boot");
+
+    let log = install(&guest);
+    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
+    assert_eq!(guest.sh("systemctl is-active chrony").text.trim(), "inactive", "{log}");
+    assert_eq!(guest.sh("systemctl is-enabled chrony").text.trim(), "disabled");
+    guest.run("command -v chronyc"); // chrony's package, and chronyc, stay
+    let user = guest.run("id -un _ntpx && stat -c %U /var/lib/ntpx && ps -o user= -C ntpxd");
+    assert_eq!(user.split_whitespace().collect::<Vec<_>>(), ["_ntpx"; 3]);
+    guest.run(
+        "test -f /etc/ntpx/ntpx.conf && test -f /usr/share/man/man8/ntpxd.8.gz \
+         && test -f /usr/share/man/man1/ntpxc.1.gz && test -f /usr/share/man/man5/ntpx.conf.5.gz",
+    );
+    // `timedatectl set-ntp` finds ntpxd through ntp-units.d, ahead of chrony's list.
+    let timedatectl = guest.run("timedatectl");
+    assert!(timedatectl.contains("NTP service: active"), "{timedatectl}");
+    guest.run("timedatectl set-ntp false");
+    assert!(guest.wait_until("! systemctl is-active ntpxd", Duration::from_secs(30)).is_some());
+    guest.run("timedatectl set-ntp true");
+    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
+    assert_eq!(guest.sh("systemctl is-active chrony").text.trim(), "inactive");
+
+    let security = guest.run("systemd-analyze security ntpxd --no-pager | tail -n 1");
+    eprintln!("systemd-analyze security ntpxd: {}", security.trim());
+    let exposure: f64 = security
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {security}"));
+    assert!(exposure < 3.0, "ntpxd.service is not hardened: {security}");
+
+    guest.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ntpx");
+    guest.run(
+        "! id _ntpx 2>/dev/null && ! test -e /var/lib/ntpx && ! test -e /etc/ntpx \
+         && ! test -e /usr/lib/systemd/system/ntpxd.service && ! systemctl is-active ntpxd",
+    );
+
+    // systemd-timesyncd, Debian's default, is replaced as chrony replaces it.
+    guest.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q chrony \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /var/cache/ntpx-test/systemd-timesyncd_*.deb",
+    );
+    assert!(
+        guest
+            .wait_until("systemctl is-active systemd-timesyncd", Duration::from_secs(30))
+            .is_some()
+    );
+    install(&guest);
+    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
+    let status = guest.sh("dpkg-query -W -f '${Status}' systemd-timesyncd").text;
+    assert!(!status.contains("install ok installed"), "timesyncd stayed: {status}");
+}
+
+#[test]
+#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+fn as_a_client_ntpxd_steps_and_disciplines_the_guest_clock_and_survives_restart_and_reboot() {
+    let mut guest = Guest::boot();
+    let _upstream = host_stratum_one(&guest);
+    install(&guest);
+    guest.run("systemctl stop ntpxd && rm -f /var/lib/ntpx/ntpx.drift");
+
+    // The guide's client step, with short polls so that the test takes minutes.
+    guest.write(
+        "/etc/ntpx/ntpx.conf",
+        &format!(
+            "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 3\nrtcsync\n\
+             driftfile /var/lib/ntpx/ntpx.drift\n"
+        ),
+    );
+    // A clock 2 s ahead, running 50 ppm fast.
+    guest.run("adjtimex --frequency 3276800 && date --set '2 seconds' >/dev/null");
+    let before = measured_offset(&guest);
+    assert!(before < -1.5, "the guest's clock is {before} s off before ntpxd starts");
+    eprintln!("client: before ntpxd, the guest's clock is {before:+.6} s off, +50 ppm");
+
+    guest.run("systemctl start ntpxd");
+    let synchronised = guest
+        .wait_until(
+            "timedatectl show -p NTPSynchronized --value | grep -qx yes",
+            Duration::from_secs(120),
+        )
+        .expect("timedatectl never said synchronised");
+    eprintln!("client: timedatectl synchronised {:.0} s after start", synchronised.as_secs_f64());
+    let timedatectl = guest.run("timedatectl");
+    assert!(timedatectl.contains("System clock synchronized: yes"), "{timedatectl}");
+    assert!(timedatectl.contains("NTP service: active"), "{timedatectl}");
+    let journal = guest.run("journalctl -u ntpxd -b --no-pager");
+    assert!(journal.contains("stepped") || journal.contains("step"), "no step:\n{journal}");
+
+    let fields = tracking(&guest);
+    assert_eq!(fields[1], HOST_FROM_GUEST, "tracking: {fields:?}");
+    assert_eq!(fields[2], "2", "stratum: {fields:?}");
+    // The frequency error found and corrected in the kernel: from +50 ppm towards the guest's
+    // own (TCG) error.
+    let compensated = guest.wait_until(
+        "f=$(adjtimex --print | awk '/frequency:/ {print $2}'); [ \"$f\" -lt 1638400 ]",
+        Duration::from_secs(240),
+    );
+    let kernel_ppm = adjtimex(&guest, "frequency:") / PPM_SCALE;
+    assert!(compensated.is_some(), "the kernel's frequency stayed at {kernel_ppm:+.1} ppm");
+    let max_error = adjtimex(&guest, "maxerror:");
+    assert!(max_error < 16e6, "maxerror {max_error} us");
+    let after = measured_offset(&guest);
+    let system_time: f64 = tracking(&guest)[4].parse().expect("System time");
+    eprintln!(
+        "client: frequency {kernel_ppm:+.1} ppm, maxerror {max_error} us, offset measured \
+         {after:+.6} s, ntpxc tracking's System time {system_time:+.6} s"
+    );
+    assert!(after.abs() < 0.005, "the guest's clock is {after} s off after synchronising");
+    assert!(system_time.abs() < 0.005, "System time {system_time}");
+
+    // A restart keeps the frequency: the drift file is written at exit and read at start.
+    guest.run("systemctl restart ntpxd");
+    let drift_ppm: f64 = guest
+        .run("cat /var/lib/ntpx/ntpx.drift")
+        .split_whitespace()
+        .next()
+        .and_then(|ppm| ppm.parse().ok())
+        .expect("a drift file");
+    let restarted_ppm = adjtimex(&guest, "frequency:") / PPM_SCALE;
+    eprintln!("client: drift file {drift_ppm:+.3} ppm, kernel after restart {restarted_ppm:+.3}");
+    assert!((restarted_ppm - drift_ppm).abs() < 5.0, "{restarted_ppm} vs {drift_ppm}");
+    assert!(drift_ppm < 25.0, "drift file {drift_ppm} ppm");
+
+    // After a reboot the service comes back by itself, and synchronises again.
+    guest.reboot();
+    let started = Instant::now();
+    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(120)).is_some());
+    assert!(
+        guest
+            .wait_until(
+                "timedatectl show -p NTPSynchronized --value | grep -qx yes",
+                Duration::from_secs(120)
+            )
+            .is_some(),
+        "not synchronised after the reboot"
+    );
+    eprintln!("client: synchronised {:.0} s after the reboot", started.elapsed().as_secs_f64());
+}
+
+#[test]
+#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+fn as_a_server_ntpxd_answers_from_xdp_as_its_own_user_with_only_its_capabilities() {
+    let guest = Guest::boot();
+    let _upstream = host_stratum_one(&guest);
+    install(&guest);
+    configure(
+        &guest,
+        &format!(
+            "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 -1\n\
+             allow 10.0.2.0/24\nxdp eth0\n"
+        ),
+    );
+
+    // Only the unit's user and capabilities: CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12),
+    // CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39).
+    let status = guest.run("cat /proc/$(pidof ntpxd)/status");
+    let field = |name: &str| {
+        status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or("")
+    };
+    let uid = guest.run("id -u _ntpx");
+    assert!(field("Uid:").split_whitespace().all(|id| id == uid.trim()), "{status}");
+    let expected = format!("{:016x}", (1u64 << 10) | (1 << 12) | (1 << 25) | (1 << 38) | (1 << 39));
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(field(set), expected, "{set} in\n{status}");
+    }
+
+    // A chronyd client on the host side, through qemu's port forward to the guest's port 123.
+    let client = Chronyd::start(
+        &guest.netns,
+        &format!(
+            "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
+        ),
+    );
+    let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
+    assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
+    let stats = guest.run("ntpxc serverstats");
+    eprintln!("server: ntpxc serverstats in the guest:\n{stats}");
+    let answered_in_kernel: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("NTP answered in kernel"))
+        .and_then(|value| value.trim_start_matches([' ', ':']).trim().parse().ok())
+        .expect("the kernel's answers");
+    assert!(answered_in_kernel > 0, "{stats}");
+    assert!(stats.contains("XDP attached to") && stats.contains("eth0"), "{stats}");
+    let clients = guest.run("ntpxc clients");
+    assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
+
+    // As its own user it still reloads, and still disciplines the clock.
+    guest.run("systemctl reload ntpxd");
+    assert!(
+        guest
+            .wait_until(
+                "journalctl -u ntpxd -b --no-pager | grep -q 'configuration reloaded'",
+                Duration::from_secs(30)
+            )
+            .is_some()
+    );
+    assert!(
+        guest
+            .wait_until(
+                "timedatectl show -p NTPSynchronized --value | grep -qx yes",
+                Duration::from_secs(120)
+            )
+            .is_some(),
+        "as _ntpx, ntpxd did not discipline the clock"
+    );
+    let before = requests_received(&guest);
+    assert!(
+        wait_for(Duration::from_secs(30), || requests_received(&guest) > before),
+        "no answers after the reload"
+    );
+}
+
+fn requests_received(guest: &Guest) -> u64 {
+    guest
+        .run("ntpxc -c serverstats")
+        .split(',')
+        .next()
+        .and_then(|received| received.trim().parse().ok())
+        .expect("ntpxc -c serverstats")
+}

@@ -70,6 +70,9 @@ fn init_logging(args: &Args, foreground: bool) -> anyhow::Result<()> {
     if let Some(path) = &args.log_file {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd: the journal stamps each line itself and shows no colours.
+        builder.with_ansi(false).without_time().with_writer(std::io::stderr).init();
     } else if foreground {
         builder.with_writer(std::io::stderr).init();
     } else {

@@ -71,6 +71,9 @@ pub struct Discipline {
     applied_rate: f64,
     makestep: Option<MakeStep>,
     updates: u32,
+    /// The kernel frequency that cancels the raw clock's drift, without the slew of the
+    /// current offset, ppm: what the driftfile keeps.
+    drift_ppm: f64,
 }
 
 impl Discipline {
@@ -92,6 +95,7 @@ impl Discipline {
             applied_rate: 0.0,
             makestep,
             updates: 0,
+            drift_ppm: base_ppm,
         })
     }
 
@@ -121,9 +125,11 @@ impl Discipline {
         self.applied_rate
     }
 
-    /// The kernel frequency set by ntpxd, ppm (what the driftfile keeps).
-    pub fn kernel_frequency_ppm(&self) -> f64 {
-        self.base_ppm + self.applied_rate * (1.0 + self.base_ppm * 1e-6) * 1e6
+    /// The kernel frequency that cancels the clock's drift, ppm: what the driftfile keeps. The
+    /// kernel's frequency also carries the slew of the offset being corrected, which a restart
+    /// must not inherit.
+    pub fn drift_ppm(&self) -> f64 {
+        self.drift_ppm
     }
 
     /// Applies an update: true time is raw time plus `offset + frequency * (t - now)`.
@@ -146,8 +152,9 @@ impl Discipline {
         }
         // Cancel the raw clock's drift, and slew the residual away, within the kernel's range.
         let slew = (residual / SLEW_TIME).clamp(-MAX_SLEW, MAX_SLEW);
-        let kernel_ppm =
-            (self.base_ppm + (frequency + slew) * 1e6).clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+        let in_range = |ppm: f64| ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+        self.drift_ppm = in_range(self.base_ppm + frequency * 1e6);
+        let kernel_ppm = in_range(self.base_ppm + (frequency + slew) * 1e6);
         control.set_frequency(kernel_ppm)?;
         // The kernel scales the clock's rate: relative to the raw clock (running at the base
         // frequency), system time gains this much per second.
@@ -319,5 +326,17 @@ mod tests {
         let after_an_hour = t0 + 3_600_000_000_000;
         let applied = discipline.applied_at(after_an_hour);
         assert!((applied - 0.5 - 3599.0 * (20e-6 + 1e-3 / SLEW_TIME)).abs() < 1e-6, "{applied}");
+    }
+
+    #[test]
+    fn the_drift_kept_is_the_frequency_without_the_slew_of_the_offset() {
+        let clock = Handle::default();
+        clock.0.lock().unwrap().frequency_ppm = 50.0;
+        let mut discipline = Discipline::new(Some(Box::new(clock.clone())), None, 0).unwrap();
+        // The raw clock runs 50 ppm fast: cancel it, and slew 1 ms away over SLEW_TIME.
+        assert_eq!(discipline.update(1_000_000_000, 0.001, -50e-6).unwrap(), Action::Slewed);
+        let kernel = clock.0.lock().unwrap().frequency_ppm;
+        assert!((kernel - 0.001 / SLEW_TIME * 1e6).abs() < 1e-9, "kernel {kernel} ppm");
+        assert!(discipline.drift_ppm().abs() < 1e-9, "drift {} ppm", discipline.drift_ppm());
     }
 }

@@ -532,7 +532,7 @@ impl Synchroniser {
     /// The kernel frequency to keep in the driftfile, ppm, and the skew.
     pub fn drift(&self) -> (f64, f64) {
         if self.discipline.controls_clock() {
-            (self.discipline.kernel_frequency_ppm(), self.skew * 1e6)
+            (self.discipline.drift_ppm(), self.skew * 1e6)
         } else {
             (self.frequency * 1e6, self.skew * 1e6)
         }

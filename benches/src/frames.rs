@@ -154,9 +154,9 @@ pub fn check_reply(
     if reply.stratum == 0 && reply.reference_id == ReferenceId::KISS_RATE {
         return Ok(Reply::KissOfDeath);
     }
-    let server_receive = reply.receive_timestamp.to_unix_nanos() as i64;
-    let server_transmit = reply.transmit_timestamp.to_unix_nanos() as i64;
     let client_send = sent as i64 + utc_minus_tai_ns;
+    let server_receive = reply.receive_timestamp.to_unix_nanos_near(client_send);
+    let server_transmit = reply.transmit_timestamp.to_unix_nanos_near(client_send);
     let client_receive = received_tai_ns as i64 + utc_minus_tai_ns;
     // The server's instants lie within the exchange (1 us of slack for rounding).
     if server_transmit < server_receive

@@ -114,13 +114,15 @@ mod tests {
     };
 
     const BASE_TAI: u64 = 5_000_000_000_000;
+    /// The time served at BASE_TAI.
+    const ANCHOR_UNIX_NS: u64 = 1_795_659_987_123_456_789;
 
     fn state(header: ReplyHeader) -> ServerState {
-        let anchor = TimeAnchor {
-            tai_ns: BASE_TAI,
-            served_unix_ns: 1_795_659_987_123_456_789,
-            frequency: 0.0,
-        };
+        state_serving(header, ANCHOR_UNIX_NS)
+    }
+
+    fn state_serving(header: ReplyHeader, served_unix_ns: u64) -> ServerState {
+        let anchor = TimeAnchor { tai_ns: BASE_TAI, served_unix_ns, frequency: 0.0 };
         ServerState::new(anchor, header, MAX_STATE_AGE_NS)
     }
 
@@ -153,8 +155,24 @@ mod tests {
         assert_eq!(reply.reference_id, ReferenceId::LOCAL);
         assert_eq!(reply.root_dispersion, NtpShort::from_fixed(3));
         assert_eq!(reply.origin_timestamp, NtpTimestamp::from_fixed(0x0123_4567_89ab_cdef));
-        let served_ns = |t: NtpTimestamp| t.to_unix_nanos() - 1_795_659_987_123_456_789;
+        let anchor = ANCHOR_UNIX_NS as i64;
+        let served_ns = |t: NtpTimestamp| t.to_unix_nanos_near(anchor) - anchor;
         assert_eq!(served_ns(reply.receive_timestamp), 1_000);
+        assert_eq!(served_ns(reply.transmit_timestamp), 1_100);
+    }
+
+    #[test]
+    fn serves_across_the_2036_era_rollover() {
+        // Anchored 600 ns before 2036-02-07 06:28:16 UTC: received before it, sent after it.
+        let anchor = wire::ERA_1_UNIX_NS - 600;
+        let state = state_serving(local_stratum_10(), anchor);
+        let reply =
+            respond(&request(4, 6), &state, BASE_TAI + 500, BASE_TAI + 1_100, i8::MIN).unwrap();
+        let reply = NtpHeader::from_bytes(&reply);
+        assert_eq!(reply.receive_timestamp.to_fixed() >> 32, 0xffff_ffff, "era 0's last second");
+        assert_eq!(reply.transmit_timestamp.to_fixed() >> 32, 0, "era 1's first second");
+        let served_ns = |t: NtpTimestamp| t.to_unix_nanos_near(anchor as i64) - anchor as i64;
+        assert_eq!(served_ns(reply.receive_timestamp), 500);
         assert_eq!(served_ns(reply.transmit_timestamp), 1_100);
     }
 

@@ -8,6 +8,8 @@ pub const HEADER_LEN: usize = 48;
 
 /// Seconds from the NTP era 0 epoch (1900-01-01) to the Unix epoch (1970-01-01).
 pub const UNIX_EPOCH_NTP_SECONDS: u64 = 2_208_988_800;
+/// Unix time of the first NTP era rollover, 2036-02-07 06:28:16 UTC, ns.
+pub const ERA_1_UNIX_NS: u64 = ((1 << 32) - UNIX_EPOCH_NTP_SECONDS) * NANOS_PER_SECOND;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
@@ -51,7 +53,8 @@ impl NtpTimestamp {
     }
 
     /// Converts nanoseconds since the Unix epoch, rounding the fraction to the nearest 2^-32 s.
-    /// Times before 2036 (NTP era 0) are represented exactly; later ones wrap as on the wire.
+    /// The era is dropped, as on the wire: from 2036-02-07 06:28:16 UTC (era 1) the seconds
+    /// start again from 0.
     pub const fn from_unix_nanos(unix_ns: u64) -> Self {
         let seconds = unix_ns / NANOS_PER_SECOND + UNIX_EPOCH_NTP_SECONDS;
         let nanos = unix_ns % NANOS_PER_SECOND;
@@ -59,12 +62,22 @@ impl NtpTimestamp {
         Self((seconds << 32).wrapping_add(fraction))
     }
 
-    /// Nanoseconds since the Unix epoch, rounded to the nearest nanosecond, assuming era 0.
-    pub const fn to_unix_nanos(self) -> u64 {
-        let seconds = (self.0 >> 32).wrapping_sub(UNIX_EPOCH_NTP_SECONDS);
-        let fraction = self.0 & 0xffff_ffff;
-        let nanos = (fraction * NANOS_PER_SECOND + (1 << 31)) >> 32;
-        seconds.wrapping_mul(NANOS_PER_SECOND).wrapping_add(nanos)
+    /// Nanoseconds since the Unix epoch, rounded to the nearest nanosecond, in the era that
+    /// puts this timestamp within 68 years of `reference_unix_ns` (a clock reading): a
+    /// timestamp carries no era, so it is resolved against the local clock.
+    pub const fn to_unix_nanos_near(self, reference_unix_ns: i64) -> i64 {
+        let reference = Self::from_unix_nanos(reference_unix_ns as u64);
+        reference_unix_ns + self.nanos_since(reference)
+    }
+
+    /// `self - earlier` in nanoseconds: the wrapping difference of the two, which is right
+    /// across an era boundary for instants less than 68 years apart.
+    pub const fn nanos_since(self, earlier: Self) -> i64 {
+        // A signed 32.32 value; seconds and fraction apart, so that nothing overflows.
+        let units = self.0.wrapping_sub(earlier.0) as i64;
+        let seconds = units >> 32;
+        let fraction = (units & 0xffff_ffff) as u64;
+        seconds * NANOS_PER_SECOND as i64 + ((fraction * NANOS_PER_SECOND + (1 << 31)) >> 32) as i64
     }
 }
 
@@ -291,6 +304,29 @@ mod tests {
     }
 
     #[test]
+    fn the_era_rolls_over_in_2036_and_differences_carry_across_it() {
+        assert_eq!(ERA_1_UNIX_NS, 2_085_978_496_000_000_000);
+        let last_of_era_0 = NtpTimestamp::from_unix_nanos(ERA_1_UNIX_NS - 500_000_000);
+        let first_of_era_1 = NtpTimestamp::from_unix_nanos(ERA_1_UNIX_NS + 250_000_000);
+        assert_eq!(last_of_era_0.to_fixed() >> 32, 0xffff_ffff);
+        assert_eq!(first_of_era_1.to_fixed() >> 32, 0);
+        assert_eq!(first_of_era_1.nanos_since(last_of_era_0), 750_000_000);
+        assert_eq!(last_of_era_0.nanos_since(first_of_era_1), -750_000_000);
+        // Resolved against a clock on either side of the rollover.
+        for reference in [ERA_1_UNIX_NS - 60_000_000_000, ERA_1_UNIX_NS + 60_000_000_000] {
+            let reference = reference as i64;
+            assert_eq!(
+                first_of_era_1.to_unix_nanos_near(reference),
+                ERA_1_UNIX_NS as i64 + 250_000_000
+            );
+            assert_eq!(
+                last_of_era_0.to_unix_nanos_near(reference),
+                ERA_1_UNIX_NS as i64 - 500_000_000
+            );
+        }
+    }
+
+    #[test]
     fn first_byte_packs_leap_version_mode() {
         assert_eq!(li_vn_mode(Leap::NoWarning, 4, Mode::Client), 0x23);
         assert_eq!(li_vn_mode(Leap::Unsynchronised, 4, Mode::Server), 0xe4);
@@ -315,9 +351,13 @@ mod tests {
         }
 
         #[test]
-        fn unix_nanos_round_trip_exactly_in_era_0(ns in 0u64..2_085_978_495_000_000_000) {
+        fn unix_nanos_round_trip_in_either_era_near_the_reference(
+            ns in 0u64..4_000_000_000_000_000_000,
+            reference_offset in -2_000_000_000_000_000_000i64..2_000_000_000_000_000_000,
+        ) {
+            let reference = (ns as i64 + reference_offset).max(0);
             let ntp = NtpTimestamp::from_unix_nanos(ns);
-            prop_assert_eq!(ntp.to_unix_nanos(), ns);
+            prop_assert_eq!(ntp.to_unix_nanos_near(reference), ns as i64);
         }
     }
 }

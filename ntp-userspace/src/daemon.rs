@@ -439,7 +439,9 @@ fn tracking(server: &Server, shared: &Shared) -> Tracking {
     Tracking {
         reference_id: u32::from_be_bytes(header.reference_id.to_bits()),
         stratum: header.stratum,
-        reference_time: header.reference_time.to_unix_nanos() as f64 * 1e-9,
+        reference_time: header.reference_time.to_unix_nanos_near(clock::realtime_ns() as i64)
+            as f64
+            * 1e-9,
         root_delay: header.root_delay.to_seconds(),
         root_dispersion: header.root_dispersion.to_seconds(),
         leap: leap_name(synchronised.then_some(header.leap)).into(),

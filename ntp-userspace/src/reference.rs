@@ -112,6 +112,8 @@ mod tests {
     use super::*;
 
     const NOW: TaiReading = TaiReading { tai_ns: 1_795_660_024_000_000_000, tai_offset_s: 37 };
+    /// The system clock at NOW, for resolving timestamps' era.
+    const NOW_UNIX_NS: i64 = 1_795_660_024_000_000_000 - 37_000_000_000;
 
     #[test]
     fn local_reference_serves_the_system_clock_at_its_stratum() {
@@ -121,7 +123,7 @@ mod tests {
         assert_eq!((header.stratum, header.leap), (10, Leap::NoWarning));
         assert_eq!(header.reference_id, ReferenceId::LOCAL);
         assert_eq!(header.precision, -25);
-        let served = state.served_time(NOW.tai_ns + 1_000).unwrap().to_unix_nanos();
+        let served = state.served_time(NOW.tai_ns + 1_000).unwrap().to_unix_nanos_near(NOW_UNIX_NS);
         assert_eq!(served, 1_795_660_024_000_000_000 - 37_000_000_000 + 1_000);
     }
 
@@ -151,8 +153,8 @@ mod tests {
         reference.set_served(synchronised(0.020, None), system - 1_000_000_000);
         let state = reference.state_at(NOW, 3_000_000_000);
         // 20 ms, plus 1 ppm over the second since the synchronisation's word.
-        let served = state.served_time(NOW.tai_ns).unwrap().to_unix_nanos();
-        assert_eq!(served, system + 20_001_000);
+        let served = state.served_time(NOW.tai_ns).unwrap().to_unix_nanos_near(NOW_UNIX_NS);
+        assert_eq!(served, system as i64 + 20_001_000);
         let header = state.header();
         assert_eq!(
             (header.stratum, header.reference_id),
@@ -174,7 +176,10 @@ mod tests {
         // Past the leap, before the synchronisation's next word: a second back (-x).
         let later = TaiReading { tai_ns: NOW.tai_ns + 600_000_000, ..NOW };
         let served = reference.state_at(later, 1_000_000_000).served_time(later.tai_ns).unwrap();
-        assert_eq!(served.to_unix_nanos(), system + 600_000_600 - 1_000_000_000);
+        assert_eq!(
+            served.to_unix_nanos_near(NOW_UNIX_NS),
+            system as i64 + 600_000_600 - 1_000_000_000
+        );
     }
 
     #[test]
@@ -185,7 +190,8 @@ mod tests {
         reference.set_served(Served { header: None, ..synchronised(-0.5, None) }, system);
         let state = reference.state_at(NOW, 3_000_000_000);
         assert_eq!(state.header().stratum, 10);
-        assert_eq!(state.served_time(NOW.tai_ns).unwrap().to_unix_nanos(), system - 500_000_000);
+        let served = state.served_time(NOW.tai_ns).unwrap();
+        assert_eq!(served.to_unix_nanos_near(NOW_UNIX_NS), system as i64 - 500_000_000);
         let unsynchronised = Reference::new(None, -25).state_at(NOW, 3_000_000_000);
         assert_eq!(unsynchronised.header().leap, Leap::Unsynchronised);
     }

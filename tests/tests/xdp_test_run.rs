@@ -9,7 +9,7 @@ use ntp_common::{
     maps::Counter,
     ratelimit::RateLimit,
     state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
-    wire::{Leap, NtpShort, NtpTimestamp, ReferenceId, offset},
+    wire::{ERA_1_UNIX_NS, Leap, NtpShort, NtpTimestamp, ReferenceId, offset},
 };
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
@@ -60,11 +60,12 @@ fn synchronised_header(dispersion_rate: f64) -> ReplyHeader {
 fn current_state(header: ReplyHeader) -> ServerState {
     let tai_ns = clock::tai_ns();
     let tai_offset = i64::from(clock::KernelClock::read().unwrap().tai_offset_s) * 1_000_000_000;
-    let anchor = TimeAnchor {
-        tai_ns,
-        served_unix_ns: (tai_ns as i64 - tai_offset) as u64 + 1_000_000,
-        frequency: 250e-6,
-    };
+    state_serving((tai_ns as i64 - tai_offset) as u64 + 1_000_000, header)
+}
+
+/// A state published now that serves `served_unix_ns` at once, running 250 ppm fast.
+fn state_serving(served_unix_ns: u64, header: ReplyHeader) -> ServerState {
+    let anchor = TimeAnchor { tai_ns: clock::tai_ns(), served_unix_ns, frequency: 250e-6 };
     ServerState::new(anchor, header, MAX_STATE_AGE_NS)
 }
 
@@ -185,8 +186,12 @@ impl Fixture {
         let transmit = timestamp(offset::TRANSMIT_TIMESTAMP);
         let earliest = self.state.served_time(before).unwrap();
         let latest = self.state.served_time(after).unwrap();
+        // Wrapping differences: right across an NTP era rollover too.
+        let in_order = |a: NtpTimestamp, b: NtpTimestamp| b.nanos_since(a) >= 0;
         assert!(
-            earliest <= receive && receive <= transmit && transmit <= latest,
+            in_order(earliest, receive)
+                && in_order(receive, transmit)
+                && in_order(transmit, latest),
             "{label}: timestamps {receive:?} {transmit:?} outside [{earliest:?}, {latest:?}]"
         );
     }
@@ -332,6 +337,32 @@ fn the_program_agrees_with_the_oracle_on_the_corpus() {
         ) as usize;
     }
     assert!(answered >= 15, "the corpus answers only {answered} frames");
+}
+
+#[test]
+fn the_program_serves_across_the_2036_era_rollover() {
+    if !privileged("the_program_serves_across_the_2036_era_rollover") {
+        return;
+    }
+    let mut fixture = Fixture::new();
+    let request = v4(CLIENT_V4).build();
+    let seconds = |reply: &[u8]| {
+        let (l4, _, _) = frame::reply_layout(reply);
+        let at = l4 + 8 + offset::TRANSMIT_TIMESTAMP;
+        u32::from_be_bytes(reply[at..at + 4].try_into().unwrap())
+    };
+    // Ten seconds before 2036-02-07 06:28:16 UTC, then a microsecond before: the run comes
+    // after it. The oracle check resolves the timestamps with wrapping differences.
+    for (label, before_rollover_ns, expected_seconds) in
+        [("era 0's end", 10_000_000_000, 0xffff_fff6), ("era 1's start", 1_000, 0)]
+    {
+        let served = ERA_1_UNIX_NS - before_rollover_ns;
+        fixture.publish(state_serving(served, synchronised_header(0.0)));
+        fixture.check(label, &request);
+        let outcome = fixture.dataplane.test_run(&request).unwrap();
+        assert_eq!(outcome.action, XDP_TX, "{label}");
+        assert_eq!(seconds(&outcome.frame), expected_seconds, "{label}: transmit seconds");
+    }
 }
 
 #[test]

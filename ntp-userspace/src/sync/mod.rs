@@ -464,7 +464,7 @@ impl Synchroniser {
                     u32::from_be_bytes(header.reference_id.to_bits()),
                     self.sources[reference.peer].name.clone(),
                     header.stratum,
-                    header.reference_time.to_unix_nanos() as f64 * 1e-9,
+                    header.reference_time.to_unix_nanos_near(now_system_ns) as f64 * 1e-9,
                 ),
                 _ => (0, String::new(), 0, 0.0),
             };

@@ -249,17 +249,16 @@ impl Source {
         if header.leap == Leap::Unsynchronised || header.stratum == 0 || header.stratum >= 16 {
             return Err(Rejected::Unsynchronised);
         }
-        let server_receive = header.receive_timestamp;
-        let server_transmit = header.transmit_timestamp;
-        if server_transmit < server_receive
+        // Server instants as ns since the Unix epoch, in the era of the local clock's send time
+        // (a crafted timestamp lands within 68 years of it, so no difference overflows).
+        let t2 = header.receive_timestamp.to_unix_nanos_near(sent_ns);
+        let t3 = header.transmit_timestamp.to_unix_nanos_near(sent_ns);
+        if t3 < t2
             || header.root_delay.to_seconds() > 16.0
             || header.root_dispersion.to_seconds() > 16.0
         {
             return Err(Rejected::Malformed);
         }
-        // Server instants as ns since the Unix epoch; differences with local instants.
-        let t2 = server_receive.to_unix_nanos() as i64;
-        let t3 = server_transmit.to_unix_nanos() as i64;
         let round_trip = seconds_between(sent_ns, received_ns);
         let in_server = seconds_between(t2, t3);
         let delay = round_trip - in_server;

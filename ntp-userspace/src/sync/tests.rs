@@ -6,7 +6,8 @@ use std::{
 };
 
 use ntp_common::wire::{
-    Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId, UNIX_EPOCH_NTP_SECONDS,
+    ERA_1_UNIX_NS, Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId,
+    UNIX_EPOCH_NTP_SECONDS,
 };
 
 use super::{
@@ -88,14 +89,20 @@ impl LocalClock {
     }
 }
 
-/// Unix ns of simulation time `seconds`.
-fn ns(seconds: f64) -> i64 {
-    START_NS + (seconds * 1e9).round() as i64
+/// Unix ns of simulation time `seconds`, in a simulation started at `start_ns`.
+fn unix_ns(start_ns: i64, seconds: f64) -> i64 {
+    start_ns + (seconds * 1e9).round() as i64
 }
 
-fn reply_to(request: &[u8; 48], upstream: &Upstream, received: f64, sent: f64) -> [u8; 48] {
+fn reply_to(
+    request: &[u8; 48],
+    upstream: &Upstream,
+    start_ns: i64,
+    received: f64,
+    sent: f64,
+) -> [u8; 48] {
     let request = NtpHeader::from_bytes(request);
-    let unix = |t: f64| NtpTimestamp::from_unix_nanos(ns(t + upstream.error) as u64);
+    let unix = |t: f64| NtpTimestamp::from_unix_nanos(unix_ns(start_ns, t + upstream.error) as u64);
     NtpHeader {
         leap: Leap::NoWarning,
         version: 4,
@@ -115,6 +122,8 @@ fn reply_to(request: &[u8; 48], upstream: &Upstream, received: f64, sent: f64) -
 }
 
 struct Simulation {
+    /// Unix time of true time 0, ns.
+    start_ns: i64,
     sync: Synchroniser,
     clock: LocalClock,
     upstreams: Vec<Upstream>,
@@ -140,13 +149,24 @@ impl Simulation {
         makestep: Option<MakeStep>,
         settings: SyncSettings,
     ) -> Self {
-        let system = ns(clock.system(START));
+        Self::starting_at(START_NS, clock, control, makestep, settings)
+    }
+
+    fn starting_at(
+        start_ns: i64,
+        clock: LocalClock,
+        control: bool,
+        makestep: Option<MakeStep>,
+        settings: SyncSettings,
+    ) -> Self {
+        let system = unix_ns(start_ns, clock.system(START));
         let control: Option<Box<dyn discipline::ClockControl>> = match (&clock, control) {
             (LocalClock::Kernel(handle), true) => Some(Box::new(handle.clone())),
             _ => None,
         };
         let discipline = Discipline::new(control, makestep, system).unwrap();
         Self {
+            start_ns,
             sync: Synchroniser::new(settings, discipline, None, system),
             clock,
             upstreams: Vec::new(),
@@ -159,13 +179,23 @@ impl Simulation {
         }
     }
 
+    /// Unix ns of simulation time `seconds`.
+    fn ns(&self, seconds: f64) -> i64 {
+        unix_ns(self.start_ns, seconds)
+    }
+
+    /// The system clock now, Unix ns.
+    fn system_ns(&self) -> i64 {
+        self.ns(self.clock.system(self.now))
+    }
+
     fn add_upstream(&mut self, error: f64, poll: i8) {
         let address: SocketAddr =
             format!("192.0.2.{}:123", self.upstreams.len() + 1).parse().unwrap();
         self.upstreams.push(Upstream { address, error, stratum: 1, answering: true });
         let settings =
             PollSettings { minpoll: poll, maxpoll: poll, iburst: true, ..PollSettings::default() };
-        let system = ns(self.clock.system(self.now));
+        let system = self.system_ns();
         self.sync.add_source(address.to_string(), address, settings, system);
     }
 
@@ -179,7 +209,7 @@ impl Simulation {
             while self.in_flight.first().is_some_and(|reply| reply.arrives <= next) {
                 let reply = self.in_flight.remove(0);
                 self.clock.advance(reply.arrives);
-                let received = ns(self.clock.system(reply.arrives));
+                let received = self.ns(self.clock.system(reply.arrives));
                 let from = self.upstreams[reply.source].address;
                 if self.sync.receive(reply.source, &reply.bytes, from, received).is_some() {
                     self.updates += 1;
@@ -187,7 +217,7 @@ impl Simulation {
             }
             self.now = next;
             self.clock.advance(self.now);
-            let system = ns(self.clock.system(self.now));
+            let system = self.system_ns();
             let rng = &mut self.rng;
             for (source, request) in self.sync.poll(system, || rng.next()) {
                 let upstream = &self.upstreams[source];
@@ -196,7 +226,7 @@ impl Simulation {
                 }
                 let at_server = self.now + self.network.delay();
                 let leaves = at_server + 10e-6;
-                let bytes = reply_to(&request.bytes, upstream, at_server, leaves);
+                let bytes = reply_to(&request.bytes, upstream, self.start_ns, at_server, leaves);
                 self.in_flight.push(InFlight {
                     source,
                     bytes,
@@ -210,7 +240,7 @@ impl Simulation {
     /// Served time minus true time now, s.
     fn served_error(&mut self) -> f64 {
         let system = self.clock.system(self.now);
-        let served = self.sync.served(ns(system));
+        let served = self.sync.served(self.ns(system));
         system - self.now + served.correction
     }
 
@@ -220,7 +250,7 @@ impl Simulation {
             LocalClock::Free { frequency, .. } => 1.0 + frequency,
             LocalClock::Kernel(handle) => 1.0 + handle.0.lock().unwrap().rate_error(),
         };
-        let served = self.sync.served(ns(self.clock.system(self.now)));
+        let served = self.sync.served(self.system_ns());
         rate * (1.0 + served.frequency) - 1.0
     }
 }
@@ -254,9 +284,32 @@ fn a_clock_50_ppm_off_converges_below_a_microsecond_and_005_ppm() {
         assert!(frequency.abs() < 0.05e-6, "frequency error {frequency} after {updates}");
         assert!(error.abs() < max_error, "served time error {error} after {updates}");
     }
-    let served = simulation.sync.served(ns(simulation.clock.system(simulation.now)));
+    let served = simulation.sync.served(simulation.system_ns());
     let header = served.header.expect("synchronised");
     assert_eq!((header.stratum, header.reference_id), (2, ReferenceId::from_bits([192, 0, 2, 1])));
+}
+
+#[test]
+fn synchronisation_carries_on_across_the_2036_era_rollover() {
+    // Two minutes before 2036-02-07 06:28:16 UTC, when NTP timestamps' seconds start again
+    // from 0, to ten minutes after: a clock 20 ppm fast from 3 ms ahead keeps converging, and
+    // the reports stay in 2036.
+    let start_ns = ERA_1_UNIX_NS as i64 - 120_000_000_000;
+    let clock = LocalClock::Free { frequency: 20e-6, offset: 3e-3 };
+    let mut simulation =
+        Simulation::starting_at(start_ns, clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 2);
+    simulation.run(100.0);
+    let before = simulation.served_error();
+    assert!(before.abs() < 50e-6, "served time error {before} before the rollover");
+    simulation.run(600.0);
+    let after = simulation.served_error();
+    assert!(after.abs() < 20e-6, "served time error {after} after the rollover");
+    let tracking = simulation.sync.tracking(simulation.system_ns());
+    let era_1 = ERA_1_UNIX_NS as f64 * 1e-9;
+    assert!(tracking.reference_time > era_1, "reference time {}", tracking.reference_time);
+    assert!(tracking.last_offset.abs() < 100e-6, "last offset {}", tracking.last_offset);
+    assert_eq!((tracking.stratum, tracking.leap.as_str()), (2, "Normal"));
 }
 
 #[test]
@@ -268,7 +321,7 @@ fn a_falseticker_among_three_sources_is_marked_and_ignored() {
     simulation.add_upstream(0.0, 2);
     simulation.run(120.0);
     let states: Vec<SourceState> =
-        simulation.sync.sources(ns(0.0)).iter().map(|s| s.state).collect();
+        simulation.sync.sources(simulation.ns(0.0)).iter().map(|s| s.state).collect();
     assert_eq!(states[1], SourceState::Falseticker, "{states:?}");
     assert!(states.contains(&SourceState::Selected));
     assert!(simulation.served_error().abs() < 50e-6, "the falseticker pulled the time");
@@ -283,7 +336,7 @@ fn losing_every_source_holds_over_then_becomes_unsynchronised() {
     let mut simulation = Simulation::new(clock, false, None, settings);
     simulation.add_upstream(0.0, 0);
     simulation.run(60.0);
-    let system = |s: &Simulation| ns(s.clock.system(s.now));
+    let system = Simulation::system_ns;
     assert!(simulation.sync.served(system(&simulation)).header.is_some(), "synchronised");
     simulation.upstreams[0].answering = false;
     simulation.run(3.0);
@@ -364,7 +417,7 @@ fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
     simulation.sync.leap_table = Some(LeapTable::parse(&table).unwrap());
     simulation.add_upstream(0.0, 4);
     simulation.run(3600.0 - 30.0);
-    let system = |s: &Simulation| ns(s.clock.system(s.now));
+    let system = Simulation::system_ns;
     let before = simulation.sync.served(system(&simulation));
     assert_eq!(before.header.map(|h| h.leap), Some(Leap::InsertSecond));
     assert_eq!(before.leap_at_ns, Some(MIDNIGHT_NS));

@@ -38,6 +38,51 @@ pub fn query(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Optio
     }
 }
 
+/// One exchange with a server, timed by this machine's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange {
+    pub reply: NtpHeader,
+    /// When the request left, Unix ns (this machine's clock).
+    pub sent_ns: i64,
+    /// The server's time minus this machine's clock, s (NTP's offset: the mean of the two
+    /// one-way differences).
+    pub offset: f64,
+}
+
+impl Exchange {
+    /// The server's transmit time, Unix ns (its era resolved against the send time).
+    pub fn served_ns(&self) -> i64 {
+        self.reply.transmit_timestamp.to_unix_nanos_near(self.sent_ns)
+    }
+}
+
+/// Sends a request stamped with this machine's clock from `source` to `server`, and measures
+/// the server's offset from the reply.
+pub fn exchange(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Option<Exchange> {
+    let now = || ntp_userspace::clock::realtime_ns() as i64;
+    let socket = UdpSocket::bind(source).unwrap_or_else(|e| panic!("binding {source}: {e}"));
+    socket.set_read_timeout(Some(timeout)).unwrap();
+    let sent_ns = now();
+    let transmit = NtpTimestamp::from_unix_nanos(sent_ns as u64);
+    socket.send_to(&NtpHeader::client_request(4, 6, transmit).to_bytes(), server).ok()?;
+    let mut buffer = [0u8; 512];
+    loop {
+        let (length, from) = socket.recv_from(&mut buffer).ok()?;
+        let received_ns = now();
+        if length != HEADER_LEN || from != server {
+            continue;
+        }
+        let reply = NtpHeader::from_bytes(buffer[..HEADER_LEN].try_into().unwrap());
+        if reply.origin_timestamp != transmit {
+            continue;
+        }
+        let t2 = reply.receive_timestamp.to_unix_nanos_near(sent_ns);
+        let t3 = reply.transmit_timestamp.to_unix_nanos_near(sent_ns);
+        let offset = ((t2 - sent_ns) + (t3 - received_ns)) as f64 / 2e9;
+        return Some(Exchange { reply, sent_ns, offset });
+    }
+}
+
 /// A received frame and the 802.1Q tag the kernel took off it, if any.
 pub struct RawFrame {
     pub bytes: Vec<u8>,

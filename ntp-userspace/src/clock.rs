@@ -23,6 +23,13 @@ pub fn realtime_ns() -> u64 {
     read(libc::CLOCK_REALTIME)
 }
 
+/// TAI - UTC now, in seconds, from the two clocks (the kernel changes it at a leap second).
+pub fn tai_offset_s() -> i32 {
+    let realtime = realtime_ns() as i64;
+    let tai = tai_ns() as i64;
+    ((tai - realtime) as f64 * 1e-9).round() as i32
+}
+
 /// The kernel's clock state, as `adjtimex` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KernelClock {
@@ -89,6 +96,7 @@ mod tests {
         let tai = tai_ns() as i64;
         let difference = tai - realtime - offset;
         assert!((0..50_000_000).contains(&difference), "TAI - UTC - offset = {difference} ns");
+        assert_eq!(tai_offset_s(), KernelClock::read().unwrap().tai_offset_s);
     }
 
     #[test]

@@ -56,7 +56,8 @@ struct Shared {
 /// and `ntpxc reload` read again.
 pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyhow::Result<()> {
     let Options { no_clock_control } = options;
-    let kernel_clock = KernelClock::read().context("reading the kernel clock (adjtimex)")?;
+    // Fails early where adjtimex is not allowed (a system call filter, a container).
+    KernelClock::read().context("reading the kernel clock (adjtimex)")?;
     let precision = clock::precision_log2();
     let _pidfile = Pidfile::create(&config.pidfile)?;
     tracing::info!(
@@ -79,12 +80,8 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
         dataplane = Some(loaded);
         clients
     };
-    let server = Arc::new(Server::new(
-        Reference::new(config.local, precision),
-        access.clone(),
-        client_log,
-        kernel_clock.tai_offset_s,
-    ));
+    let server =
+        Arc::new(Server::new(Reference::new(config.local, precision), access.clone(), client_log));
     let upstream = if config.sync.sources.is_empty() {
         None
     } else {
@@ -224,7 +221,6 @@ fn refresh(
     }
     let kernel = KernelClock::read().context("adjtimex")?;
     let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: kernel.tai_offset_s };
-    server.observe_clock(now);
     if let Some(dataplane) = dataplane {
         dataplane.publish(&server.state_to_publish(now));
         dataplane.set_local_addresses(&served_addresses(config)?);
@@ -309,7 +305,9 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
                 continue;
             }
         };
-        let received = datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns);
+        let received_ns = datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns);
+        // TAI - UTC as the kernel has it now: it changes at a leap second, at once.
+        let received = TaiReading::from_system_time(received_ns, clock::tai_offset_s());
         let request = &buffer[..datagram.len];
         let destination = datagram.destination.map(|(address, _)| address);
         match server.handle_datagram(

@@ -20,6 +20,12 @@ pub struct TaiReading {
 }
 
 impl TaiReading {
+    /// The instant the system clock (UTC) read `system_ns`, when TAI - UTC was `tai_offset_s`.
+    pub fn from_system_time(system_ns: u64, tai_offset_s: i32) -> Self {
+        let tai_ns = system_ns.saturating_add_signed(i64::from(tai_offset_s) * 1_000_000_000);
+        Self { tai_ns, tai_offset_s }
+    }
+
     /// The system clock (UTC) at this instant, in Unix-epoch nanoseconds.
     pub fn system_time_ns(&self) -> u64 {
         self.tai_ns.saturating_add_signed(-i64::from(self.tai_offset_s) * 1_000_000_000)

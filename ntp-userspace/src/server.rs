@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicI32, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
 };
 
@@ -49,8 +49,6 @@ pub struct Server {
     reference: RwLock<Reference>,
     access: RwLock<AccessTable>,
     client_log: Arc<dyn ClientLog>,
-    /// The kernel's TAI - UTC offset, to turn socket timestamps (UTC) into TAI.
-    tai_offset_s: AtomicI32,
     received: AtomicU64,
     answered: AtomicU64,
     kiss_of_death: AtomicU64,
@@ -60,17 +58,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(
-        reference: Reference,
-        access: AccessTable,
-        client_log: Arc<dyn ClientLog>,
-        tai_offset_s: i32,
-    ) -> Self {
+    pub fn new(reference: Reference, access: AccessTable, client_log: Arc<dyn ClientLog>) -> Self {
         Self {
             reference: RwLock::new(reference),
             access: RwLock::new(access),
             client_log,
-            tai_offset_s: AtomicI32::new(tai_offset_s),
             received: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             kiss_of_death: AtomicU64::new(0),
@@ -89,11 +81,6 @@ impl Server {
     /// What the synchronisation serves, as of system time `at_system_ns`.
     pub fn set_served(&self, served: Served, at_system_ns: u64) {
         self.reference.write().expect("reference lock").set_served(served, at_system_ns);
-    }
-
-    /// Follows the kernel's TAI offset (it changes at leap seconds).
-    pub fn observe_clock(&self, now: TaiReading) {
-        self.tai_offset_s.store(now.tai_offset_s, Ordering::Relaxed);
     }
 
     /// The state to publish to the kernel at `now`.
@@ -118,7 +105,7 @@ impl Server {
         request: &[u8],
         source: IpAddr,
         destination: Option<IpAddr>,
-        received_realtime_ns: u64,
+        received: TaiReading,
         transmit_tai_ns: impl FnOnce() -> u64,
     ) -> Result<[u8; HEADER_LEN], Unanswered> {
         if !self.access.read().expect("access lock").is_allowed(source) {
@@ -131,12 +118,6 @@ impl Server {
         // Only requests the server would answer are logged, as chrony logs them.
         responder::check_request(request).map_err(Unanswered::NotServed)?;
         self.received.fetch_add(1, Ordering::Relaxed);
-        let tai_offset_s = self.tai_offset_s.load(Ordering::Relaxed);
-        let received = TaiReading {
-            tai_ns: received_realtime_ns
-                .saturating_add_signed(i64::from(tai_offset_s) * 1_000_000_000),
-            tai_offset_s,
-        };
         let min_poll = self.client_log.min_poll();
         match self.client_log.log(source, received.tai_ns) {
             Limit::Answer => {}
@@ -213,7 +194,7 @@ mod tests {
             all: false,
             subnet: Subnet::V4("192.0.2.0".parse().unwrap(), 24),
         }]);
-        Server::new(Reference::new(Some(local), -20), access, Arc::new(FixedLog(limit)), 37)
+        Server::new(Reference::new(Some(local), -20), access, Arc::new(FixedLog(limit)))
     }
 
     fn server() -> Server {
@@ -226,6 +207,7 @@ mod tests {
 
     const RECEIVED_UTC: u64 = 1_795_660_000_000_000_000;
     const RECEIVED_TAI: u64 = RECEIVED_UTC + 37_000_000_000;
+    const RECEIVED: TaiReading = TaiReading { tai_ns: RECEIVED_TAI, tai_offset_s: 37 };
     const CLIENT: &str = "192.0.2.9";
 
     fn handle(
@@ -235,7 +217,7 @@ mod tests {
         destination: Option<&str>,
     ) -> Result<[u8; HEADER_LEN], Unanswered> {
         let destination = destination.map(|d| d.parse().unwrap());
-        server.handle_datagram(request, source.parse().unwrap(), destination, RECEIVED_UTC, || {
+        server.handle_datagram(request, source.parse().unwrap(), destination, RECEIVED, || {
             RECEIVED_TAI + 20_000
         })
     }
@@ -262,10 +244,28 @@ mod tests {
         let server = server();
         let ten_seconds_later = RECEIVED_TAI + 10_000_000_000;
         let reply =
-            server.handle_datagram(&request(), CLIENT.parse().unwrap(), None, RECEIVED_UTC, || {
+            server.handle_datagram(&request(), CLIENT.parse().unwrap(), None, RECEIVED, || {
                 ten_seconds_later
             });
         assert!(reply.is_ok());
+    }
+
+    #[test]
+    fn in_an_inserted_leap_second_the_repeated_second_is_served() {
+        // The kernel has just inserted a second: the system clock repeats 23:59:59 and TAI -
+        // UTC is 38 already, before the daemon's next look at the clock. Receive and transmit
+        // timestamps stay 20 us apart, both in the repeated second.
+        let server = server();
+        let utc = RECEIVED_UTC;
+        let received = TaiReading::from_system_time(utc, 38);
+        let transmit = received.tai_ns + 20_000;
+        let reply =
+            server
+                .handle_datagram(&request(), CLIENT.parse().unwrap(), None, received, || transmit);
+        let reply = NtpHeader::from_bytes(&reply.unwrap());
+        let served = |t: NtpTimestamp| t.to_unix_nanos_near(utc as i64) - utc as i64;
+        assert_eq!(served(reply.receive_timestamp), 0);
+        assert_eq!(served(reply.transmit_timestamp), 20_000);
     }
 
     #[test]

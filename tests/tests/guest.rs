@@ -387,11 +387,14 @@ fn observe_until(guest: &Guest, until_ns: i64, leap_between: Option<i64>) -> Vec
             first.1 + (last.1 - first.1) * share
         }
     };
+    // The guest's clock repeats a second at an inserted leap: which side an answer is on, this
+    // machine's clock tells.
+    let leap_at_host_ns = leap_between.map(|leap| leap + (first.1 * 1e9) as i64);
     exchanges
         .iter()
         .map(|exchange| {
             let served_ns = exchange.served_ns();
-            let after_leap = leap_between.is_some_and(|leap| served_ns >= leap);
+            let after_leap = leap_at_host_ns.is_some_and(|leap| exchange.sent_ns >= leap);
             Observation {
                 served_ns,
                 error: exchange.offset + host_minus_guest(exchange.sent_ns, after_leap),

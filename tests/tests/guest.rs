@@ -263,12 +263,7 @@ fn as_a_server_ntpxd_answers_from_xdp_as_its_own_user_with_only_its_capabilities
     assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
     let stats = guest.run("ntpxc serverstats");
     eprintln!("server: ntpxc serverstats in the guest:\n{stats}");
-    let answered_in_kernel: u64 = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("NTP answered in kernel"))
-        .and_then(|value| value.trim_start_matches([' ', ':']).trim().parse().ok())
-        .expect("the kernel's answers");
-    assert!(answered_in_kernel > 0, "{stats}");
+    assert!(answered_in_kernel(&guest) > 0, "{stats}");
     assert!(stats.contains("XDP attached to") && stats.contains("eth0"), "{stats}");
     let clients = guest.run("ntpxc clients");
     assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
@@ -296,6 +291,26 @@ fn as_a_server_ntpxd_answers_from_xdp_as_its_own_user_with_only_its_capabilities
     assert!(
         wait_for(Duration::from_secs(30), || requests_received(&guest) > before),
         "no answers after the reload"
+    );
+
+    // A daemon that stops republishing the kernel's state is restarted by the watchdog: a
+    // stopped process misses its keep-alives, and systemd aborts it (SIGABRT, then SIGCONT).
+    let wedged = guest.run("pidof ntpxd");
+    guest.run(&format!("kill -STOP {wedged}"));
+    let timed_out = guest.wait_until(
+        "journalctl -u ntpxd -b --no-pager | grep -q 'Watchdog timeout'",
+        Duration::from_secs(30),
+    );
+    assert!(timed_out.is_some(), "no watchdog timeout for a stopped ntpxd");
+    let restarted = guest.wait_until(
+        &format!("systemctl is-active ntpxd && [ \"$(pidof ntpxd)\" != '{}' ]", wedged.trim()),
+        Duration::from_secs(60),
+    );
+    assert!(restarted.is_some(), "the watchdog did not restart ntpxd");
+    let before = requests_received(&guest);
+    assert!(
+        wait_for(Duration::from_secs(60), || requests_received(&guest) > before),
+        "no answers after the watchdog's restart"
     );
 }
 

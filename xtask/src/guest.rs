@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{run, workspace};
+use crate::{is_root, run, workspace};
 
 /// qemu-system-x86 and the libraries and firmware it needs that a build machine lacks.
 const QEMU_PACKAGES: &[&str] = &[
@@ -87,7 +87,8 @@ pub fn has_qemu() -> bool {
     qemu_dir().join("usr/bin/qemu-system-x86_64").is_file()
 }
 
-/// Downloads Debian's qemu packages and unpacks them into `target/vm/qemu`.
+/// Downloads Debian's qemu packages and unpacks them into `target/vm/qemu` (no root needed
+/// but for refreshing apt's lists).
 pub fn install_qemu() -> anyhow::Result<()> {
     let downloads = workspace().join("target/vm/qemu-debs");
     let unpacked = workspace().join("target/vm/qemu.partial");
@@ -97,7 +98,9 @@ pub fn install_qemu() -> anyhow::Result<()> {
         }
         fs::create_dir_all(dir)?;
     }
-    run(Command::new("apt-get").args(["update", "-q"]))?;
+    if is_root() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
     run(Command::new("apt-get").arg("download").args(QEMU_PACKAGES).current_dir(&downloads))?;
     for entry in fs::read_dir(&downloads)? {
         run(Command::new("dpkg-deb").arg("-x").arg(entry?.path()).arg(&unpacked))?;

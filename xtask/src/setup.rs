@@ -66,7 +66,7 @@ pub fn setup() -> anyhow::Result<()> {
         packages.iter().map(String::as_str).filter(|p| !is_installed(p)).collect();
     let rust_src = has_rust_src()?;
 
-    if !is_root() && (!missing_packages.is_empty() || !guest::has_qemu()) {
+    if !is_root() && !missing_packages.is_empty() {
         println!("setup: these steps need root; run them, then `cargo xtask setup` again:");
         println!("  apt-get update");
         println!(
@@ -79,9 +79,6 @@ pub fn setup() -> anyhow::Result<()> {
         if need_linker {
             println!("  {}", install_linker_command(llvm).join(" "));
         }
-        println!(
-            "  sudo cargo xtask setup   # qemu for the guest VM tests, unpacked under target/vm"
-        );
         bail!("setup is incomplete");
     }
 

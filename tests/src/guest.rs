@@ -28,6 +28,8 @@ pub const GUEST_NTP_PORT_ON_HOST: u16 = 11123;
 
 /// TCG boots a Debian guest to userspace in 40 to 60 s here; leave room for a loaded machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest a command may run in the guest (an apt install under emulation takes a minute).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn required_env(name: &str) -> PathBuf {
     std::env::var_os(name).map(PathBuf::from).unwrap_or_else(|| {
@@ -135,14 +137,10 @@ impl Guest {
 
     /// Runs a shell script in the guest (as root) and returns its output and exit code.
     pub fn sh(&self, script: &str) -> Output {
-        self.sh_within(script, Duration::from_secs(300))
-    }
-
-    pub fn sh_within(&self, script: &str, timeout: Duration) -> Output {
         let id = self.send(script);
         let replies = self.share.join("replies");
         let code_file = replies.join(format!("{id}.rc"));
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
         while !code_file.exists() {
             assert!(Instant::now() < deadline, "the guest did not finish in time:\n{script}");
             std::thread::sleep(Duration::from_millis(100));
@@ -201,7 +199,7 @@ impl Guest {
     }
 
     /// The guest's console so far (kernel and journal lines).
-    pub fn console(&self) -> String {
+    fn console(&self) -> String {
         fs::read_to_string(&self.serial_log).unwrap_or_default()
     }
 }

@@ -16,6 +16,10 @@ use ntpx_tests::{
     peers::{Chronyd, wait_for},
 };
 
+/// Succeeds once `timedatectl` calls the guest's clock synchronised (the kernel's maxerror
+/// under 16 s).
+const SYNCHRONISED: &str = "timedatectl show -p NTPSynchronized --value | grep -qx yes";
+
 /// The kernel's frequency unit: ppm scaled by 2^16.
 const PPM_SCALE: f64 = 65_536.0;
 
@@ -155,10 +159,7 @@ fn as_a_client_ntpxd_steps_and_disciplines_the_guest_clock_and_survives_restart_
 
     guest.run("systemctl start ntpxd");
     let synchronised = guest
-        .wait_until(
-            "timedatectl show -p NTPSynchronized --value | grep -qx yes",
-            Duration::from_secs(120),
-        )
+        .wait_until(SYNCHRONISED, Duration::from_secs(120))
         .expect("timedatectl never said synchronised");
     eprintln!("client: timedatectl synchronised {:.0} s after start", synchronised.as_secs_f64());
     let timedatectl = guest.run("timedatectl");
@@ -214,12 +215,7 @@ fn as_a_client_ntpxd_steps_and_disciplines_the_guest_clock_and_survives_restart_
     let started = Instant::now();
     assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(120)).is_some());
     assert!(
-        guest
-            .wait_until(
-                "timedatectl show -p NTPSynchronized --value | grep -qx yes",
-                Duration::from_secs(120)
-            )
-            .is_some(),
+        guest.wait_until(SYNCHRONISED, Duration::from_secs(120)).is_some(),
         "not synchronised after the reboot"
     );
     eprintln!("client: synchronised {:.0} s after the reboot", started.elapsed().as_secs_f64());
@@ -279,12 +275,7 @@ fn as_a_server_ntpxd_answers_from_xdp_as_its_own_user_with_only_its_capabilities
             .is_some()
     );
     assert!(
-        guest
-            .wait_until(
-                "timedatectl show -p NTPSynchronized --value | grep -qx yes",
-                Duration::from_secs(120)
-            )
-            .is_some(),
+        guest.wait_until(SYNCHRONISED, Duration::from_secs(120)).is_some(),
         "as _ntpx, ntpxd did not discipline the clock"
     );
     let before = requests_received(&guest);
@@ -465,7 +456,7 @@ fn across_the_2036_era_rollover_ntpxd_keeps_synchronising_and_serving() {
     assert_eq!((fields[2].as_str(), fields[13].as_str()), ("2", "Normal"), "{fields:?}");
     let system_time: f64 = fields[4].parse().expect("System time");
     assert!(system_time.abs() < 1e-3, "System time {system_time}");
-    guest.run("timedatectl show -p NTPSynchronized --value | grep -qx yes");
+    guest.run(SYNCHRONISED);
 }
 
 #[test]

@@ -45,8 +45,10 @@ pub struct Exchange {
     /// When the request left, Unix ns (this machine's clock).
     pub sent_ns: i64,
     /// The server's time minus this machine's clock, s (NTP's offset: the mean of the two
-    /// one-way differences).
+    /// one-way differences). Asymmetric paths make it off by up to half the delay.
     pub offset: f64,
+    /// The round trip less the server's time with the request, s.
+    pub delay: f64,
 }
 
 impl Exchange {
@@ -79,7 +81,8 @@ pub fn exchange(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Op
         let t2 = reply.receive_timestamp.to_unix_nanos_near(sent_ns);
         let t3 = reply.transmit_timestamp.to_unix_nanos_near(sent_ns);
         let offset = ((t2 - sent_ns) + (t3 - received_ns)) as f64 / 2e9;
-        return Some(Exchange { reply, sent_ns, offset });
+        let delay = ((received_ns - sent_ns) - (t3 - t2)) as f64 * 1e-9;
+        return Some(Exchange { reply, sent_ns, offset, delay });
     }
 }
 

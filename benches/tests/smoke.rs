@@ -14,7 +14,7 @@ use ntpx_bench::{
     frames::Flow,
     programs::{Counter, Generator},
 };
-use ntpx_tests::privileged;
+use ntpx_tests::require_root;
 
 const XDP_DROP: u32 = 1;
 
@@ -29,10 +29,9 @@ fn flow() -> Flow {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_generator_writes_the_requests_the_builder_describes() {
-    if !privileged("the_generator_writes_the_requests_the_builder_describes") {
-        return;
-    }
+    require_root();
     let flow = flow();
     let mut generator = Generator::new(&flow.generator_config(), [0xa5; 90], 1).unwrap();
     for n in 1..=3u64 {
@@ -43,10 +42,9 @@ fn the_generator_writes_the_requests_the_builder_describes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_counter_tells_valid_replies_from_invalid_ones() {
-    if !privileged("the_counter_tells_valid_replies_from_invalid_ones") {
-        return;
-    }
+    require_root();
     let flow = flow();
     let utc_minus_tai_ns = -i64::from(KernelClock::read().unwrap().tai_offset_s) * 1_000_000_000;
     let mut counter = Counter::detached(&flow.counter_config(utc_minus_tai_ns, false)).unwrap();
@@ -86,10 +84,9 @@ fn the_counter_tells_valid_replies_from_invalid_ones() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_short_run_against_ntpxd_gets_a_valid_reply_to_every_request() {
-    if !privileged("a_short_run_against_ntpxd_gets_a_valid_reply_to_every_request") {
-        return;
-    }
+    require_root();
     let step = Bed::run(ServerKind::NtpxdXdp, |bed| bed.step(10_000.0, Duration::from_millis(500)))
         .unwrap();
     assert!(step.offered > 2_000, "offered only {}", step.offered);

@@ -8,19 +8,12 @@ pub mod netns;
 pub mod peers;
 pub mod upstream;
 
-/// Whether privileged tests can run. `cargo xtask test` sets `NTPX_REQUIRE_PRIVILEGED=1`, and
-/// then a missing privilege fails the test; a plain `cargo test` without root skips it, saying why.
-pub fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("NTPX_REQUIRE_PRIVILEGED").is_some_and(|v| v != "0") {
-        panic!(
-            "{test} needs root (BPF and network namespaces), and NTPX_REQUIRE_PRIVILEGED is set"
-        );
-    }
-    eprintln!(
-        "skipping {test}: it needs root (BPF and network namespaces); `cargo xtask test` runs it"
+/// Fails a privileged test loudly when it cannot run. Those tests are `#[ignore = "needs root"]`:
+/// a plain `cargo test` lists them as ignored, and `cargo xtask test` runs them as root with
+/// `--include-ignored`, where a missing privilege is a failure, never a silent pass.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (BPF and network namespaces): run it with `sudo cargo xtask test`"
     );
-    false
 }

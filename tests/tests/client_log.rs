@@ -24,7 +24,7 @@ use ntp_userspace::{
 };
 use ntpx_tests::{
     frame::{self, Frame},
-    privileged,
+    require_root,
 };
 
 const XDP_DROP: u32 = 1;
@@ -107,10 +107,9 @@ fn record_of(dataplane: &Dataplane, client: IpAddr) -> ntp_common::ratelimit::Cl
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_burst_is_answered_and_the_rest_dropped() {
-    if !privileged("a_burst_is_answered_and_the_rest_dropped") {
-        return;
-    }
+    require_root();
     for client in ["192.0.2.10", "2001:db8:1::10"] {
         let client: IpAddr = client.parse().unwrap();
         let mut dataplane = dataplane(RateLimit::new(4, 8, 4, 0), 1024);
@@ -128,10 +127,9 @@ fn a_burst_is_answered_and_the_rest_dropped() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_sustained_rate_gets_one_answer_per_interval() {
-    if !privileged("a_sustained_rate_gets_one_answer_per_interval") {
-        return;
-    }
+    require_root();
     // One answer per 250 ms, a burst of 1, 1 in 16 of the others leaks; 20 requests a second
     // for two seconds.
     let mut dataplane = dataplane(RateLimit::new(-2, 1, 4, 0), 1024);
@@ -148,10 +146,9 @@ fn a_sustained_rate_gets_one_answer_per_interval() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_leak_answers_a_quarter_of_limited_requests_with_leak_2() {
-    if !privileged("the_leak_answers_a_quarter_of_limited_requests_with_leak_2") {
-        return;
-    }
+    require_root();
     let mut dataplane = dataplane(RateLimit::new(4, 1, 2, 0), 1024);
     let mut tally = Tally::default();
     send(&mut dataplane, "198.51.100.7".parse().unwrap(), 2000, &mut tally);
@@ -160,10 +157,9 @@ fn the_leak_answers_a_quarter_of_limited_requests_with_leak_2() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kod_answers_its_share_of_limited_requests_with_rate() {
-    if !privileged("kod_answers_its_share_of_limited_requests_with_rate") {
-        return;
-    }
+    require_root();
     let mut dataplane = dataplane(RateLimit::new(4, 1, 4, 1), 1024);
     let client: IpAddr = "2001:db8:2::7".parse().unwrap();
     let mut tally = Tally::default();
@@ -177,10 +173,9 @@ fn kod_answers_its_share_of_limited_requests_with_rate() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_full_table_evicts_the_least_recent_clients_and_counts_them() {
-    if !privileged("a_full_table_evicts_the_least_recent_clients_and_counts_them") {
-        return;
-    }
+    require_root();
     let capacity = 256;
     let mut dataplane = dataplane(RateLimit::DISABLED, capacity);
     let mut tally = Tally::default();
@@ -214,10 +209,9 @@ fn a_full_table_evicts_the_least_recent_clients_and_counts_them() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_million_clients_fit_in_128_mib() {
-    if !privileged("a_million_clients_fit_in_128_mib") {
-        return;
-    }
+    require_root();
     let entries = ClientLogSize::Entries(1_000_000).entries();
     let dataplane = Dataplane::load(123, entries).expect("a table of a million clients");
     let table = dataplane.clients();

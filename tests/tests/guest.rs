@@ -7,512 +7,527 @@
 //! per measurement and +-30 ppm of wander (../shared/TOOLCHAIN.md): offsets are asserted within
 //! milliseconds and frequencies within tens of ppm.
 
-use std::time::{Duration, Instant};
+/// One module, so that `cargo xtask test` can leave these to `cargo xtask vmtest`
+/// (`--skip in_guest::`) when it runs every other ignored test.
+mod in_guest {
+    use std::time::{Duration, Instant};
 
-use ntp_common::wire::{ERA_1_UNIX_NS, Leap};
-use ntpx_tests::{
-    client::{self, Exchange},
-    guest::{GUEST_NTP_PORT_ON_HOST, Guest, HOST_FROM_GUEST},
-    peers::{Chronyd, wait_for},
-};
-
-/// Succeeds once `timedatectl` calls the guest's clock synchronised (the kernel's maxerror
-/// under 16 s).
-const SYNCHRONISED: &str = "timedatectl show -p NTPSynchronized --value | grep -qx yes";
-
-/// The kernel's frequency unit: ppm scaled by 2^16.
-const PPM_SCALE: f64 = 65_536.0;
-
-/// A stratum 1 server on the host side of the guest's network (the guest's 10.0.2.2),
-/// serving this machine's clock without touching it.
-fn host_stratum_one(guest: &Guest) -> Chronyd {
-    Chronyd::start(&guest.netns, "local stratum 1\nallow 127.0.0.1\nbindaddress 127.0.0.1")
-}
-
-/// Installs the .deb the way the README says: `apt install ./ntpx_*.deb`.
-fn install(guest: &Guest) -> String {
-    let deb = guest.share_file(&ntpx_tests::guest::deb());
-    guest.run(&format!(
-        "cp {deb} /tmp/ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/$(basename {deb})"
-    ))
-}
-
-/// Replaces ntpxd's configuration and restarts it, waiting for systemd to call it started
-/// (Type=notify: attached and publishing).
-fn configure(guest: &Guest, config: &str) {
-    guest.write("/etc/ntpx/ntpx.conf", config);
-    guest.run("systemctl restart ntpxd && systemctl is-active ntpxd");
-}
-
-/// The number after `label` in `adjtimex --print`'s output.
-fn adjtimex(guest: &Guest, label: &str) -> f64 {
-    let text = guest.run("adjtimex --print");
-    text.lines()
-        .find_map(|line| line.trim().strip_prefix(label)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {label} in adjtimex --print:\n{text}"))
-}
-
-/// The guest's system clock against the host's stratum 1 server, measured by chronyd -Q (which
-/// prints the offset and changes nothing), s; positive: the guest is slow.
-fn measured_offset(guest: &Guest) -> f64 {
-    let text = guest.run(&format!(
-        "chronyd -Q -u root -t 30 'port 0' 'cmdport 0' 'pidfile /run/chronyd-probe.pid' \
-         'server {HOST_FROM_GUEST} iburst maxsamples 4' 2>&1"
-    ));
-    text.split("wrong by ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|seconds| seconds.parse().ok())
-        .unwrap_or_else(|| panic!("chronyd -Q measured nothing:\n{text}"))
-}
-
-/// `ntpxc -c tracking`'s fields.
-fn tracking(guest: &Guest) -> Vec<String> {
-    guest.run("ntpxc -c tracking").trim().split(',').map(str::to_owned).collect()
-}
-
-#[test]
-#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
-fn the_package_takes_over_from_chrony_and_timesyncd_and_purges_cleanly() {
-    let guest = Guest::boot();
-    assert_eq!(guest.run("systemctl is-active chrony").trim(), "active", "chronyd at boot");
-
-    let log = install(&guest);
-    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
-    assert_eq!(guest.sh("systemctl is-active chrony").text.trim(), "inactive", "{log}");
-    assert_eq!(guest.sh("systemctl is-enabled chrony").text.trim(), "disabled");
-    guest.run("command -v chronyc"); // chrony's package, and chronyc, stay
-    let user = guest.run("id -un _ntpx && stat -c %U /var/lib/ntpx && ps -o user= -C ntpxd");
-    assert_eq!(user.split_whitespace().collect::<Vec<_>>(), ["_ntpx"; 3]);
-    guest.run(
-        "test -f /etc/ntpx/ntpx.conf && test -f /usr/share/man/man8/ntpxd.8.gz \
-         && test -f /usr/share/man/man1/ntpxc.1.gz && test -f /usr/share/man/man5/ntpx.conf.5.gz",
-    );
-    // `timedatectl set-ntp` finds ntpxd through ntp-units.d, ahead of chrony's list.
-    let timedatectl = guest.run("timedatectl");
-    assert!(timedatectl.contains("NTP service: active"), "{timedatectl}");
-    guest.run("timedatectl set-ntp false");
-    assert!(guest.wait_until("! systemctl is-active ntpxd", Duration::from_secs(30)).is_some());
-    guest.run("timedatectl set-ntp true");
-    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
-    assert_eq!(guest.sh("systemctl is-active chrony").text.trim(), "inactive");
-
-    let security = guest.run("systemd-analyze security ntpxd --no-pager | tail -n 1");
-    eprintln!("systemd-analyze security ntpxd: {}", security.trim());
-    let exposure: f64 = security
-        .split_whitespace()
-        .find_map(|word| word.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in {security}"));
-    assert!(exposure < 2.5, "ntpxd.service is less hardened than it was: {security}");
-
-    guest.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ntpx");
-    guest.run(
-        "! id _ntpx 2>/dev/null && ! test -e /var/lib/ntpx && ! test -e /etc/ntpx \
-         && ! test -e /usr/lib/systemd/system/ntpxd.service && ! systemctl is-active ntpxd",
-    );
-
-    // systemd-timesyncd, Debian's default, is replaced as chrony replaces it.
-    guest.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q chrony \
-         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /var/cache/ntpx-test/systemd-timesyncd_*.deb",
-    );
-    assert!(
-        guest
-            .wait_until("systemctl is-active systemd-timesyncd", Duration::from_secs(30))
-            .is_some()
-    );
-    install(&guest);
-    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
-    let status = guest.sh("dpkg-query -W -f '${Status}' systemd-timesyncd").text;
-    assert!(!status.contains("install ok installed"), "timesyncd stayed: {status}");
-}
-
-#[test]
-#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
-fn as_a_client_ntpxd_steps_and_disciplines_the_guest_clock_and_survives_restart_and_reboot() {
-    let mut guest = Guest::boot();
-    let _upstream = host_stratum_one(&guest);
-    install(&guest);
-    guest.run("systemctl stop ntpxd && rm -f /var/lib/ntpx/ntpx.drift");
-
-    // The guide's client step, with short polls so that the test takes minutes.
-    guest.write(
-        "/etc/ntpx/ntpx.conf",
-        &format!(
-            "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 3\nrtcsync\n\
-             driftfile /var/lib/ntpx/ntpx.drift\n"
-        ),
-    );
-    // A clock 2 s ahead, running 50 ppm fast. The guest boots up to a second off (the RTC
-    // has whole seconds), so the 2 s are counted from what is measured.
-    let shift = 2.0 + measured_offset(&guest);
-    guest.run(&format!(
-        "adjtimex --frequency 3276800 && \
-         date --set @$(awk -v now=$(date +%s.%N) 'BEGIN {{ printf \"%.6f\", now + {shift} }}') >/dev/null"
-    ));
-    let before = measured_offset(&guest);
-    assert!(
-        (-2.5..-1.5).contains(&before),
-        "the guest's clock is {before} s off before ntpxd starts"
-    );
-    eprintln!("client: before ntpxd, the guest's clock is {before:+.6} s off, +50 ppm");
-
-    guest.run("systemctl start ntpxd");
-    let synchronised = guest
-        .wait_until(SYNCHRONISED, Duration::from_secs(120))
-        .expect("timedatectl never said synchronised");
-    eprintln!("client: timedatectl synchronised {:.0} s after start", synchronised.as_secs_f64());
-    let timedatectl = guest.run("timedatectl");
-    assert!(timedatectl.contains("System clock synchronized: yes"), "{timedatectl}");
-    assert!(timedatectl.contains("NTP service: active"), "{timedatectl}");
-    let journal = guest.run("journalctl -u ntpxd -b --no-pager");
-    assert!(journal.contains("stepped") || journal.contains("step"), "no step:\n{journal}");
-
-    let fields = tracking(&guest);
-    assert_eq!(fields[1], HOST_FROM_GUEST, "tracking: {fields:?}");
-    assert_eq!(fields[2], "2", "stratum: {fields:?}");
-    // The frequency error found and corrected in the kernel: from +50 ppm towards the guest's
-    // own (TCG) error.
-    let compensated = guest.wait_until(
-        "f=$(adjtimex --print | awk '/frequency:/ {print $2}'); [ \"$f\" -lt 1638400 ]",
-        Duration::from_secs(240),
-    );
-    let kernel_ppm = adjtimex(&guest, "frequency:") / PPM_SCALE;
-    assert!(compensated.is_some(), "the kernel's frequency stayed at {kernel_ppm:+.1} ppm");
-    let max_error = adjtimex(&guest, "maxerror:");
-    assert!(max_error < 16e6, "maxerror {max_error} us");
-    let after = measured_offset(&guest);
-    let system_time: f64 = tracking(&guest)[4].parse().expect("System time");
-    eprintln!(
-        "client: frequency {kernel_ppm:+.1} ppm, maxerror {max_error} us, offset measured \
-         {after:+.6} s, ntpxc tracking's System time {system_time:+.6} s"
-    );
-    assert!(after.abs() < 0.005, "the guest's clock is {after} s off after synchronising");
-    assert!(system_time.abs() < 0.005, "System time {system_time}");
-
-    // A restart keeps the frequency: the drift file, written at exit, is read at start.
-    guest.run("systemctl restart ntpxd");
-    let drift_ppm: f64 = guest
-        .run("cat /var/lib/ntpx/ntpx.drift")
-        .split_whitespace()
-        .next()
-        .and_then(|ppm| ppm.parse().ok())
-        .expect("a drift file");
-    let read_back = guest
-        .run("journalctl -u ntpxd -b --no-pager --grep 'frequency from the driftfile' | tail -n 1");
-    let read_ppm: f64 = read_back
-        .split("ppm=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|ppm| ppm.parse().ok())
-        .unwrap_or_else(|| panic!("ntpxd did not read the drift file:\n{read_back}"));
-    eprintln!("client: drift file {drift_ppm:+.3} ppm, read back at start {read_ppm:+.3} ppm");
-    assert!((read_ppm - drift_ppm).abs() < 1e-3, "{read_ppm} vs {drift_ppm}");
-    assert!((-75.0..25.0).contains(&drift_ppm), "drift file {drift_ppm} ppm: not compensating");
-
-    // After a reboot the service comes back by itself, and synchronises again.
-    guest.reboot();
-    let started = Instant::now();
-    assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(120)).is_some());
-    assert!(
-        guest.wait_until(SYNCHRONISED, Duration::from_secs(120)).is_some(),
-        "not synchronised after the reboot"
-    );
-    eprintln!("client: synchronised {:.0} s after the reboot", started.elapsed().as_secs_f64());
-}
-
-#[test]
-#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
-fn as_a_server_ntpxd_answers_from_xdp_as_its_own_user_with_only_its_capabilities() {
-    let guest = Guest::boot();
-    let _upstream = host_stratum_one(&guest);
-    install(&guest);
-    configure(
-        &guest,
-        &format!(
-            "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 -1\n\
-             allow 10.0.2.0/24\nxdp eth0\n"
-        ),
-    );
-
-    // Only the unit's user and capabilities: CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12),
-    // CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39).
-    let status = guest.run("cat /proc/$(pidof ntpxd)/status");
-    let field = |name: &str| {
-        status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or("")
+    use ntp_common::wire::{ERA_1_UNIX_NS, Leap};
+    use ntpx_tests::{
+        client::{self, Exchange},
+        guest::{GUEST_NTP_PORT_ON_HOST, Guest, HOST_FROM_GUEST},
+        peers::{Chronyd, wait_for},
     };
-    let uid = guest.run("id -u _ntpx");
-    assert!(field("Uid:").split_whitespace().all(|id| id == uid.trim()), "{status}");
-    let expected = format!("{:016x}", (1u64 << 10) | (1 << 12) | (1 << 25) | (1 << 38) | (1 << 39));
-    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(field(set), expected, "{set} in\n{status}");
+
+    /// Succeeds once `timedatectl` calls the guest's clock synchronised (the kernel's maxerror
+    /// under 16 s).
+    const SYNCHRONISED: &str = "timedatectl show -p NTPSynchronized --value | grep -qx yes";
+
+    /// The kernel's frequency unit: ppm scaled by 2^16.
+    const PPM_SCALE: f64 = 65_536.0;
+
+    /// A stratum 1 server on the host side of the guest's network (the guest's 10.0.2.2),
+    /// serving this machine's clock without touching it.
+    fn host_stratum_one(guest: &Guest) -> Chronyd {
+        Chronyd::start(&guest.netns, "local stratum 1\nallow 127.0.0.1\nbindaddress 127.0.0.1")
     }
 
-    // A chronyd client on the host side, through qemu's port forward to the guest's port 123.
-    let client = Chronyd::start(
-        &guest.netns,
-        &format!(
-            "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
-        ),
-    );
-    let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
-    assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
-    let stats = guest.run("ntpxc serverstats");
-    eprintln!("server: ntpxc serverstats in the guest:\n{stats}");
-    assert!(answered_in_kernel(&guest) > 0, "{stats}");
-    assert!(stats.contains("XDP attached to") && stats.contains("eth0"), "{stats}");
-    let clients = guest.run("ntpxc clients");
-    assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
+    /// Installs the .deb the way the README says: `apt install ./ntpx_*.deb`.
+    fn install(guest: &Guest) -> String {
+        let deb = guest.share_file(&ntpx_tests::guest::deb());
+        guest.run(&format!(
+            "cp {deb} /tmp/ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/$(basename {deb})"
+        ))
+    }
 
-    // As its own user it still reloads, and still disciplines the clock.
-    guest.run("systemctl reload ntpxd");
-    assert!(
+    /// Replaces ntpxd's configuration and restarts it, waiting for systemd to call it started
+    /// (Type=notify: attached and publishing).
+    fn configure(guest: &Guest, config: &str) {
+        guest.write("/etc/ntpx/ntpx.conf", config);
+        guest.run("systemctl restart ntpxd && systemctl is-active ntpxd");
+    }
+
+    /// The number after `label` in `adjtimex --print`'s output.
+    fn adjtimex(guest: &Guest, label: &str) -> f64 {
+        let text = guest.run("adjtimex --print");
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(label)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {label} in adjtimex --print:\n{text}"))
+    }
+
+    /// The guest's system clock against the host's stratum 1 server, measured by chronyd -Q (which
+    /// prints the offset and changes nothing), s; positive: the guest is slow.
+    fn measured_offset(guest: &Guest) -> f64 {
+        let text = guest.run(&format!(
+            "chronyd -Q -u root -t 30 'port 0' 'cmdport 0' 'pidfile /run/chronyd-probe.pid' \
+             'server {HOST_FROM_GUEST} iburst maxsamples 4' 2>&1"
+        ));
+        text.split("wrong by ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|seconds| seconds.parse().ok())
+            .unwrap_or_else(|| panic!("chronyd -Q measured nothing:\n{text}"))
+    }
+
+    /// `ntpxc -c tracking`'s fields.
+    fn tracking(guest: &Guest) -> Vec<String> {
+        guest.run("ntpxc -c tracking").trim().split(',').map(str::to_owned).collect()
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn the_package_takes_over_from_chrony_and_timesyncd_and_purges_cleanly() {
+        let guest = Guest::boot();
+        assert_eq!(guest.run("systemctl is-active chrony").trim(), "active", "chronyd at boot");
+
+        let log = install(&guest);
+        assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
+        assert_eq!(guest.sh("systemctl is-active chrony").text.trim(), "inactive", "{log}");
+        assert_eq!(guest.sh("systemctl is-enabled chrony").text.trim(), "disabled");
+        guest.run("command -v chronyc"); // chrony's package, and chronyc, stay
+        let user = guest.run("id -un _ntpx && stat -c %U /var/lib/ntpx && ps -o user= -C ntpxd");
+        assert_eq!(user.split_whitespace().collect::<Vec<_>>(), ["_ntpx"; 3]);
+        guest.run(
+            "test -f /etc/ntpx/ntpx.conf && test -f /usr/share/man/man8/ntpxd.8.gz \
+             && test -f /usr/share/man/man1/ntpxc.1.gz && test -f /usr/share/man/man5/ntpx.conf.5.gz",
+        );
+        // `timedatectl set-ntp` finds ntpxd through ntp-units.d, ahead of chrony's list.
+        let timedatectl = guest.run("timedatectl");
+        assert!(timedatectl.contains("NTP service: active"), "{timedatectl}");
+        guest.run("timedatectl set-ntp false");
+        assert!(guest.wait_until("! systemctl is-active ntpxd", Duration::from_secs(30)).is_some());
+        guest.run("timedatectl set-ntp true");
+        assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
+        assert_eq!(guest.sh("systemctl is-active chrony").text.trim(), "inactive");
+
+        let security = guest.run("systemd-analyze security ntpxd --no-pager | tail -n 1");
+        eprintln!("systemd-analyze security ntpxd: {}", security.trim());
+        let exposure: f64 = security
+            .split_whitespace()
+            .find_map(|word| word.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in {security}"));
+        assert!(exposure < 2.5, "ntpxd.service is less hardened than it was: {security}");
+
+        guest.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ntpx");
+        guest.run(
+            "! id _ntpx 2>/dev/null && ! test -e /var/lib/ntpx && ! test -e /etc/ntpx \
+             && ! test -e /usr/lib/systemd/system/ntpxd.service && ! systemctl is-active ntpxd",
+        );
+
+        // systemd-timesyncd, Debian's default, is replaced as chrony replaces it.
+        guest.run(
+            "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q chrony \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /var/cache/ntpx-test/systemd-timesyncd_*.deb",
+        );
+        assert!(
+            guest
+                .wait_until("systemctl is-active systemd-timesyncd", Duration::from_secs(30))
+                .is_some()
+        );
+        install(&guest);
+        assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(60)).is_some());
+        let status = guest.sh("dpkg-query -W -f '${Status}' systemd-timesyncd").text;
+        assert!(!status.contains("install ok installed"), "timesyncd stayed: {status}");
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn as_a_client_ntpxd_steps_and_disciplines_the_guest_clock_and_survives_restart_and_reboot() {
+        let mut guest = Guest::boot();
+        let _upstream = host_stratum_one(&guest);
+        install(&guest);
+        guest.run("systemctl stop ntpxd && rm -f /var/lib/ntpx/ntpx.drift");
+
+        // The guide's client step, with short polls so that the test takes minutes.
+        guest.write(
+            "/etc/ntpx/ntpx.conf",
+            &format!(
+                "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 3\nrtcsync\n\
+                 driftfile /var/lib/ntpx/ntpx.drift\n"
+            ),
+        );
+        // A clock 2 s ahead, running 50 ppm fast. The guest boots up to a second off (the RTC
+        // has whole seconds), so the 2 s are counted from what is measured.
+        let shift = 2.0 + measured_offset(&guest);
+        guest.run(&format!(
+            "adjtimex --frequency 3276800 && \
+             date --set @$(awk -v now=$(date +%s.%N) 'BEGIN {{ printf \"%.6f\", now + {shift} }}') >/dev/null"
+        ));
+        let before = measured_offset(&guest);
+        assert!(
+            (-2.5..-1.5).contains(&before),
+            "the guest's clock is {before} s off before ntpxd starts"
+        );
+        eprintln!("client: before ntpxd, the guest's clock is {before:+.6} s off, +50 ppm");
+
+        guest.run("systemctl start ntpxd");
+        let synchronised = guest
+            .wait_until(SYNCHRONISED, Duration::from_secs(120))
+            .expect("timedatectl never said synchronised");
+        eprintln!(
+            "client: timedatectl synchronised {:.0} s after start",
+            synchronised.as_secs_f64()
+        );
+        let timedatectl = guest.run("timedatectl");
+        assert!(timedatectl.contains("System clock synchronized: yes"), "{timedatectl}");
+        assert!(timedatectl.contains("NTP service: active"), "{timedatectl}");
+        let journal = guest.run("journalctl -u ntpxd -b --no-pager");
+        assert!(journal.contains("stepped") || journal.contains("step"), "no step:\n{journal}");
+
+        let fields = tracking(&guest);
+        assert_eq!(fields[1], HOST_FROM_GUEST, "tracking: {fields:?}");
+        assert_eq!(fields[2], "2", "stratum: {fields:?}");
+        // The frequency error found and corrected in the kernel: from +50 ppm towards the guest's
+        // own (TCG) error.
+        let compensated = guest.wait_until(
+            "f=$(adjtimex --print | awk '/frequency:/ {print $2}'); [ \"$f\" -lt 1638400 ]",
+            Duration::from_secs(240),
+        );
+        let kernel_ppm = adjtimex(&guest, "frequency:") / PPM_SCALE;
+        assert!(compensated.is_some(), "the kernel's frequency stayed at {kernel_ppm:+.1} ppm");
+        let max_error = adjtimex(&guest, "maxerror:");
+        assert!(max_error < 16e6, "maxerror {max_error} us");
+        let after = measured_offset(&guest);
+        let system_time: f64 = tracking(&guest)[4].parse().expect("System time");
+        eprintln!(
+            "client: frequency {kernel_ppm:+.1} ppm, maxerror {max_error} us, offset measured \
+             {after:+.6} s, ntpxc tracking's System time {system_time:+.6} s"
+        );
+        assert!(after.abs() < 0.005, "the guest's clock is {after} s off after synchronising");
+        assert!(system_time.abs() < 0.005, "System time {system_time}");
+
+        // A restart keeps the frequency: the drift file, written at exit, is read at start.
+        guest.run("systemctl restart ntpxd");
+        let drift_ppm: f64 = guest
+            .run("cat /var/lib/ntpx/ntpx.drift")
+            .split_whitespace()
+            .next()
+            .and_then(|ppm| ppm.parse().ok())
+            .expect("a drift file");
+        let read_back = guest.run(
+            "journalctl -u ntpxd -b --no-pager --grep 'frequency from the driftfile' | tail -n 1",
+        );
+        let read_ppm: f64 = read_back
+            .split("ppm=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|ppm| ppm.parse().ok())
+            .unwrap_or_else(|| panic!("ntpxd did not read the drift file:\n{read_back}"));
+        eprintln!("client: drift file {drift_ppm:+.3} ppm, read back at start {read_ppm:+.3} ppm");
+        assert!((read_ppm - drift_ppm).abs() < 1e-3, "{read_ppm} vs {drift_ppm}");
+        assert!((-75.0..25.0).contains(&drift_ppm), "drift file {drift_ppm} ppm: not compensating");
+
+        // After a reboot the service comes back by itself, and synchronises again.
+        guest.reboot();
+        let started = Instant::now();
+        assert!(guest.wait_until("systemctl is-active ntpxd", Duration::from_secs(120)).is_some());
+        assert!(
+            guest.wait_until(SYNCHRONISED, Duration::from_secs(120)).is_some(),
+            "not synchronised after the reboot"
+        );
+        eprintln!("client: synchronised {:.0} s after the reboot", started.elapsed().as_secs_f64());
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn as_a_server_ntpxd_answers_from_xdp_as_its_own_user_with_only_its_capabilities() {
+        let guest = Guest::boot();
+        let _upstream = host_stratum_one(&guest);
+        install(&guest);
+        configure(
+            &guest,
+            &format!(
+                "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 -1\n\
+                 allow 10.0.2.0/24\nxdp eth0\n"
+            ),
+        );
+
+        // Only the unit's user and capabilities: CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12),
+        // CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39).
+        let status = guest.run("cat /proc/$(pidof ntpxd)/status");
+        let field = |name: &str| {
+            status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or("")
+        };
+        let uid = guest.run("id -u _ntpx");
+        assert!(field("Uid:").split_whitespace().all(|id| id == uid.trim()), "{status}");
+        let expected =
+            format!("{:016x}", (1u64 << 10) | (1 << 12) | (1 << 25) | (1 << 38) | (1 << 39));
+        for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(field(set), expected, "{set} in\n{status}");
+        }
+
+        // A chronyd client on the host side, through qemu's port forward to the guest's port 123.
+        let client = Chronyd::start(
+            &guest.netns,
+            &format!(
+                "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
+            ),
+        );
+        let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
+        assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
+        let stats = guest.run("ntpxc serverstats");
+        eprintln!("server: ntpxc serverstats in the guest:\n{stats}");
+        assert!(answered_in_kernel(&guest) > 0, "{stats}");
+        assert!(stats.contains("XDP attached to") && stats.contains("eth0"), "{stats}");
+        let clients = guest.run("ntpxc clients");
+        assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
+
+        // As its own user it still reloads, and still disciplines the clock.
+        guest.run("systemctl reload ntpxd");
+        assert!(
+            guest
+                .wait_until(
+                    "journalctl -u ntpxd -b --no-pager | grep -q 'configuration reloaded'",
+                    Duration::from_secs(30)
+                )
+                .is_some()
+        );
+        assert!(
+            guest.wait_until(SYNCHRONISED, Duration::from_secs(120)).is_some(),
+            "as _ntpx, ntpxd did not discipline the clock"
+        );
+        let before = requests_received(&guest);
+        assert!(
+            wait_for(Duration::from_secs(30), || requests_received(&guest) > before),
+            "no answers after the reload"
+        );
+
+        // A daemon that stops republishing the kernel's state is restarted by the watchdog: a
+        // stopped process misses its keep-alives, and systemd aborts it (SIGABRT, then SIGCONT).
+        let wedged = guest.run("pidof ntpxd");
+        guest.run(&format!("kill -STOP {wedged}"));
+        let timed_out = guest.wait_until(
+            "journalctl -u ntpxd -b --no-pager | grep -q 'Watchdog timeout'",
+            Duration::from_secs(30),
+        );
+        assert!(timed_out.is_some(), "no watchdog timeout for a stopped ntpxd");
+        let restarted = guest.wait_until(
+            &format!("systemctl is-active ntpxd && [ \"$(pidof ntpxd)\" != '{}' ]", wedged.trim()),
+            Duration::from_secs(60),
+        );
+        assert!(restarted.is_some(), "the watchdog did not restart ntpxd");
+        let before = requests_received(&guest);
+        assert!(
+            wait_for(Duration::from_secs(60), || requests_received(&guest) > before),
+            "no answers after the watchdog's restart"
+        );
+    }
+
+    fn requests_received(guest: &Guest) -> u64 {
         guest
-            .wait_until(
-                "journalctl -u ntpxd -b --no-pager | grep -q 'configuration reloaded'",
-                Duration::from_secs(30)
-            )
-            .is_some()
-    );
-    assert!(
-        guest.wait_until(SYNCHRONISED, Duration::from_secs(120)).is_some(),
-        "as _ntpx, ntpxd did not discipline the clock"
-    );
-    let before = requests_received(&guest);
-    assert!(
-        wait_for(Duration::from_secs(30), || requests_received(&guest) > before),
-        "no answers after the reload"
-    );
-
-    // A daemon that stops republishing the kernel's state is restarted by the watchdog: a
-    // stopped process misses its keep-alives, and systemd aborts it (SIGABRT, then SIGCONT).
-    let wedged = guest.run("pidof ntpxd");
-    guest.run(&format!("kill -STOP {wedged}"));
-    let timed_out = guest.wait_until(
-        "journalctl -u ntpxd -b --no-pager | grep -q 'Watchdog timeout'",
-        Duration::from_secs(30),
-    );
-    assert!(timed_out.is_some(), "no watchdog timeout for a stopped ntpxd");
-    let restarted = guest.wait_until(
-        &format!("systemctl is-active ntpxd && [ \"$(pidof ntpxd)\" != '{}' ]", wedged.trim()),
-        Duration::from_secs(60),
-    );
-    assert!(restarted.is_some(), "the watchdog did not restart ntpxd");
-    let before = requests_received(&guest);
-    assert!(
-        wait_for(Duration::from_secs(60), || requests_received(&guest) > before),
-        "no answers after the watchdog's restart"
-    );
-}
-
-fn requests_received(guest: &Guest) -> u64 {
-    guest
-        .run("ntpxc -c serverstats")
-        .split(',')
-        .next()
-        .and_then(|received| received.trim().parse().ok())
-        .expect("ntpxc -c serverstats")
-}
-
-/// The port of the guest's own upstream server (chronyd -x serving the guest's clock).
-const GUEST_UPSTREAM_PORT: u16 = 10123;
-
-/// ntpxd in a guest whose clock is set to `date` (UTC), synchronised to a chronyd -x in the
-/// guest that serves the guest's own clock (this machine's clock cannot be moved to `date`),
-/// and answering the host side from XDP. `config` is added to ntpxd's configuration, `files`
-/// (path, contents) are written first.
-fn guest_serving_at(date: &str, config: &str, files: &[(&str, &str)]) -> (Guest, Chronyd) {
-    let guest = Guest::boot();
-    // Only for measuring the guest's clock (measured_offset).
-    let host_server = host_stratum_one(&guest);
-    install(&guest);
-    guest.run("systemctl stop ntpxd");
-    for (path, contents) in files {
-        guest.write(path, contents);
+            .run("ntpxc -c serverstats")
+            .split(',')
+            .next()
+            .and_then(|received| received.trim().parse().ok())
+            .expect("ntpxc -c serverstats")
     }
-    guest.run(&format!("date --utc --set '{date}' >/dev/null"));
-    guest.write(
-        "/etc/ntpx-test/upstream.conf",
-        &format!(
-            "port {GUEST_UPSTREAM_PORT}\nlocal stratum 1\nallow 127.0.0.1\ncmdport 0\n\
-             bindcmdaddress /run/ntpx-test-upstream.sock\npidfile /run/ntpx-test-upstream.pid\n"
-        ),
-    );
-    guest.run("chronyd -x -u root -f /etc/ntpx-test/upstream.conf");
-    configure(
-        &guest,
-        &format!(
-            "server 127.0.0.1 port {GUEST_UPSTREAM_PORT} iburst minpoll 0 maxpoll 1\n\
-             makestep 1 -1\nallow 10.0.2.0/24\nxdp eth0\n{config}"
-        ),
-    );
-    let synchronised = guest.wait_until(
-        "ntpxc -c tracking | awk -F, '$3 == 2 { found = 1 } END { exit !found }'",
-        Duration::from_secs(90),
-    );
-    assert!(synchronised.is_some(), "ntpxd did not synchronise:\n{}", guest.run("ntpxc tracking"));
-    (guest, host_server)
-}
 
-/// One answer through XDP seen from the host side, and the guest's clock then.
-struct Observation {
-    /// The time served, Unix ns.
-    served_ns: i64,
-    /// Served time minus the guest's clock, s.
-    error: f64,
-    /// The exchange's delay, s: its offset is known within half of it.
-    delay: f64,
-    leap: Leap,
-}
+    /// The port of the guest's own upstream server (chronyd -x serving the guest's clock).
+    const GUEST_UPSTREAM_PORT: u16 = 10123;
 
-/// Polls the guest from the host side once a second until it serves `until_ns`, and compares
-/// each answer with the guest's clock, measured (by chronyd -Q) before and after: the
-/// difference between the guest's and this machine's clock moves only by the guest's drift
-/// in between, or by a whole second at a leap (`leap_between`).
-fn observe_until(guest: &Guest, until_ns: i64, leap_between: Option<i64>) -> Vec<Observation> {
-    let server = format!("127.0.0.1:{GUEST_NTP_PORT_ON_HOST}").parse().unwrap();
-    let host_ns = || ntp_userspace::clock::realtime_ns() as i64;
-    let first = (host_ns(), measured_offset(guest));
-    let mut exchanges = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while exchanges.last().is_none_or(|e: &Exchange| e.served_ns() < until_ns) {
-        assert!(Instant::now() < deadline, "the guest's clock did not reach {until_ns}");
-        let source = "127.0.0.1:0".parse().unwrap();
-        if let Some(exchange) =
-            guest.netns.enter(|| client::exchange(source, server, Duration::from_secs(1)))
-        {
-            exchanges.push(exchange);
+    /// ntpxd in a guest whose clock is set to `date` (UTC), synchronised to a chronyd -x in the
+    /// guest that serves the guest's own clock (this machine's clock cannot be moved to `date`),
+    /// and answering the host side from XDP. `config` is added to ntpxd's configuration, `files`
+    /// (path, contents) are written first.
+    fn guest_serving_at(date: &str, config: &str, files: &[(&str, &str)]) -> (Guest, Chronyd) {
+        let guest = Guest::boot();
+        // Only for measuring the guest's clock (measured_offset).
+        let host_server = host_stratum_one(&guest);
+        install(&guest);
+        guest.run("systemctl stop ntpxd");
+        for (path, contents) in files {
+            guest.write(path, contents);
         }
-        std::thread::sleep(Duration::from_secs(1));
+        guest.run(&format!("date --utc --set '{date}' >/dev/null"));
+        guest.write(
+            "/etc/ntpx-test/upstream.conf",
+            &format!(
+                "port {GUEST_UPSTREAM_PORT}\nlocal stratum 1\nallow 127.0.0.1\ncmdport 0\n\
+                 bindcmdaddress /run/ntpx-test-upstream.sock\npidfile /run/ntpx-test-upstream.pid\n"
+            ),
+        );
+        guest.run("chronyd -x -u root -f /etc/ntpx-test/upstream.conf");
+        configure(
+            &guest,
+            &format!(
+                "server 127.0.0.1 port {GUEST_UPSTREAM_PORT} iburst minpoll 0 maxpoll 1\n\
+                 makestep 1 -1\nallow 10.0.2.0/24\nxdp eth0\n{config}"
+            ),
+        );
+        let synchronised = guest.wait_until(
+            "ntpxc -c tracking | awk -F, '$3 == 2 { found = 1 } END { exit !found }'",
+            Duration::from_secs(90),
+        );
+        assert!(
+            synchronised.is_some(),
+            "ntpxd did not synchronise:\n{}",
+            guest.run("ntpxc tracking")
+        );
+        (guest, host_server)
     }
-    let last = (host_ns(), measured_offset(guest));
-    // This machine's clock minus the guest's, s, at host time `at` on the given side of a leap.
-    let host_minus_guest = |at: i64, after_leap: bool| match leap_between {
-        Some(_) if after_leap => last.1,
-        Some(_) => first.1,
-        None => {
-            let share = (at - first.0) as f64 / (last.0 - first.0) as f64;
-            first.1 + (last.1 - first.1) * share
-        }
-    };
-    // The guest's clock repeats a second at an inserted leap: which side an answer is on, this
-    // machine's clock tells.
-    let leap_at_host_ns = leap_between.map(|leap| leap + (first.1 * 1e9) as i64);
-    exchanges
-        .iter()
-        .map(|exchange| {
-            let served_ns = exchange.served_ns();
-            let after_leap = leap_at_host_ns.is_some_and(|leap| exchange.sent_ns >= leap);
-            Observation {
-                served_ns,
-                error: exchange.offset + host_minus_guest(exchange.sent_ns, after_leap),
-                delay: exchange.delay,
-                leap: exchange.reply.leap,
+
+    /// One answer through XDP seen from the host side, and the guest's clock then.
+    struct Observation {
+        /// The time served, Unix ns.
+        served_ns: i64,
+        /// Served time minus the guest's clock, s.
+        error: f64,
+        /// The exchange's delay, s: its offset is known within half of it.
+        delay: f64,
+        leap: Leap,
+    }
+
+    /// Polls the guest from the host side once a second until it serves `until_ns`, and compares
+    /// each answer with the guest's clock, measured (by chronyd -Q) before and after: the
+    /// difference between the guest's and this machine's clock moves only by the guest's drift
+    /// in between, or by a whole second at a leap (`leap_between`).
+    fn observe_until(guest: &Guest, until_ns: i64, leap_between: Option<i64>) -> Vec<Observation> {
+        let server = format!("127.0.0.1:{GUEST_NTP_PORT_ON_HOST}").parse().unwrap();
+        let host_ns = || ntp_userspace::clock::realtime_ns() as i64;
+        let first = (host_ns(), measured_offset(guest));
+        let mut exchanges = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while exchanges.last().is_none_or(|e: &Exchange| e.served_ns() < until_ns) {
+            assert!(Instant::now() < deadline, "the guest's clock did not reach {until_ns}");
+            let source = "127.0.0.1:0".parse().unwrap();
+            if let Some(exchange) =
+                guest.netns.enter(|| client::exchange(source, server, Duration::from_secs(1)))
+            {
+                exchanges.push(exchange);
             }
-        })
-        .collect()
-}
-
-/// Checks an answer against the guest's clock: within 5 ms, beyond what the exchange's own
-/// delay leaves unknown (half of it; the first exchange through qemu's network waits for the
-/// two sides to resolve each other's addresses, up to a tenth of a second under emulation).
-fn assert_close_to_the_guest_clock(o: &Observation) {
-    let bound = 5e-3 + o.delay / 2.0;
-    assert!(
-        o.error.abs() < bound,
-        "served {} s off the guest's clock, delay {} s",
-        o.error,
-        o.delay
-    );
-}
-
-fn answered_in_kernel(guest: &Guest) -> u64 {
-    guest
-        .run("ntpxc serverstats")
-        .lines()
-        .find_map(|line| line.strip_prefix("NTP answered in kernel"))
-        .and_then(|value| value.trim_start_matches([' ', ':']).trim().parse().ok())
-        .expect("the kernel's answers")
-}
-
-#[test]
-#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
-fn across_the_2036_era_rollover_ntpxd_keeps_synchronising_and_serving() {
-    // 2036-02-07 06:28:16 UTC: NTP timestamps' seconds start again from 0.
-    let era_1 = ERA_1_UNIX_NS as i64;
-    let (guest, _host_server) = guest_serving_at("2036-02-07 06:27:10", "", &[]);
-    let observations = observe_until(&guest, era_1 + 20_000_000_000, None);
-    for o in &observations {
-        eprintln!(
-            "2036: served {:+.3} s from the rollover, {:+.6} s from the guest's clock, delay {:.6} s",
-            (o.served_ns - era_1) as f64 * 1e-9,
-            o.error,
-            o.delay
-        );
-    }
-    assert!(observations.iter().any(|o| o.served_ns < era_1), "nothing seen before the rollover");
-    assert!(observations.iter().any(|o| o.served_ns > era_1), "nothing seen after it");
-    for o in &observations {
-        assert_close_to_the_guest_clock(o);
-        assert_eq!(o.leap, Leap::NoWarning);
-    }
-    assert!(answered_in_kernel(&guest) >= observations.len() as u64);
-    // Still synchronised after it, with a reference time in 2036.
-    let fields = tracking(&guest);
-    eprintln!("2036: ntpxc -c tracking after the rollover: {}", fields.join(","));
-    let reference_time: f64 = fields[3].parse().expect("Ref time");
-    assert!(reference_time > era_1 as f64 * 1e-9, "reference time {reference_time}");
-    assert_eq!((fields[2].as_str(), fields[13].as_str()), ("2", "Normal"), "{fields:?}");
-    let system_time: f64 = fields[4].parse().expect("System time");
-    assert!(system_time.abs() < 1e-3, "System time {system_time}");
-    guest.run(SYNCHRONISED);
-}
-
-#[test]
-#[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
-fn a_leap_second_is_announced_and_inserted_by_the_guest_kernel() {
-    // A leap second at the end of 2026-12-31, from a leapseclist: TAI - UTC 37 since 2017,
-    // 38 from 2027-01-01 (NTP seconds 3692217600 and 4007750400).
-    let midnight = 1_798_761_600_000_000_000i64;
-    let list =
-        "3692217600\t37\t# 1 Jan 2017\n4007750400\t38\t# 1 Jan 2027 (a test's)\n#@\t4102444800\n";
-    let (guest, _host_server) = guest_serving_at(
-        "2026-12-31 23:59:00",
-        "leapseclist /etc/ntpx/leap-seconds.list\n",
-        &[("/etc/ntpx/leap-seconds.list", list)],
-    );
-    let announced = guest.wait_until(
-        "ntpxc -c tracking | grep -q ',Insert second$' \
-         && [ $(( $(adjtimex --print | awk '/status:/ {print $2}') & 16 )) -ne 0 ]",
-        Duration::from_secs(30),
-    );
-    assert!(
-        announced.is_some(),
-        "no leap announced:\n{}",
-        guest.run("ntpxc tracking; adjtimex --print")
-    );
-    let observations = observe_until(&guest, midnight + 10_000_000_000, Some(midnight));
-    for o in &observations {
-        eprintln!(
-            "leap: served {:+.3} s from midnight, LI {:?}, {:+.6} s from the guest's clock, \
-             delay {:.6} s",
-            (o.served_ns - midnight) as f64 * 1e-9,
-            o.leap,
-            o.error,
-            o.delay
-        );
-    }
-    for o in &observations {
-        assert_close_to_the_guest_clock(o);
-        if o.served_ns < midnight - 1_000_000_000 {
-            assert_eq!(o.leap, Leap::InsertSecond, "before midnight");
-        } else if o.served_ns > midnight + 2_000_000_000 {
-            assert_eq!(o.leap, Leap::NoWarning, "after midnight");
+            std::thread::sleep(Duration::from_secs(1));
         }
+        let last = (host_ns(), measured_offset(guest));
+        // This machine's clock minus the guest's, s, at host time `at` on the given side of a leap.
+        let host_minus_guest = |at: i64, after_leap: bool| match leap_between {
+            Some(_) if after_leap => last.1,
+            Some(_) => first.1,
+            None => {
+                let share = (at - first.0) as f64 / (last.0 - first.0) as f64;
+                first.1 + (last.1 - first.1) * share
+            }
+        };
+        // The guest's clock repeats a second at an inserted leap: which side an answer is on, this
+        // machine's clock tells.
+        let leap_at_host_ns = leap_between.map(|leap| leap + (first.1 * 1e9) as i64);
+        exchanges
+            .iter()
+            .map(|exchange| {
+                let served_ns = exchange.served_ns();
+                let after_leap = leap_at_host_ns.is_some_and(|leap| exchange.sent_ns >= leap);
+                Observation {
+                    served_ns,
+                    error: exchange.offset + host_minus_guest(exchange.sent_ns, after_leap),
+                    delay: exchange.delay,
+                    leap: exchange.reply.leap,
+                }
+            })
+            .collect()
     }
-    assert!(observations.iter().any(|o| o.served_ns < midnight - 1_000_000_000));
-    assert!(observations.iter().any(|o| o.served_ns > midnight + 2_000_000_000));
-    let kernel = guest.run("journalctl -k --no-pager");
-    assert!(kernel.contains("inserting leap second"), "the kernel inserted no leap second");
-    assert_eq!(tracking(&guest)[13], "Normal");
+
+    /// Checks an answer against the guest's clock: within 5 ms, beyond what the exchange's own
+    /// delay leaves unknown (half of it; the first exchange through qemu's network waits for the
+    /// two sides to resolve each other's addresses, up to a tenth of a second under emulation).
+    fn assert_close_to_the_guest_clock(o: &Observation) {
+        let bound = 5e-3 + o.delay / 2.0;
+        assert!(
+            o.error.abs() < bound,
+            "served {} s off the guest's clock, delay {} s",
+            o.error,
+            o.delay
+        );
+    }
+
+    fn answered_in_kernel(guest: &Guest) -> u64 {
+        guest
+            .run("ntpxc serverstats")
+            .lines()
+            .find_map(|line| line.strip_prefix("NTP answered in kernel"))
+            .and_then(|value| value.trim_start_matches([' ', ':']).trim().parse().ok())
+            .expect("the kernel's answers")
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn across_the_2036_era_rollover_ntpxd_keeps_synchronising_and_serving() {
+        // 2036-02-07 06:28:16 UTC: NTP timestamps' seconds start again from 0.
+        let era_1 = ERA_1_UNIX_NS as i64;
+        let (guest, _host_server) = guest_serving_at("2036-02-07 06:27:10", "", &[]);
+        let observations = observe_until(&guest, era_1 + 20_000_000_000, None);
+        for o in &observations {
+            eprintln!(
+                "2036: served {:+.3} s from the rollover, {:+.6} s from the guest's clock, delay {:.6} s",
+                (o.served_ns - era_1) as f64 * 1e-9,
+                o.error,
+                o.delay
+            );
+        }
+        assert!(
+            observations.iter().any(|o| o.served_ns < era_1),
+            "nothing seen before the rollover"
+        );
+        assert!(observations.iter().any(|o| o.served_ns > era_1), "nothing seen after it");
+        for o in &observations {
+            assert_close_to_the_guest_clock(o);
+            assert_eq!(o.leap, Leap::NoWarning);
+        }
+        assert!(answered_in_kernel(&guest) >= observations.len() as u64);
+        // Still synchronised after it, with a reference time in 2036.
+        let fields = tracking(&guest);
+        eprintln!("2036: ntpxc -c tracking after the rollover: {}", fields.join(","));
+        let reference_time: f64 = fields[3].parse().expect("Ref time");
+        assert!(reference_time > era_1 as f64 * 1e-9, "reference time {reference_time}");
+        assert_eq!((fields[2].as_str(), fields[13].as_str()), ("2", "Normal"), "{fields:?}");
+        let system_time: f64 = fields[4].parse().expect("System time");
+        assert!(system_time.abs() < 1e-3, "System time {system_time}");
+        guest.run(SYNCHRONISED);
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn a_leap_second_is_announced_and_inserted_by_the_guest_kernel() {
+        // A leap second at the end of 2026-12-31, from a leapseclist: TAI - UTC 37 since 2017,
+        // 38 from 2027-01-01 (NTP seconds 3692217600 and 4007750400).
+        let midnight = 1_798_761_600_000_000_000i64;
+        let list = "3692217600\t37\t# 1 Jan 2017\n4007750400\t38\t# 1 Jan 2027 (a test's)\n#@\t4102444800\n";
+        let (guest, _host_server) = guest_serving_at(
+            "2026-12-31 23:59:00",
+            "leapseclist /etc/ntpx/leap-seconds.list\n",
+            &[("/etc/ntpx/leap-seconds.list", list)],
+        );
+        let announced = guest.wait_until(
+            "ntpxc -c tracking | grep -q ',Insert second$' \
+             && [ $(( $(adjtimex --print | awk '/status:/ {print $2}') & 16 )) -ne 0 ]",
+            Duration::from_secs(30),
+        );
+        assert!(
+            announced.is_some(),
+            "no leap announced:\n{}",
+            guest.run("ntpxc tracking; adjtimex --print")
+        );
+        let observations = observe_until(&guest, midnight + 10_000_000_000, Some(midnight));
+        for o in &observations {
+            eprintln!(
+                "leap: served {:+.3} s from midnight, LI {:?}, {:+.6} s from the guest's clock, \
+                 delay {:.6} s",
+                (o.served_ns - midnight) as f64 * 1e-9,
+                o.leap,
+                o.error,
+                o.delay
+            );
+        }
+        for o in &observations {
+            assert_close_to_the_guest_clock(o);
+            if o.served_ns < midnight - 1_000_000_000 {
+                assert_eq!(o.leap, Leap::InsertSecond, "before midnight");
+            } else if o.served_ns > midnight + 2_000_000_000 {
+                assert_eq!(o.leap, Leap::NoWarning, "after midnight");
+            }
+        }
+        assert!(observations.iter().any(|o| o.served_ns < midnight - 1_000_000_000));
+        assert!(observations.iter().any(|o| o.served_ns > midnight + 2_000_000_000));
+        let kernel = guest.run("journalctl -k --no-pager");
+        assert!(kernel.contains("inserting leap second"), "the kernel inserted no leap second");
+        assert_eq!(tracking(&guest)[13], "Normal");
+    }
 }

@@ -14,7 +14,7 @@ use ntpx_tests::{
     frame::{self, Frame},
     netns::{self, Link},
     peers::{self, Chronyd, Ntpxd},
-    privileged,
+    require_root,
 };
 
 /// The server's configuration: the test subnets allowed, except the top half of the IPv4 one.
@@ -28,10 +28,9 @@ fn ntp_port(address: IpAddr) -> SocketAddr {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times() {
-    if !privileged("chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times") {
-        return;
-    }
+    require_root();
     let link = Link::new();
     link.client_ns.ip(&["addr", "add", "10.77.0.3/24", "dev", "veth-cli"]);
     // The fast path alone: the client log's lookup of the client's record, cold as any client's
@@ -82,10 +81,9 @@ fn chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ntpdig_is_answered_over_ipv4_and_ipv6() {
-    if !privileged("ntpdig_is_answered_over_ipv4_and_ipv6") {
-        return;
-    }
+    require_root();
     let link = Link::new();
     let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
     for server in [netns::SERVER_V4, netns::SERVER_V6] {
@@ -103,10 +101,9 @@ fn ntpdig_is_answered_over_ipv4_and_ipv6() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_client_on_a_vlan_is_answered_with_its_tag() {
-    if !privileged("a_client_on_a_vlan_is_answered_with_its_tag") {
-        return;
-    }
+    require_root();
     let link = Link::new();
     let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
     let mut request = Frame::request(link.client.v4, link.server.v4);
@@ -137,10 +134,9 @@ fn a_client_on_a_vlan_is_answered_with_its_tag() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_denied_source_gets_nothing() {
-    if !privileged("a_denied_source_gets_nothing") {
-        return;
-    }
+    require_root();
     let link = Link::new();
     link.client_ns.ip(&["addr", "add", "10.77.0.200/24", "dev", "veth-cli"]);
     let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
@@ -159,10 +155,9 @@ fn a_denied_source_gets_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_slow_path_serves_without_xdp() {
-    if !privileged("the_slow_path_serves_without_xdp") {
-        return;
-    }
+    require_root();
     let link = Link::new();
     link.client_ns.ip(&["addr", "add", "10.77.0.201/24", "dev", "veth-cli"]);
     let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(false));
@@ -198,10 +193,9 @@ fn the_slow_path_serves_without_xdp() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_stale_state_sends_requests_to_the_slow_path() {
-    if !privileged("a_stale_state_sends_requests_to_the_slow_path") {
-        return;
-    }
+    require_root();
     let link = Link::new();
     let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
     // A stopped daemon stops refreshing the kernel's state; after its freshness deadline the
@@ -230,10 +224,9 @@ fn a_stale_state_sends_requests_to_the_slow_path() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn native_xdp_falls_back_to_generic_and_a_missing_interface_is_an_error() {
-    if !privileged("native_xdp_falls_back_to_generic_and_a_missing_interface_is_an_error") {
-        return;
-    }
+    require_root();
     let netns = netns::Netns::new("attach");
     // A bridge has no native XDP support.
     netns.ip(&["link", "add", "br-ntpx", "type", "bridge"]);

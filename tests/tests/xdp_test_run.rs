@@ -19,7 +19,7 @@ use ntp_userspace::{
 };
 use ntpx_tests::{
     frame::{self, Environment, Expected, Frame, Network, UdpChecksum},
-    privileged,
+    require_root,
 };
 
 // The XDP actions (linux/bpf.h).
@@ -321,10 +321,9 @@ fn corpus() -> Vec<(String, Frame)> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_program_agrees_with_the_oracle_on_the_corpus() {
-    if !privileged("the_program_agrees_with_the_oracle_on_the_corpus") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let corpus = corpus();
     let mut answered = 0;
@@ -340,10 +339,9 @@ fn the_program_agrees_with_the_oracle_on_the_corpus() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn the_program_serves_across_the_2036_era_rollover() {
-    if !privileged("the_program_serves_across_the_2036_era_rollover") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let request = v4(CLIENT_V4).build();
     let seconds = |reply: &[u8]| {
@@ -366,10 +364,9 @@ fn the_program_serves_across_the_2036_era_rollover() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn malformed_frames_are_passed_untouched() {
-    if !privileged("malformed_frames_are_passed_untouched") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let mut wrong_length = v4(CLIENT_V4).build();
     wrong_length.extend_from_slice(&[0; 6]);
@@ -386,10 +383,9 @@ fn malformed_frames_are_passed_untouched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn truncated_frames_are_never_answered() {
-    if !privileged("truncated_frames_are_never_answered") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let mut tagged = v6(CLIENT_V6);
     tagged.vlan = Some(5);
@@ -407,10 +403,9 @@ fn truncated_frames_are_never_answered() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mutated_requests_agree_with_the_oracle() {
-    if !privileged("mutated_requests_agree_with_the_oracle") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let mut tagged = v4(CLIENT_V4);
     tagged.vlan = Some(42);
@@ -439,10 +434,9 @@ fn mutated_requests_agree_with_the_oracle() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_stale_state_is_passed_to_the_slow_path() {
-    if !privileged("a_stale_state_is_passed_to_the_slow_path") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let anchor = TimeAnchor {
         tai_ns: clock::tai_ns() - 2_000_000_000,
@@ -458,10 +452,9 @@ fn a_stale_state_is_passed_to_the_slow_path() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_unsynchronised_state_is_served_with_li_3() {
-    if !privileged("an_unsynchronised_state_is_served_with_li_3") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     fixture.publish(current_state(ReplyHeader::UNSYNCHRONISED));
     let bytes = v4(CLIENT_V4).build();
@@ -472,10 +465,9 @@ fn an_unsynchronised_state_is_served_with_li_3() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn root_dispersion_grows_between_updates() {
-    if !privileged("root_dispersion_grows_between_updates") {
-        return;
-    }
+    require_root();
     let mut fixture = Fixture::new();
     let rate = 0.01; // exaggerated, so that the growth shows within the test
     let anchor_age = 500_000_000;

@@ -2,6 +2,7 @@
 
 use crate::{
     control::{ClientReport, ServerStats},
+    sync::leap::civil_date,
     sync::{SourceReport, Tracking},
 };
 
@@ -346,17 +347,7 @@ fn utc_date(unix_seconds: f64) -> String {
         ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let seconds = unix_seconds.floor() as i64;
     let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // The proleptic Gregorian calendar from days since 1970-01-01 (in 400-year eras).
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil_date(days);
     format!(
         "{} {} {:02} {:02}:{:02}:{:02} {}",
         DAYS[days.rem_euclid(7) as usize],

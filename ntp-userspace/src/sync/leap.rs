@@ -71,6 +71,42 @@ pub fn next_midnight(t: i64) -> i64 {
     (t.div_euclid(86_400) + 1) * 86_400
 }
 
+/// Whether a leap second may end the UTC day containing Unix time `t`: the last day of June or
+/// December. The standard allows any month's end, but only these have ever been used, and
+/// chrony ignores an announcement on any other day, so a wrong LI bit cannot move the clock.
+pub fn is_leap_day(t: i64) -> bool {
+    let (_, month, day) = civil_date(t.div_euclid(86_400) + 1);
+    day == 1 && (month == 1 || month == 7)
+}
+
+/// Whether a leap second could have happened between Unix times `from` and `to` (a midnight
+/// ending a leap day lies in `(from, to]`).
+pub fn leap_between(from: i64, to: i64) -> bool {
+    let mut midnight = next_midnight(from);
+    while midnight <= to {
+        if is_leap_day(midnight - 1) {
+            return true;
+        }
+        midnight += 86_400;
+    }
+    false
+}
+
+/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01, in the proleptic Gregorian
+/// calendar (computed in 400-year eras).
+pub fn civil_date(days_since_epoch: i64) -> (i64, i64, i64) {
+    let shifted = days_since_epoch + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +136,25 @@ mod tests {
             let table = LeapTable::parse(&text).unwrap();
             assert_eq!(table.tai_offset(1_795_660_000), Some(37));
         }
+    }
+
+    #[test]
+    fn leaps_are_taken_only_at_the_end_of_june_and_december() {
+        const DAY: i64 = 86_400;
+        let new_year_2027 = 1_798_761_600;
+        assert_eq!(civil_date(new_year_2027 / DAY), (2027, 1, 1));
+        assert_eq!(civil_date(-1), (1969, 12, 31));
+        assert!(is_leap_day(new_year_2027 - 1));
+        assert!(is_leap_day(new_year_2027 - DAY));
+        assert!(!is_leap_day(new_year_2027));
+        assert!(!is_leap_day(new_year_2027 - DAY - 1));
+        // 2026-06-30 is one, 2026-11-30 (a month's end) is not.
+        assert!(is_leap_day(1_782_863_999));
+        assert!(!is_leap_day(1_796_083_199));
+        assert!(leap_between(new_year_2027 - 10, new_year_2027));
+        assert!(!leap_between(new_year_2027, new_year_2027 + 10));
+        assert!(leap_between(new_year_2027 - 3 * DAY, new_year_2027 + 3 * DAY));
+        assert!(!leap_between(new_year_2027 + DAY, new_year_2027 + 100 * DAY));
     }
 
     #[test]

@@ -124,6 +124,15 @@ pub struct SourceReport {
     pub std_dev: f64,
 }
 
+/// A leap second the served time makes under -x: at `at_raw_ns`, the UTC `midnight`, true time
+/// moves by `delta` s against the raw clock.
+#[derive(Clone, Copy, Debug)]
+struct PendingLeap {
+    at_raw_ns: i64,
+    delta: f64,
+    midnight: i64,
+}
+
 pub struct Synchroniser {
     settings: SyncSettings,
     sources: Vec<Source>,
@@ -135,8 +144,11 @@ pub struct Synchroniser {
     frequency: f64,
     since_raw_ns: i64,
     skew: f64,
-    /// A leap second under -x: at this raw time true time moves by `leap_delta` s.
-    pending_leap: Option<(i64, f64)>,
+    /// A leap second under -x, due at a raw time.
+    pending_leap: Option<PendingLeap>,
+    /// The UTC midnight (Unix s) of the last leap made under -x: during the inserted second,
+    /// true time reads the leap day again, and must not announce it twice.
+    last_leap_midnight: Option<i64>,
     last_offsets: Vec<f64>,
     update_times: Vec<i64>,
 }
@@ -160,6 +172,7 @@ impl Synchroniser {
             since_raw_ns,
             skew: 0.0,
             pending_leap: None,
+            last_leap_midnight: None,
             last_offsets: Vec::new(),
             update_times: Vec::new(),
         }
@@ -244,8 +257,13 @@ impl Synchroniser {
         received_system_ns: i64,
     ) -> Option<Action> {
         let received = self.discipline.raw_ns(received_system_ns);
+        // A leap due before this reply has moved the samples' timescale already.
+        self.apply_due_leap(received);
+        let leap_possible = self.sources.get(id)?.samples.newest().is_some_and(|previous| {
+            leap::leap_between(self.true_seconds(previous.time_ns), self.true_seconds(received))
+        });
         let source = self.sources.get_mut(id)?;
-        match source.receive(reply, from, received) {
+        match source.receive(reply, from, received, leap_possible) {
             Ok(_) => Some(self.update(received)),
             Err(rejected) => {
                 tracing::debug!(source = %source.address, ?rejected, "reply not used");
@@ -280,7 +298,7 @@ impl Synchroniser {
         let newest = peer.samples.newest().copied();
         self.reference = Some(Reference {
             peer: combined.peer,
-            stratum: peer.stratum.saturating_add(1).min(15),
+            stratum: peer.stratum + 1,
             reference_id: reference_id_of(peer.address.ip()),
             time_raw_ns: now,
             root_delay: peer.root_delay + newest.map_or(0.0, |s| s.delay),
@@ -312,7 +330,8 @@ impl Synchroniser {
             .map(|s| {
                 let estimate = s.estimate.as_ref()?;
                 let distance = s.root_distance(now);
-                (s.is_selectable() && distance <= self.settings.max_distance && s.stratum < 16)
+                // Behind a stratum 15 server, this one would be at 16: unsynchronised.
+                (s.is_selectable() && distance <= self.settings.max_distance && s.stratum < 15)
                     .then(|| Candidate {
                         offset: s.offset_at(now).unwrap_or(0.0),
                         distance,
@@ -333,26 +352,39 @@ impl Synchroniser {
     /// True time minus raw time at raw `now`, s.
     fn offset_at(&self, now_raw_ns: i64) -> f64 {
         let leap = match self.pending_leap {
-            Some((at, delta)) if now_raw_ns >= at => delta,
+            Some(PendingLeap { at_raw_ns, delta, .. }) if now_raw_ns >= at_raw_ns => delta,
             _ => 0.0,
         };
         self.offset + self.frequency * seconds_between(self.since_raw_ns, now_raw_ns) + leap
     }
 
-    /// The leap status: the leap table's when there is one, else the sources' majority.
+    /// True time (Unix seconds) at raw `now`: what a day's date is judged by, not the raw clock,
+    /// which may be weeks off before the first step.
+    fn true_seconds(&self, now_raw_ns: i64) -> i64 {
+        (now_raw_ns as f64 / 1e9 + self.offset_at(now_raw_ns)).floor() as i64
+    }
+
+    /// The leap status: the leap table's when there is one, else the sources' majority, taken
+    /// only on the last day of June or December.
     fn leap_status(&self, now_raw_ns: i64, sources_leap: &Leap) -> Leap {
+        let today = self.true_seconds(now_raw_ns);
+        if self.last_leap_midnight == Some(leap::next_midnight(today)) {
+            return Leap::NoWarning;
+        }
         match &self.leap_table {
-            Some(table) => table.leap_today(now_raw_ns.div_euclid(1_000_000_000)),
-            None => *sources_leap,
+            Some(table) => table.leap_today(today),
+            None if leap::is_leap_day(today) => *sources_leap,
+            None => Leap::NoWarning,
         }
     }
 
     /// Under `-x` the system clock makes no leap: at the leap, true time moves against it, and
     /// every sample (relative to the raw clock) with it.
     fn apply_due_leap(&mut self, now_raw_ns: i64) {
-        if let Some((at, delta)) = self.pending_leap
-            && now_raw_ns >= at
+        if let Some(PendingLeap { at_raw_ns, delta, midnight }) = self.pending_leap
+            && now_raw_ns >= at_raw_ns
         {
+            self.last_leap_midnight = Some(midnight);
             for source in &mut self.sources {
                 source.shift(delta);
             }
@@ -389,19 +421,29 @@ impl Synchroniser {
         let applied = self.discipline.applied_at(now);
         let mut leap_at_ns = None;
         let mut correction_after_leap = 0.0;
+        // Recomputed at every call: an announcement withdrawn before midnight means no leap.
+        self.pending_leap = None;
         let header = match self.reference {
             Some(reference) if synchronised => {
                 let elapsed = seconds_between(reference.time_raw_ns, now).max(0.0);
                 let leap = self.leap_status(now, &reference.leap);
                 if matches!(leap, Leap::InsertSecond | Leap::DeleteSecond) {
-                    // The kernel leaps when the system clock reaches midnight; under -x the
-                    // served time leaps then too (raw time is system time).
-                    let at = leap::next_midnight(now_system_ns.div_euclid(1_000_000_000))
-                        * 1_000_000_000;
-                    leap_at_ns = Some(at);
-                    if !self.discipline.controls_clock() {
+                    if self.discipline.controls_clock() {
+                        // The kernel leaps when the system clock reaches midnight.
+                        let midnight = leap::next_midnight(now_system_ns.div_euclid(1_000_000_000));
+                        leap_at_ns = Some(midnight * 1_000_000_000);
+                    } else {
+                        // Under -x the served time leaps when true time reaches midnight.
+                        let true_now = now as f64 / 1e9 + self.offset_at(now);
+                        let midnight = leap::next_midnight(true_now.floor() as i64) as f64;
+                        let at = now_system_ns + ((midnight - true_now) * 1e9).round() as i64;
                         let delta = if leap == Leap::InsertSecond { -1.0 } else { 1.0 };
-                        self.pending_leap.get_or_insert((at, delta));
+                        self.pending_leap = Some(PendingLeap {
+                            at_raw_ns: self.discipline.raw_ns(at),
+                            delta,
+                            midnight: midnight as i64,
+                        });
+                        leap_at_ns = Some(at);
                         correction_after_leap = delta;
                     }
                 }

@@ -95,6 +95,8 @@ const STABLE_REPLIES: u32 = 8;
 /// may be and still be used.
 const FILTER_LENGTH: usize = 8;
 const FILTER_DELAY_RATIO: f64 = 2.0;
+/// How far from a whole second a jump across a possible leap may be and still be a leap, s.
+const LEAP_JUMP_TOLERANCE: f64 = 0.1;
 /// Maximum frequency error assumed of a clock (RFC 5905's PHI), s/s.
 pub const PHI: f64 = 15e-6;
 
@@ -210,12 +212,14 @@ impl Source {
     }
 
     /// A reply from `from` received at local raw time `received_ns` (the request left at the
-    /// time `poll` was given).
+    /// time `poll` was given). `leap_possible`: a leap second may have happened since the
+    /// previous sample.
     pub fn receive(
         &mut self,
         reply: &[u8],
         from: SocketAddr,
         received_ns: i64,
+        leap_possible: bool,
     ) -> Result<Sample, Rejected> {
         if from != self.address {
             return Err(Rejected::FromElsewhere);
@@ -282,6 +286,9 @@ impl Source {
         self.root_dispersion = header.root_dispersion.to_seconds();
         self.reference_id = header.reference_id;
         self.last_sample = Some(sample);
+        if leap_possible {
+            self.absorb_leap(&sample);
+        }
         self.replies_in_a_row += 1;
         if self.burst_left == 0
             && self.replies_in_a_row >= STABLE_REPLIES
@@ -306,6 +313,18 @@ impl Source {
         if sample.delay <= quickest * FILTER_DELAY_RATIO + sample.dispersion {
             self.samples.push(sample);
             self.estimate = self.samples.estimate();
+        }
+    }
+
+    /// A server that leapt (announced or not) jumps by a whole second against its history. That
+    /// is a leap: the history moves with it, so that the jump is a step in the offset and never
+    /// a frequency error.
+    fn absorb_leap(&mut self, sample: &Sample) {
+        let Some(predicted) = self.offset_at(sample.time_ns) else { return };
+        let jump = sample.offset - predicted;
+        if (jump.abs() - 1.0).abs() < LEAP_JUMP_TOLERANCE {
+            tracing::info!(source = %self.address, jump, "the server leapt");
+            self.shift(jump.round());
         }
     }
 
@@ -388,13 +407,13 @@ mod tests {
             NtpHeader::from_bytes(&request.bytes).transmit_timestamp,
             NtpTimestamp::from_fixed(42)
         );
-        let sample = source.receive(&good(&request), request.to, RECEIVED).unwrap();
+        let sample = source.receive(&good(&request), request.to, RECEIVED, false).unwrap();
         assert!((sample.offset - 1e-3).abs() < 1e-9, "{}", sample.offset);
         assert!((sample.delay - 100e-6).abs() < 1e-9, "{}", sample.delay);
         assert_eq!((source.reach, source.stratum), (1, 1));
         // A duplicate of the reply is not awaited any more.
         assert_eq!(
-            source.receive(&good(&request), request.to, RECEIVED),
+            source.receive(&good(&request), request.to, RECEIVED, false),
             Err(Rejected::NotAwaited)
         );
     }
@@ -409,7 +428,7 @@ mod tests {
         // The stale request's send time does not move the one in flight; its own does.
         source.transmitted(&stale, T0 - 30_000);
         source.transmitted(&request, T0 + 10_000);
-        let sample = source.receive(&good(&request), request.to, RECEIVED).unwrap();
+        let sample = source.receive(&good(&request), request.to, RECEIVED, false).unwrap();
         assert!((sample.delay - 90e-6).abs() < 1e-9, "{}", sample.delay);
     }
 
@@ -419,19 +438,22 @@ mod tests {
         let request = source.poll(T0, 42).unwrap();
         let elsewhere = "192.0.2.99:123".parse().unwrap();
         assert_eq!(
-            source.receive(&good(&request), elsewhere, RECEIVED),
+            source.receive(&good(&request), elsewhere, RECEIVED, false),
             Err(Rejected::FromElsewhere)
         );
         let mut wrong_origin = good(&request);
         wrong_origin[24] ^= 1;
-        assert_eq!(source.receive(&wrong_origin, request.to, RECEIVED), Err(Rejected::NotAwaited));
         assert_eq!(
-            source.receive(&good(&request)[..40], request.to, RECEIVED),
+            source.receive(&wrong_origin, request.to, RECEIVED, false),
+            Err(Rejected::NotAwaited)
+        );
+        assert_eq!(
+            source.receive(&good(&request)[..40], request.to, RECEIVED, false),
             Err(Rejected::Malformed)
         );
         let unsynchronised = reply(&request, 3, Leap::Unsynchronised, ReferenceId::NONE);
         assert_eq!(
-            source.receive(&unsynchronised, request.to, RECEIVED),
+            source.receive(&unsynchronised, request.to, RECEIVED, false),
             Err(Rejected::Unsynchronised)
         );
         assert_eq!(source.reach, 0, "no rejected reply counts as reached");
@@ -443,14 +465,14 @@ mod tests {
         let request = source.poll(T0, 1).unwrap();
         let rate = reply(&request, 0, Leap::Unsynchronised, ReferenceId::KISS_RATE);
         assert_eq!(
-            source.receive(&rate, request.to, RECEIVED),
+            source.receive(&rate, request.to, RECEIVED, false),
             Err(Rejected::KissOfDeath(ReferenceId::KISS_RATE))
         );
         assert_eq!(source.poll, 5);
         assert!(source.next_poll_ns() >= RECEIVED + 32_000_000_000);
         let request = source.poll(source.next_poll_ns(), 2).unwrap();
         let deny = reply(&request, 0, Leap::Unsynchronised, ReferenceId::from_bits(*b"DENY"));
-        source.receive(&deny, request.to, RECEIVED).unwrap_err();
+        source.receive(&deny, request.to, RECEIVED, false).unwrap_err();
         assert!(source.refused && source.is_unreachable() && !source.is_selectable());
         assert_eq!(source.poll(i64::MAX, 3), None, "a refusing server is never asked again");
     }

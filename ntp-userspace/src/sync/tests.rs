@@ -23,8 +23,12 @@ use super::{
 /// Unix time of the simulation's start, ns. Times in the simulation are seconds since then, so
 /// that f64 keeps them to a fraction of a nanosecond.
 const START_NS: i64 = 1_795_734_000_000_000_000;
-/// An hour after the start: the end of a UTC day.
+/// An hour after the start: the end of a UTC day (2026-11-26), not one that may end in a leap.
 const MIDNIGHT_NS: i64 = START_NS + 3_600_000_000_000;
+/// 2027-01-01 00:00 UTC: the end of a day that may end in a leap second.
+const NEW_YEAR_2027_NS: i64 = 1_798_761_600_000_000_000;
+/// An hour before it.
+const LEAP_EVE_NS: i64 = NEW_YEAR_2027_NS - 3_600_000_000_000;
 const START: f64 = 0.0;
 
 /// A deterministic random number generator (xorshift64*).
@@ -50,6 +54,7 @@ struct Upstream {
     /// Its time minus true time, s.
     error: f64,
     stratum: u8,
+    leap: Leap,
     answering: bool,
 }
 
@@ -104,7 +109,7 @@ fn reply_to(
     let request = NtpHeader::from_bytes(request);
     let unix = |t: f64| NtpTimestamp::from_unix_nanos(unix_ns(start_ns, t + upstream.error) as u64);
     NtpHeader {
-        leap: Leap::NoWarning,
+        leap: upstream.leap,
         version: 4,
         mode: Mode::Server,
         stratum: upstream.stratum,
@@ -192,7 +197,13 @@ impl Simulation {
     fn add_upstream(&mut self, error: f64, poll: i8) {
         let address: SocketAddr =
             format!("192.0.2.{}:123", self.upstreams.len() + 1).parse().unwrap();
-        self.upstreams.push(Upstream { address, error, stratum: 1, answering: true });
+        self.upstreams.push(Upstream {
+            address,
+            error,
+            stratum: 1,
+            leap: Leap::NoWarning,
+            answering: true,
+        });
         let settings =
             PollSettings { minpoll: poll, maxpoll: poll, iburst: true, ..PollSettings::default() };
         let system = self.system_ns();
@@ -448,4 +459,94 @@ fn the_kernel_frequency_reads_without_writing() {
     use discipline::ClockControl as _;
     let frequency = discipline::KernelClockControl.frequency().unwrap();
     assert!((-500.0..=500.0).contains(&frequency), "{frequency} ppm");
+}
+
+/// Leap tests without a leap table: the upstream's LI bits decide. Under -x, synchronised
+/// from an hour before the midnight `eve_ns + 1 h` until 30 s before it, to one upstream
+/// announcing `leap`.
+fn announced_leap(eve_ns: i64, clock_offset: f64, leap: Leap) -> Simulation {
+    let clock = LocalClock::Free { frequency: 0.0, offset: clock_offset };
+    let mut simulation =
+        Simulation::starting_at(eve_ns, clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 4);
+    simulation.upstreams[0].leap = leap;
+    simulation.run(3600.0 - 30.0);
+    simulation
+}
+
+#[test]
+fn a_leap_announced_on_a_day_that_is_not_the_end_of_june_or_december_is_ignored() {
+    let mut simulation = announced_leap(START_NS, 0.0, Leap::InsertSecond);
+    let before = simulation.sync.served(simulation.system_ns());
+    assert_eq!(before.header.map(|h| h.leap), Some(Leap::NoWarning));
+    assert_eq!(before.leap_at_ns, None);
+    simulation.run(60.0);
+    let after = simulation.sync.served(simulation.system_ns());
+    assert!((after.correction - before.correction).abs() < 1e-3, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn an_announcement_withdrawn_before_midnight_means_no_leap() {
+    let mut simulation = announced_leap(LEAP_EVE_NS, 0.0, Leap::InsertSecond);
+    let announced = simulation.sync.served(simulation.system_ns());
+    assert_eq!(announced.header.map(|h| h.leap), Some(Leap::InsertSecond));
+    assert_eq!(announced.leap_at_ns, Some(NEW_YEAR_2027_NS));
+    simulation.upstreams[0].leap = Leap::NoWarning;
+    simulation.run(20.0);
+    let withdrawn = simulation.sync.served(simulation.system_ns());
+    assert_eq!(withdrawn.header.map(|h| h.leap), Some(Leap::NoWarning));
+    assert_eq!(withdrawn.leap_at_ns, None);
+    simulation.run(60.0);
+    let after = simulation.sync.served(simulation.system_ns());
+    assert!((after.correction - announced.correction).abs() < 1e-3, "{announced:?} -> {after:?}");
+}
+
+#[test]
+fn the_day_of_a_leap_is_judged_by_the_corrected_time_not_the_raw_clock() {
+    // The system clock is 20 days and 5 hours behind (a wrong RTC, not stepped under -x): by
+    // it, the leap would be on an ordinary day and at the wrong midnight.
+    let behind = -(20.0 * 86_400.0 + 5.0 * 3600.0);
+    let mut simulation = announced_leap(LEAP_EVE_NS, behind, Leap::InsertSecond);
+    let before = simulation.sync.served(simulation.system_ns());
+    assert_eq!(before.header.map(|h| h.leap), Some(Leap::InsertSecond));
+    let expected_at = NEW_YEAR_2027_NS + (behind * 1e9) as i64;
+    let at = before.leap_at_ns.expect("a leap is due");
+    assert!((at - expected_at).abs() < 1_000_000, "leap at {at}, expected {expected_at}");
+    simulation.run(30.0);
+    // The upstream leapt with it.
+    simulation.upstreams[0].error = -1.0;
+    simulation.upstreams[0].leap = Leap::NoWarning;
+    simulation.run(120.0);
+    let after = simulation.sync.served(simulation.system_ns());
+    assert!((after.correction - (before.correction - 1.0)).abs() < 1e-3, "{before:?} -> {after:?}");
+    assert!(simulation.served_frequency_error().abs() < 1e-6);
+}
+
+#[test]
+fn a_server_that_leaps_unannounced_moves_the_served_time_not_its_frequency() {
+    let mut simulation = announced_leap(LEAP_EVE_NS, 0.0, Leap::NoWarning);
+    assert!(simulation.served_error().abs() < 1e-4);
+    simulation.run(30.0);
+    // The upstream inserts a second at midnight: from now on it is a second behind true time.
+    simulation.upstreams[0].error = -1.0;
+    for _ in 0..60 {
+        simulation.run(5.0);
+        let frequency = simulation.served_frequency_error();
+        assert!(frequency.abs() < 1e-6, "frequency error {} ppm", frequency * 1e6);
+    }
+    let error = simulation.served_error();
+    assert!((error + 1.0).abs() < 1e-4, "served error {error} s");
+}
+
+#[test]
+fn behind_a_stratum_15_upstream_ntpxd_is_unsynchronised() {
+    for (upstream, served) in [(14, Some(15)), (15, None)] {
+        let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+        let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+        simulation.add_upstream(0.0, 4);
+        simulation.upstreams[0].stratum = upstream;
+        simulation.run(120.0);
+        let header = simulation.sync.served(simulation.system_ns()).header;
+        assert_eq!(header.map(|h| h.stratum), served, "upstream at stratum {upstream}");
+    }
 }

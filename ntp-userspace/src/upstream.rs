@@ -300,9 +300,13 @@ async fn exchange(
     let receive = async {
         loop {
             match socket.recv(&mut buffer).await {
-                // Anything from elsewhere on this port is ignored; the origin timestamp is
-                // checked by the synchroniser.
-                Ok(datagram) if datagram.source == request.to => return Some(datagram),
+                // Anything else on this port (from elsewhere, or a forgery without the
+                // request's transmit timestamp) is ignored: the reply may still come.
+                Ok(datagram)
+                    if request.is_answered_by(&buffer[..datagram.len], datagram.source) =>
+                {
+                    return Some(datagram);
+                }
                 Ok(_) => continue,
                 Err(error) => {
                     tracing::debug!(%error, "receiving a reply");

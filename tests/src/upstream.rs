@@ -31,6 +31,17 @@ pub struct OffsetServer {
 impl OffsetServer {
     /// Serves on `address` in `netns`, `offset_ns` ahead of this machine's clock, at stratum 1.
     pub fn start(netns: &Netns, address: SocketAddr, offset_ns: i64) -> Self {
+        Self::serve(netns, address, offset_ns, false)
+    }
+
+    /// As `start`, but each reply follows a forgery from the same address and port: the reply
+    /// with a wrong origin timestamp, as an off-path attacker who guessed the client's port
+    /// would send it.
+    pub fn start_with_forgeries(netns: &Netns, address: SocketAddr, offset_ns: i64) -> Self {
+        Self::serve(netns, address, offset_ns, true)
+    }
+
+    fn serve(netns: &Netns, address: SocketAddr, offset_ns: i64, forge: bool) -> Self {
         // A socket stays in the namespace it was opened in.
         let socket =
             netns.enter(|| std::net::UdpSocket::bind(address)).expect("binding the upstream");
@@ -85,6 +96,12 @@ impl OffsetServer {
                 if let Ok(reply) =
                     responder::respond(&buffer[..len], &state, received_tai, clock::tai_ns(), 0)
                 {
+                    if forge {
+                        let mut forgery = reply;
+                        forgery[24..32].copy_from_slice(&[0x5a; 8]);
+                        let _ =
+                            socket::sendto(socket.as_raw_fd(), &forgery, &from, MsgFlags::empty());
+                    }
                     let _ = socket::sendto(socket.as_raw_fd(), &reply, &from, MsgFlags::empty());
                 }
             }

@@ -195,3 +195,22 @@ fn an_upstream_20_ms_ahead_makes_xdp_serve_time_20_ms_ahead() {
     assert!(stats.kernel.answered > 0, "nothing answered from XDP");
     assert_eq!(stats.slow_path.answered, 0, "the slow path answered: {stats:?}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_forged_datagram_before_each_reply_does_not_stop_ntpxd_from_synchronising() {
+    require_root();
+    let link = Link::new();
+    let upstreams = Upstreams::new(&link.server_ns);
+    let upstream_address = SocketAddr::new(UPSTREAM_V4[0].parse().unwrap(), 123);
+    let _upstream = OffsetServer::start_with_forgeries(&upstreams.ns, upstream_address, 0);
+    let ntpxd = Ntpxd::start(
+        &link.server_ns,
+        &format!("server {} iburst minpoll 0 maxpoll 0\n", UPSTREAM_V4[0]),
+    );
+    assert!(
+        peers::wait_for(Duration::from_secs(30), || has_state(&ntpxd, "*", UPSTREAM_V4[0])),
+        "ntpxd did not select the upstream:\n{}",
+        ntpxd.ntpxc(&["sources"]).unwrap_or_default()
+    );
+}

@@ -73,6 +73,17 @@ pub struct Request {
     pub bytes: [u8; HEADER_LEN],
 }
 
+impl Request {
+    /// Whether `datagram` from `from` claims to answer this request: it comes from the server's
+    /// address and echoes the request's (unguessable) transmit timestamp as its origin. Anything
+    /// else arriving on the request's port, a forgery included, is not its reply.
+    pub fn is_answered_by(&self, datagram: &[u8], from: SocketAddr) -> bool {
+        const ORIGIN: std::ops::Range<usize> = 24..32;
+        const TRANSMIT: std::ops::Range<usize> = 40..48;
+        from == self.to && datagram.get(ORIGIN) == Some(&self.bytes[TRANSMIT])
+    }
+}
+
 /// Why a reply was not used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejected {
@@ -457,6 +468,19 @@ mod tests {
             Err(Rejected::Unsynchronised)
         );
         assert_eq!(source.reach, 0, "no rejected reply counts as reached");
+    }
+
+    #[test]
+    fn a_request_is_answered_only_by_its_server_echoing_its_transmit_timestamp() {
+        let mut source = source(PollSettings::default());
+        let request = source.poll(T0, 42).unwrap();
+        let reply = good(&request);
+        assert!(request.is_answered_by(&reply, request.to));
+        assert!(!request.is_answered_by(&reply, "192.0.2.9:123".parse().unwrap()));
+        let mut forged = reply;
+        forged[24] ^= 1;
+        assert!(!request.is_answered_by(&forged, request.to));
+        assert!(!request.is_answered_by(&reply[..31], request.to));
     }
 
     #[test]

@@ -109,13 +109,16 @@ impl ClientLogSize {
     /// 24-byte record) and its share of the bucket array (16-byte buckets, as many as entries
     /// rounded up to a power of two). Measured: 104,778,112 bytes for 1,000,000 entries.
     pub const BYTES_PER_CLIENT: u64 = 105;
+    /// The most clients `clientloglimit` gives, as chrony caps it (2^24 records, about 1.7 GiB
+    /// here); `clientlog entries` may ask for more explicitly.
+    pub const MAX_ENTRIES_BY_LIMIT: u32 = 1 << 24;
 
     /// How many clients the log holds; 0 when disabled.
     pub fn entries(&self) -> u32 {
         match *self {
-            Self::Bytes(bytes) => {
-                (bytes / Self::BYTES_PER_CLIENT).clamp(1, u64::from(u32::MAX)) as u32
-            }
+            Self::Bytes(bytes) => (bytes / Self::BYTES_PER_CLIENT)
+                .clamp(1, u64::from(Self::MAX_ENTRIES_BY_LIMIT))
+                as u32,
             Self::Entries(entries) => entries,
             Self::Disabled => 0,
         }
@@ -1010,6 +1013,10 @@ mod tests {
         assert_eq!(config.rate_limit, Some(RateLimitConfig::default()));
         assert_eq!(config.client_log.entries(), 9986);
         assert_eq!(ClientLogSize::default().entries(), 4993, "chrony's default budget");
+        let huge = parse_text("clientloglimit 10000000000000\n").unwrap().config;
+        assert_eq!(huge.client_log.entries(), 1 << 24, "capped as chrony caps it");
+        let explicit = parse_text("clientlog entries 20000000\n").unwrap().config;
+        assert_eq!(explicit.client_log.entries(), 20_000_000);
         assert!(error_of("ratelimit leak 5").contains("leak must be 1 to 4"));
         assert!(error_of("ratelimit speed 5").contains("unknown ratelimit option"));
         assert!(error_of("ratelimit burst").contains("needs a value"));

@@ -236,21 +236,9 @@ fn reload(server: &Server, shared: &mut Shared) -> anyhow::Result<()> {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let new = loaded.config;
-    let old = &shared.config;
-    let needs_restart = [
-        ("port", new.port != old.port),
-        ("bindaddress", (new.bind_v4, new.bind_v6) != (old.bind_v4, old.bind_v6)),
-        ("bindcmdaddress", new.command_socket != old.command_socket),
-        ("pidfile", new.pidfile != old.pidfile),
-        ("xdp", new.xdp != old.xdp),
-        ("the client log's size", new.client_log.entries() != old.client_log.entries()),
-        ("the sources or the clock discipline", new.sync != old.sync),
-    ];
-    for (what, changed) in needs_restart {
-        if changed {
-            tracing::warn!("{what} changed: restart ntpxd to apply it");
-        }
+    let (new, needs_restart) = reloadable(&shared.config, loaded.config);
+    for what in needs_restart {
+        tracing::warn!("{what} changed: it needs a restart, and keeps its running value");
     }
     let access = AccessTable::from_rules(&new.access);
     if let Some(dataplane) = shared.dataplane.as_mut() {
@@ -263,6 +251,34 @@ fn reload(server: &Server, shared: &mut Shared) -> anyhow::Result<()> {
     shared.config = new;
     tracing::info!(file = %shared.config_file.display(), "configuration reloaded");
     Ok(())
+}
+
+/// What a reload applies: `new`, except for what only a restart can change, which keeps its
+/// running value from `old` (so that the configuration kept always describes what runs); and
+/// the names of those parts that changed.
+fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    fn keep<T: PartialEq + Clone>(what: &'static str, new: &mut T, old: &T, kept: &mut Vec<&str>) {
+        if new != old {
+            kept.push(what);
+            new.clone_from(old);
+        }
+    }
+    let mut kept = Vec::new();
+    keep("port", &mut new.port, &old.port, &mut kept);
+    keep("bindaddress", &mut new.bind_v4, &old.bind_v4, &mut kept);
+    keep("bindaddress", &mut new.bind_v6, &old.bind_v6, &mut kept);
+    keep("bindcmdaddress", &mut new.command_socket, &old.command_socket, &mut kept);
+    keep("pidfile", &mut new.pidfile, &old.pidfile, &mut kept);
+    keep("xdp", &mut new.xdp, &old.xdp, &mut kept);
+    keep("the sources or the clock discipline", &mut new.sync, &old.sync, &mut kept);
+    // The kernel's table is sized at start (one entry under noclientlog), and rate limits live
+    // in it: limits on a table sized for no clients would limit everybody.
+    if new.client_log.entries() != old.client_log.entries() {
+        kept.push("the client log (with its rate limits)");
+        (new.client_log, new.rate_limit) = (old.client_log, old.rate_limit);
+    }
+    kept.dedup();
+    (new, kept)
 }
 
 /// The addresses the server answers for: the bind addresses, or all of this host's.
@@ -556,5 +572,39 @@ impl Drop for Pidfile {
         {
             tracing::warn!(%error, "removing the pidfile");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        config::parse(Path::new("test.conf"), text).unwrap().config
+    }
+
+    #[test]
+    fn a_reload_that_turns_the_client_log_on_keeps_it_off_until_a_restart() {
+        let old = config("allow\nnoclientlog\n");
+        let new = config("allow\nratelimit interval 1 burst 4\nclientlog entries 1000\n");
+        let (applied, needs_restart) = reloadable(&old, new);
+        assert_eq!(needs_restart, ["the client log (with its rate limits)"]);
+        let settings = client_log_settings(&applied, 0);
+        assert!(!settings.enabled);
+        assert_eq!(settings.limit, RateLimit::DISABLED);
+    }
+
+    #[test]
+    fn a_reload_applies_the_rules_and_keeps_what_needs_a_restart() {
+        let old = config("allow 10.0.0.0/8\nport 123\nratelimit interval 1\n");
+        let new = config("deny 10.0.0.0/8\nport 1123\nratelimit interval 3\n");
+        let (applied, needs_restart) = reloadable(&old, new.clone());
+        assert_eq!(needs_restart, ["port"]);
+        assert_eq!(applied.port, 123);
+        assert_eq!(applied.access, new.access);
+        assert_eq!(applied.rate_limit, new.rate_limit);
+        let (unchanged, nothing) = reloadable(&old, old.clone());
+        assert!(nothing.is_empty());
+        assert_eq!(unchanged, old);
     }
 }

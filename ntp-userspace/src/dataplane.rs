@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use ntp_common::{
@@ -24,6 +24,7 @@ use ntp_common::{
 use crate::{
     access::{Access, AccessTable},
     client_table::{ClientLogSettings, ClientTable},
+    config::ClientLogSize,
 };
 
 /// The XDP program, built for the BPF target by build.rs.
@@ -78,7 +79,20 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::CLIENTS, client_log_entries)
             .load(PROGRAM_OBJECT)
-            .context("loading the XDP program (needs root or CAP_BPF and CAP_NET_ADMIN)")?;
+            .map_err(|error| match error {
+                // The kernel preallocates the whole client log when the map is created.
+                EbpfError::MapError(MapError::CreateError { io_error, .. })
+                    if matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
+                {
+                    anyhow!(
+                        "the kernel cannot allocate a client log of {client_log_entries} clients \
+                         (about {} MiB): lower clientloglimit or clientlog entries ({io_error})",
+                        (u64::from(client_log_entries) * ClientLogSize::BYTES_PER_CLIENT) >> 20
+                    )
+                }
+                error => anyhow::Error::new(error)
+                    .context("loading the XDP program (needs root or CAP_BPF and CAP_NET_ADMIN)"),
+            })?;
         program_mut(&mut ebpf)?.load().context("the kernel rejected the XDP program")?;
         let Map::Array(server) = take_map(&mut ebpf, maps::SERVER)? else {
             bail!("map {} is not an array", maps::SERVER)
@@ -320,7 +334,7 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
 
 fn map<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
 where
-    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+    T: TryFrom<&'a mut Map, Error = MapError>,
 {
     let map = ebpf.map_mut(name).ok_or_else(|| anyhow!("the object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))

@@ -242,3 +242,17 @@ fn native_xdp_falls_back_to_generic_and_a_missing_interface_is_an_error() {
     assert!(!status.success());
     assert!(log.contains("cannot attach XDP to no-such0: there is no such interface"), "{log}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_client_log_the_kernel_cannot_allocate_is_refused_at_start_with_the_reason() {
+    require_root();
+    let netns = netns::Netns::new("biglog");
+    // 4 * 10^9 clients would take about 400 GiB of kernel memory.
+    let (status, log) = Ntpxd::start_expecting_failure(
+        &netns,
+        "local stratum 10\nallow\nclientlog entries 4000000000\n",
+    );
+    assert!(!status.success());
+    assert!(log.contains("the kernel cannot allocate a client log of 4000000000 clients"), "{log}");
+}

@@ -2,7 +2,6 @@
 //! that keeps the kernel's state fresh, and signals. Decisions live in `server` and `reference`.
 
 use std::{
-    io::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -26,6 +25,7 @@ use crate::{
     config::{self, ClientLogSize, Config},
     control::{ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment},
     dataplane::Dataplane,
+    files::Pidfile,
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
     service,
@@ -540,38 +540,6 @@ impl ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// The pidfile, removed when dropped.
-struct Pidfile(PathBuf);
-
-impl Pidfile {
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(pid) = text.trim().parse::<i32>()
-            && pid != std::process::id() as i32
-            && Path::new(&format!("/proc/{pid}")).exists()
-        {
-            bail!("ntpxd is already running (pid {pid} in {})", path.display());
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut file = std::fs::File::create(path)
-            .with_context(|| format!("writing the pidfile {}", path.display()))?;
-        writeln!(file, "{}", std::process::id())?;
-        Ok(Self(path.to_owned()))
-    }
-}
-
-impl Drop for Pidfile {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_file(&self.0)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, "removing the pidfile");
-        }
     }
 }
 

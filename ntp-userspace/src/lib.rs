@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod files;
 pub mod reference;
 pub mod report;
 pub mod server;

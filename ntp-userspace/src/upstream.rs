@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::{
     clock,
     config::{LeapSecondSource, SourceConfig, SourceKind, SyncConfig},
+    files,
     socket::NtpSocket,
     sync::{
         SourceId, SyncSettings, Synchroniser,
@@ -130,11 +131,8 @@ fn read_driftfile(path: &Path) -> anyhow::Result<Option<f64>> {
     }
 }
 
-/// Written to a temporary file first, so that a crash never leaves half a driftfile.
 fn write_driftfile(path: &Path, frequency_ppm: f64, skew_ppm: f64) -> io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, format!("{frequency_ppm:.6} {skew_ppm:.6}\n"))?;
-    std::fs::rename(&temporary, path)
+    files::write_atomically(path, format!("{frequency_ppm:.6} {skew_ppm:.6}\n").as_bytes())
 }
 
 /// What the polling task hears from its helpers.

@@ -7,6 +7,7 @@ use ntp_userspace::{
     cli::ntpxd::Args,
     config,
     daemon::{self, Options},
+    files,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -68,7 +69,8 @@ fn init_logging(args: &Args, foreground: bool) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt().with_max_level(level).with_target(false);
     if let Some(path) = &args.log_file {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = files::open_log(path)
+            .map_err(|error| anyhow::anyhow!("opening the log file {}: {error}", path.display()))?;
         builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         // Under systemd: the journal stamps each line itself and shows no colours.

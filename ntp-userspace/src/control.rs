@@ -48,6 +48,17 @@ pub enum Request {
     Sources,
 }
 
+impl Request {
+    /// Whether the request changes ntpxd's state (only root and ntpxd's user may send those).
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Self::Clients { reset, .. } => *reset,
+            Self::Access { .. } | Self::Reload => true,
+            Self::ServerStats | Self::AccessCheck { .. } | Self::Tracking | Self::Sources => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {

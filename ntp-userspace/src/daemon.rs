@@ -11,9 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixListener,
     signal::unix::{SignalKind, signal},
+    sync::Semaphore,
 };
 
 use ntp_common::ratelimit::{self, RateLimit};
@@ -130,9 +131,17 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
                 republish(&server, &shared);
             }
             connection = control.listener.accept() => match connection {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_control(stream, server.clone(), shared.clone()));
-                }
+                Ok((stream, _)) => match control.connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (server, shared) = (server.clone(), shared.clone());
+                        tokio::spawn(async move {
+                            serve_control(stream, server, shared).await;
+                            drop(permit);
+                        });
+                    }
+                    // Closed at once: the connection is dropped here.
+                    Err(_) => tracing::warn!("too many control connections: one refused"),
+                },
                 Err(error) => tracing::warn!(%error, "control socket"),
             },
             _ = terminate.recv() => break,
@@ -352,15 +361,22 @@ async fn serve_control(
     server: Arc<Server>,
     shared: Arc<Mutex<Shared>>,
 ) {
+    let peer_uid = stream.peer_cred().ok().map(|credentials| credentials.uid());
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read);
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line));
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_LEN);
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line));
     if !matches!(read.await, Ok(Ok(n)) if n > 0) {
         return;
     }
     server.count_command();
-    let response = match serde_json::from_str::<Request>(&line) {
+    let response = match serde_json::from_slice::<Request>(&line) {
+        _ if !line.ends_with(b"\n") => Response::Error {
+            message: format!("bad request: longer than {MAX_REQUEST_LEN} bytes, or unfinished"),
+        },
+        Ok(request) if request.changes_state() && !may_change_state(peer_uid) => Response::Error {
+            message: "not permitted: only root and ntpxd's user may change its state".into(),
+        },
         // Reports can read a large client table: off the runtime's worker threads.
         Ok(request) => tokio::task::spawn_blocking(move || {
             respond(&request, &server, &mut shared.lock().expect("shared lock"))
@@ -375,6 +391,12 @@ async fn serve_control(
     if let Err(error) = write.write_all(text.as_bytes()).await {
         tracing::debug!(%error, "writing a control response");
     }
+}
+
+/// Whether a control peer may change ntpxd's state: root, or ntpxd's own user (as chronyd
+/// lets only root and its user through its socket).
+fn may_change_state(peer_uid: Option<u32>) -> bool {
+    peer_uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }
 
 fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::Result<Response> {
@@ -512,8 +534,14 @@ fn server_stats(server: &Server, shared: &mut Shared) -> anyhow::Result<ServerSt
 /// The control socket, removed when dropped.
 struct ControlSocket {
     listener: UnixListener,
+    connections: Arc<Semaphore>,
     path: PathBuf,
 }
+
+/// The longest control request, bytes (a request is a line of JSON).
+const MAX_REQUEST_LEN: u64 = 4096;
+/// At most this many control connections are served at once; more are closed at once.
+const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 impl ControlSocket {
     fn bind(path: &Path) -> anyhow::Result<Self> {
@@ -533,7 +561,8 @@ impl ControlSocket {
         let listener = UnixListener::bind(path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        Ok(Self { listener, path: path.to_owned() })
+        let connections = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+        Ok(Self { listener, path: path.to_owned(), connections })
     }
 }
 

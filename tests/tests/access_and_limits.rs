@@ -203,3 +203,72 @@ fn rate_limiting_matches_chronyd() {
     assert_eq!(u64::from(count), stats.ntp_packets_received, "{stats:?}");
     assert_eq!(stats.ntp_packets_dropped, u64::from(count - ntpx_replies));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn the_control_socket_lets_only_root_and_ntpxds_user_change_state_and_bounds_its_requests() {
+    use std::{
+        io::{Read as _, Write as _},
+        os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    };
+    require_root();
+    let link = Link::new();
+    let ntpxd = Ntpxd::start(&link.server_ns, CONFIG);
+    // Opened to everyone, so that an unprivileged user reaches the socket at all (ntpxd's
+    // own directory and mode keep others out in a real installation).
+    let open = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(ntpxd.socket.parent().unwrap(), 0o755);
+    open(&ntpxd.socket, 0o666);
+    let as_nobody = |args: &[&str]| {
+        let output = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(peers::binary("ntpxc"))
+            .arg("-h")
+            .arg(&ntpxd.socket)
+            .args(args)
+            .output()
+            .expect("setpriv");
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    for report in [&["tracking"][..], &["clients"], &["serverstats"], &["accheck", "10.77.0.2"]] {
+        let (ok, stderr) = as_nobody(report);
+        assert!(ok, "{report:?} refused to an unprivileged user: {stderr}");
+    }
+    for change in [&["allow", "10.0.0.0/8"][..], &["deny", "all"], &["reload"], &["clients", "-r"]]
+    {
+        let (ok, stderr) = as_nobody(change);
+        assert!(!ok && stderr.contains("not permitted"), "{change:?} by nobody: {stderr}");
+    }
+    assert!(answered(&link, "10.77.0.2"), "nobody's deny all was applied");
+    ntpxd.ntpxc(&["deny", "10.77.0.2"]).expect("root may change the rules");
+    assert!(!answered(&link, "10.77.0.2"));
+
+    // Bad requests get an error reply, and the daemon goes on.
+    let exchange = |request: &[u8]| {
+        let mut stream = UnixStream::connect(&ntpxd.socket).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(request).unwrap();
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply
+    };
+    let long = [b'x'; 5000];
+    for bad in [&long[..], b"{not json\n", b"\xff\xfe\n", b"{\"command\":\"clients\"}\n"] {
+        let reply = exchange(bad);
+        assert!(
+            reply.contains("\"response\":\"error\"") && reply.contains("bad request"),
+            "{reply}"
+        );
+    }
+    // Connections beyond the bound are closed unanswered while the others are held open.
+    let held: Vec<UnixStream> =
+        (0..16).map(|_| UnixStream::connect(&ntpxd.socket).unwrap()).collect();
+    assert_eq!(exchange(b"{\"command\":\"tracking\"}\n"), "", "a 17th connection was served");
+    drop(held);
+    assert!(
+        peers::wait_for(Duration::from_secs(10), || ntpxd.ntpxc(&["tracking"]).is_ok()),
+        "ntpxd no longer answers on its control socket"
+    );
+}

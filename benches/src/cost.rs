@@ -53,7 +53,7 @@ pub fn measure() -> anyhow::Result<Costs> {
         limit: ntp_common::ratelimit::RateLimit::DISABLED,
         epoch_tai_ns: clock::tai_ns(),
     });
-    let local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+    let local = LocalReference { stratum: 10, distance: 1.0 };
     let mut probe = CostProbe::new()?;
     let frame = |client: &str, checksum: UdpChecksum| -> anyhow::Result<[u8; FRAME_LEN]> {
         let mut frame = Frame::request(client.parse()?, server);

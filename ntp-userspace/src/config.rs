@@ -58,11 +58,11 @@ impl fmt::Display for Warning {
     }
 }
 
-/// `local [stratum N] [orphan] [distance D] ...`: serve the local clock when nothing better.
+/// `local [stratum N] [distance D]`: serve the local clock when nothing better: when
+/// unsynchronised, or synchronised with a root distance over D (default 1 s), as chrony does.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LocalReference {
     pub stratum: u8,
-    pub orphan: bool,
     pub distance: f64,
 }
 
@@ -252,9 +252,8 @@ impl fmt::Display for Config {
             client_log,
             sync,
         } = self;
-        if let Some(LocalReference { stratum, orphan, distance }) = local {
-            write!(f, "local stratum {stratum} distance {distance}")?;
-            writeln!(f, "{}", if *orphan { " orphan" } else { "" })?;
+        if let Some(LocalReference { stratum, distance }) = local {
+            writeln!(f, "local stratum {stratum} distance {distance}")?;
         }
         for AccessRule { access, all, subnet } in access {
             let directive = match access {
@@ -761,7 +760,7 @@ fn parse_rate_limit(args: &[&str]) -> Result<RateLimitConfig, String> {
 }
 
 fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
-    let mut local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+    let mut local = LocalReference { stratum: 10, distance: 1.0 };
     let mut args = args.iter();
     while let Some(&option) = args.next() {
         let mut value =
@@ -773,15 +772,17 @@ fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
                     return Err(format!("local stratum must be 1 to 15, not {}", local.stratum));
                 }
             }
-            "orphan" => local.orphan = true,
             "distance" => {
                 local.distance = parse_number(value("a distance")?, "a distance in seconds")?
             }
-            "activate" => {
-                parse_number::<f64>(value("a distance")?, "a distance in seconds")?;
+            // Refused rather than accepted without effect: each changes when chrony serves.
+            "orphan" => {
+                return Err("local orphan is not supported: ntpxd has no orphan mode (servers \
+                    that poll each other would synchronise to each other)"
+                    .into());
             }
-            "waitsynced" | "waitunsynced" => {
-                parse_number::<f64>(value("an interval")?, "an interval in seconds")?;
+            "activate" | "waitsynced" | "waitunsynced" => {
+                return Err(format!("local {option} is not supported by ntpxd"));
             }
             other => return Err(format!("unknown local option `{other}`")),
         }
@@ -917,7 +918,7 @@ mod tests {
         let loaded = parse_text(
             "# a comment\n\
              ! another\n\
-             local stratum 8 orphan\n\
+             local stratum 8 distance 0.5\n\
              allow 192.0.2.0/24\n\
              deny all 192.0.2.128/25\n\
              Allow 2001:db8::/32\n\
@@ -931,7 +932,7 @@ mod tests {
         )
         .unwrap();
         let config = loaded.config;
-        assert_eq!(config.local, Some(LocalReference { stratum: 8, orphan: true, distance: 1.0 }));
+        assert_eq!(config.local, Some(LocalReference { stratum: 8, distance: 0.5 }));
         assert_eq!(config.access.len(), 3);
         assert_eq!(
             config.access[1],
@@ -1072,7 +1073,7 @@ mod tests {
 
     #[test]
     fn the_printed_configuration_reads_back_the_same() {
-        let text = "local stratum 8 orphan\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
+        let text = "local stratum 8 distance 0.25\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
             port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nxdp eth0\nxdp eth1 generic\n\
             ratelimit interval 2 kod 1\nclientlog entries 77\n\
             server 192.0.2.1 iburst minpoll 2\npool p.example maxsources 2 noselect\n\
@@ -1177,6 +1178,9 @@ mod tests {
             ("makestep 1", "usage: makestep"),
             ("makestep 0 3", "a makestep threshold above zero"),
             ("maxdistance -1", "above zero"),
+            ("local stratum 10 orphan", "local orphan is not supported"),
+            ("local activate 0.1", "local activate is not supported"),
+            ("local waitsynced 10", "local waitsynced is not supported"),
         ] {
             let error = error_of(line);
             assert!(error.starts_with("test.conf:1: "), "{error}");

@@ -66,7 +66,14 @@ impl Reference {
             // The root dispersion grows from the synchronisation's word on.
             let elapsed = self.since_served(now).max(0.0);
             let dispersion = header.root_dispersion.to_seconds() + header.dispersion_rate * elapsed;
-            return ReplyHeader { root_dispersion: NtpShort::from_seconds(dispersion), ..header };
+            let root_distance = header.root_delay.to_seconds() / 2.0 + dispersion;
+            // `local distance`: past it, the local reference serves instead (as chrony's does).
+            if self.local.is_none_or(|local| root_distance <= local.distance) {
+                return ReplyHeader {
+                    root_dispersion: NtpShort::from_seconds(dispersion),
+                    ..header
+                };
+            }
         }
         match self.local {
             // chrony serves its local reference with zero root delay and dispersion, and the
@@ -123,7 +130,7 @@ mod tests {
 
     #[test]
     fn local_reference_serves_the_system_clock_at_its_stratum() {
-        let local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+        let local = LocalReference { stratum: 10, distance: 1.0 };
         let state = Reference::new(Some(local), -25).state_at(NOW, 3_000_000_000);
         let header = state.header();
         assert_eq!((header.stratum, header.leap), (10, Leap::NoWarning));
@@ -190,7 +197,7 @@ mod tests {
 
     #[test]
     fn unsynchronised_the_local_reference_takes_over_with_the_corrected_time() {
-        let local = LocalReference { stratum: 10, orphan: false, distance: 1.0 };
+        let local = LocalReference { stratum: 10, distance: 1.0 };
         let mut reference = Reference::new(Some(local), -25);
         let system = NOW.system_time_ns();
         reference.set_served(Served { header: None, ..synchronised(-0.5, None) }, system);
@@ -200,6 +207,19 @@ mod tests {
         assert_eq!(served.to_unix_nanos_near(NOW_UNIX_NS), system as i64 - 500_000_000);
         let unsynchronised = Reference::new(None, -25).state_at(NOW, 3_000_000_000);
         assert_eq!(unsynchronised.header().leap, Leap::Unsynchronised);
+    }
+
+    #[test]
+    fn past_its_distance_the_local_reference_takes_over_from_a_distant_synchronisation() {
+        let system = NOW.system_time_ns();
+        // Root distance at the word: 0.5 ms + 1 ms, growing by 1 ms/s.
+        for (distance, stratum) in [(1.0, 2), (0.001, 10)] {
+            let local = LocalReference { stratum: 10, distance };
+            let mut reference = Reference::new(Some(local), -25);
+            reference.set_served(synchronised(0.0, None), system);
+            let header = reference.state_at(NOW, 3_000_000_000).header();
+            assert_eq!(header.stratum, stratum, "local distance {distance}");
+        }
     }
 
     #[test]

@@ -188,7 +188,7 @@ mod tests {
     }
 
     fn server_limiting(limit: Limit) -> Server {
-        let local = LocalReference { stratum: 7, orphan: false, distance: 1.0 };
+        let local = LocalReference { stratum: 7, distance: 1.0 };
         let access = AccessTable::from_rules(&[AccessRule {
             access: Access::Allow,
             all: false,

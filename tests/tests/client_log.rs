@@ -49,7 +49,7 @@ fn dataplane(limit: RateLimit, capacity: u32) -> Dataplane {
 
 /// Publishes a fresh state (tests running longer than its freshness refresh it).
 fn refresh(dataplane: &mut Dataplane) {
-    let local = LocalReference { stratum: 4, orphan: false, distance: 1.0 };
+    let local = LocalReference { stratum: 4, distance: 1.0 };
     let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: 0 };
     dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS));
 }

@@ -524,7 +524,7 @@ impl Synchroniser {
             rms_offset: rms,
             // The system clock runs fast when served time gains on it less than it should.
             frequency_ppm: -served.frequency * 1e6,
-            residual_frequency_ppm: 0.0,
+            residual_frequency_ppm: self.residual_frequency() * 1e6,
             skew_ppm: self.skew * 1e6,
             root_delay,
             root_dispersion,
@@ -532,6 +532,14 @@ impl Synchroniser {
             leap: leap_name(served.header.map(|h| h.leap)).into(),
             synchronised: served.header.is_some(),
         }
+    }
+
+    /// The reference source's latest frequency estimate minus the frequency in use (chrony's
+    /// residual frequency): apart when several sources are combined.
+    fn residual_frequency(&self) -> f64 {
+        self.reference
+            .and_then(|r| self.sources[r.peer].estimate)
+            .map_or(0.0, |estimate| estimate.frequency - self.frequency)
     }
 
     pub fn sources(&self, now_system_ns: i64) -> Vec<SourceReport> {

@@ -550,3 +550,26 @@ fn behind_a_stratum_15_upstream_ntpxd_is_unsynchronised() {
         assert_eq!(header.map(|h| h.stratum), served, "upstream at stratum {upstream}");
     }
 }
+
+#[test]
+fn the_residual_frequency_is_the_reference_sources_estimate_against_the_one_in_use() {
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 3);
+    simulation.run(600.0);
+    let alone = simulation.sync.tracking(simulation.system_ns()).residual_frequency_ppm;
+    assert!(alone.abs() < 1e-3, "one source: residual {alone} ppm");
+    // A second source that gains 0.3 ppm on the first: combined, the frequency in use lies
+    // between the two estimates.
+    simulation.add_upstream(0.0, 3);
+    for _ in 0..150 {
+        simulation.run(4.0);
+        simulation.upstreams[1].error += 0.3e-6 * 4.0;
+    }
+    let tracking = simulation.sync.tracking(simulation.system_ns());
+    let combined = simulation.sync.sources(simulation.system_ns());
+    let used = |s: &&SourceReport| matches!(s.state, SourceState::Selected | SourceState::Combined);
+    assert_eq!(combined.iter().filter(used).count(), 2, "both sources combined: {combined:?}");
+    let residual = tracking.residual_frequency_ppm;
+    assert!((0.02..0.3).contains(&residual.abs()), "two sources: residual {residual} ppm");
+}

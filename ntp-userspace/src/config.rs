@@ -211,6 +211,8 @@ pub struct Config {
     pub bind_v6: Option<Ipv6Addr>,
     pub command_socket: PathBuf,
     pub pidfile: PathBuf,
+    /// `user`: whom ntpxd runs as once started (default `_ntpx` when it exists).
+    pub user: Option<String>,
     pub xdp: Vec<XdpInterface>,
     pub rate_limit: Option<RateLimitConfig>,
     pub client_log: ClientLogSize,
@@ -227,6 +229,7 @@ impl Default for Config {
             bind_v6: None,
             command_socket: PathBuf::from(DEFAULT_COMMAND_SOCKET),
             pidfile: PathBuf::from(DEFAULT_PIDFILE),
+            user: None,
             xdp: Vec::new(),
             rate_limit: None,
             client_log: ClientLogSize::default(),
@@ -247,6 +250,7 @@ impl fmt::Display for Config {
             bind_v6,
             command_socket,
             pidfile,
+            user,
             xdp,
             rate_limit,
             client_log,
@@ -275,6 +279,9 @@ impl fmt::Display for Config {
         }
         writeln!(f, "bindcmdaddress {}", command_socket.display())?;
         writeln!(f, "pidfile {}", pidfile.display())?;
+        if let Some(user) = user {
+            writeln!(f, "user {user}")?;
+        }
         for XdpInterface { interface, mode } in xdp {
             let mode = match mode {
                 AttachMode::Native => "native",
@@ -379,7 +386,7 @@ fn unsupported(directive: &str) -> Option<Unsupported> {
         }
         "dumpdir" | "hwclockfile" | "lock_all" | "log" | "logbanner" | "logchange" | "logdir"
         | "mailonchange" | "rtcautotrim" | "rtcdevice" | "rtcfile" | "rtconutc"
-        | "sched_priority" | "user" => NoEffect("ntpxd does not use it"),
+        | "sched_priority" => NoEffect("ntpxd does not use it"),
         _ => return None,
     })
 }
@@ -489,6 +496,7 @@ impl Parser {
                 }
             }
             "pidfile" => config.pidfile = PathBuf::from(one(args)?),
+            "user" => config.user = Some(one(args)?.to_owned()),
             "xdp" => {
                 let interface = match args {
                     [interface] | [interface, _] => (*interface).to_owned(),
@@ -1033,11 +1041,11 @@ mod tests {
     #[test]
     fn directives_not_implemented_are_accepted_with_a_warning() {
         let loaded =
-            parse_text("allow\npeer 192.0.2.1 iburst\nuser _chrony\nkeyfile /etc/k\n").unwrap();
+            parse_text("allow\npeer 192.0.2.1 iburst\nlogdir /var/log\nkeyfile /etc/k\n").unwrap();
         let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(warnings.len(), 3);
         assert!(warnings[0].starts_with("test.conf:2: `peer` is not implemented"), "{warnings:?}");
-        assert!(warnings[1].starts_with("test.conf:3: `user` has no effect"));
+        assert!(warnings[1].starts_with("test.conf:3: `logdir` has no effect"));
         assert!(warnings[2].starts_with("test.conf:4: `keyfile` has no effect"));
     }
 
@@ -1074,7 +1082,7 @@ mod tests {
     #[test]
     fn the_printed_configuration_reads_back_the_same() {
         let text = "local stratum 8 distance 0.25\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
-            port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nxdp eth0\nxdp eth1 generic\n\
+            port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nuser _ntpx\nxdp eth0\nxdp eth1 generic\n\
             ratelimit interval 2 kod 1\nclientlog entries 77\n\
             server 192.0.2.1 iburst minpoll 2\npool p.example maxsources 2 noselect\n\
             makestep 1 3\nmaxdistance 2\ndriftfile /tmp/drift\nrtcsync\nleapsectz right/UTC\n";

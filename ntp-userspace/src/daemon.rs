@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use caps::{Capability, CapsHashSet};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixListener,
@@ -27,6 +28,7 @@ use crate::{
     control::{ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment},
     dataplane::Dataplane,
     files::Pidfile,
+    privileges,
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
     service,
@@ -53,14 +55,61 @@ struct Shared {
     rules: Vec<AccessRule>,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. `config` was read from `config_file`, which SIGHUP
-/// and `ntpxc reload` read again.
-pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyhow::Result<()> {
+/// What needs privileges, done: the program loaded and attached, the sockets bound, the pidfile
+/// locked. No thread is started yet, so that dropping privileges then applies to the whole
+/// process (capabilities belong to threads).
+pub struct Prepared {
+    config_file: PathBuf,
+    config: Config,
+    pidfile: Pidfile,
+    server: Arc<Server>,
+    dataplane: Option<Dataplane>,
+    upstream: Option<Arc<Upstream>>,
+    ntp_sockets: Vec<std::net::UdpSocket>,
+    control: ControlSocket,
+    created_directories: Vec<PathBuf>,
+}
+
+impl Prepared {
+    /// The capabilities ntpxd uses from now on: CAP_SYS_TIME while it adjusts the system
+    /// clock, and CAP_BPF where the kernel refuses map operations without it.
+    pub fn needed_capabilities(&mut self) -> anyhow::Result<CapsHashSet> {
+        let mut needed = CapsHashSet::new();
+        if self.upstream.as_ref().is_some_and(|upstream| upstream.controls_clock()) {
+            needed.insert(Capability::CAP_SYS_TIME);
+        }
+        if let Some(dataplane) = self.dataplane.as_mut()
+            && !privileges::works_without_bpf_capability(|| dataplane.counters().is_ok())?
+        {
+            needed.insert(Capability::CAP_BPF);
+        }
+        Ok(needed)
+    }
+
+    /// Hands to `user` the control socket (its group may then use it, as chronyd's) and the
+    /// directories ntpxd created for it and the pidfile (such as /run/ntpx): `user` removes
+    /// those files at exit.
+    pub fn hand_over_to(&self, user: &nix::unistd::User) -> anyhow::Result<()> {
+        for path in self.created_directories.iter().chain([&self.control.path]) {
+            nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("handing {} to {}", path.display(), user.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// The privileged part of starting: everything that needs root or capabilities. `config` was
+/// read from `config_file`, which SIGHUP and `ntpxc reload` read again.
+pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow::Result<Prepared> {
     let Options { no_clock_control } = options;
     // Fails early where adjtimex is not allowed (a system call filter, a container).
     KernelClock::read().context("reading the kernel clock (adjtimex)")?;
     let precision = clock::precision_log2();
-    let _pidfile = Pidfile::create(&config.pidfile)?;
+    let created_directories: Vec<PathBuf> = [&config.pidfile, &config.command_socket]
+        .into_iter()
+        .filter_map(|path| path.parent().filter(|dir| !dir.exists()).map(Path::to_owned))
+        .collect();
+    let pidfile = Pidfile::create(&config.pidfile)?;
     tracing::info!(
         port = config.port,
         no_clock_control,
@@ -91,21 +140,49 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
     if let Some(dataplane) = dataplane.as_mut() {
         start_dataplane(dataplane, &config, &server, upstream.as_deref(), &access)?;
     }
+    let mut ntp_sockets = Vec::new();
+    if config.port != 0 {
+        for address in bind_addresses(&config) {
+            let socket = NtpSocket::bind_std(address)
+                .with_context(|| format!("binding the NTP socket to {address}"))?;
+            ntp_sockets.push(socket);
+        }
+    }
+    let control = ControlSocket::bind(&config.command_socket)?;
+    Ok(Prepared {
+        config_file,
+        config,
+        pidfile,
+        server,
+        dataplane,
+        upstream,
+        ntp_sockets,
+        control,
+        created_directories,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        config_file,
+        config,
+        pidfile: _pidfile,
+        server,
+        dataplane,
+        upstream,
+        ntp_sockets,
+        control,
+        created_directories: _,
+    } = prepared;
     if let Some(upstream) = &upstream {
         tokio::spawn(upstream::poll_sources(upstream.clone(), config.sync.sources.clone()));
     }
-    let mut sockets = Vec::new();
-    if config.port != 0 {
-        for address in bind_addresses(&config) {
-            let socket = NtpSocket::bind(address)
-                .with_context(|| format!("binding the NTP socket to {address}"))?;
-            sockets.push(Arc::new(socket));
-        }
+    for socket in ntp_sockets {
+        let socket = Arc::new(NtpSocket::from_std(socket)?);
+        tokio::spawn(serve_socket(socket, server.clone()));
     }
-    for socket in &sockets {
-        tokio::spawn(serve_socket(socket.clone(), server.clone()));
-    }
-    let control = ControlSocket::bind(&config.command_socket)?;
+    let listener = UnixListener::from_std(control.listener.try_clone()?)?;
     let rules = config.access.clone();
     let shared_upstream = upstream.clone();
     let shared = Arc::new(Mutex::new(Shared { dataplane, upstream, config_file, config, rules }));
@@ -130,7 +207,7 @@ pub async fn run(config_file: PathBuf, config: Config, options: Options) -> anyh
             _ = clock_stepped(&shared_upstream) => {
                 republish(&server, &shared);
             }
-            connection = control.listener.accept() => match connection {
+            connection = listener.accept() => match connection {
                 Ok((stream, _)) => match control.connections.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let (server, shared) = (server.clone(), shared.clone());
@@ -278,6 +355,7 @@ fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     keep("bindaddress", &mut new.bind_v6, &old.bind_v6, &mut kept);
     keep("bindcmdaddress", &mut new.command_socket, &old.command_socket, &mut kept);
     keep("pidfile", &mut new.pidfile, &old.pidfile, &mut kept);
+    keep("user", &mut new.user, &old.user, &mut kept);
     keep("xdp", &mut new.xdp, &old.xdp, &mut kept);
     keep("the sources or the clock discipline", &mut new.sync, &old.sync, &mut kept);
     // The kernel's table is sized at start (one entry under noclientlog), and rate limits live
@@ -533,7 +611,7 @@ fn server_stats(server: &Server, shared: &mut Shared) -> anyhow::Result<ServerSt
 
 /// The control socket, removed when dropped.
 struct ControlSocket {
-    listener: UnixListener,
+    listener: std::os::unix::net::UnixListener,
     connections: Arc<Semaphore>,
     path: PathBuf,
 }
@@ -558,8 +636,9 @@ impl ControlSocket {
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the stale {}", path.display()))?;
         }
-        let listener = UnixListener::bind(path)
+        let listener = std::os::unix::net::UnixListener::bind(path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
+        listener.set_nonblocking(true)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         let connections = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
         Ok(Self { listener, path: path.to_owned(), connections })

@@ -64,6 +64,10 @@ pub struct Pidfile {
 }
 
 impl Pidfile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -30,6 +30,12 @@ pub struct NtpSocket {
 impl NtpSocket {
     /// Binds `address` (v6 sockets are v6-only; IPv4 has its own socket).
     pub fn bind(address: SocketAddr) -> io::Result<Self> {
+        Self::from_std(Self::bind_std(address)?)
+    }
+
+    /// Binds `address` as `bind` does, before the runtime exists (a privileged port is bound
+    /// before privileges are dropped, and the runtime's threads started).
+    pub fn bind_std(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
         let family = match address {
             SocketAddr::V4(_) => AddressFamily::Inet,
             SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -53,8 +59,12 @@ impl NtpSocket {
             }
         }
         // SAFETY: `fd` is an open, bound, non-blocking UDP socket we own.
-        let std = unsafe { std::net::UdpSocket::from_raw_fd(fd.into_raw_fd()) };
-        Ok(Self { socket: tokio::net::UdpSocket::from_std(std)? })
+        Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd.into_raw_fd()) })
+    }
+
+    /// A socket from `bind_std`, in the runtime.
+    pub fn from_std(socket: std::net::UdpSocket) -> io::Result<Self> {
+        Ok(Self { socket: tokio::net::UdpSocket::from_std(socket)? })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

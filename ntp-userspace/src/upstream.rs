@@ -92,6 +92,11 @@ impl Upstream {
         })
     }
 
+    /// Whether the synchronisation adjusts the system clock (not under `-x`).
+    pub fn controls_clock(&self) -> bool {
+        self.sync.lock().expect("sync lock").controls_clock()
+    }
+
     /// Writes the driftfile if an hour has passed since it was last written (or `now`).
     pub fn save_drift(&self, force: bool) {
         let Some(path) = &self.driftfile else { return };

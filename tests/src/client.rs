@@ -13,10 +13,41 @@ use ntp_common::wire::{HEADER_LEN, NtpHeader, NtpTimestamp};
 /// Sends a client request from `source` to `server` and waits up to `timeout` for the reply
 /// whose origin timestamp matches.
 pub fn query(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Option<NtpHeader> {
+    let (socket, transmit) = send_request(source, server);
+    await_reply(&socket, server, transmit, timeout)
+}
+
+/// As `query`, but a request unanswered after `timeout` gets `on_timeout` called (to wake a
+/// stopped server, say) and 5 s more; whether that happened is returned beside the reply.
+pub fn query_waiting(
+    source: SocketAddr,
+    server: SocketAddr,
+    timeout: Duration,
+    on_timeout: impl FnOnce(),
+) -> (Option<NtpHeader>, bool) {
+    let (socket, transmit) = send_request(source, server);
+    if let Some(reply) = await_reply(&socket, server, transmit, timeout) {
+        return (Some(reply), false);
+    }
+    on_timeout();
+    (await_reply(&socket, server, transmit, Duration::from_secs(5)), true)
+}
+
+fn send_request(source: SocketAddr, server: SocketAddr) -> (UdpSocket, NtpTimestamp) {
     let socket = UdpSocket::bind(source).unwrap_or_else(|e| panic!("binding {source}: {e}"));
     let transmit = NtpTimestamp::from_fixed(0x0123_4567_89ab_cdef ^ u64::from(std::process::id()));
     let request = NtpHeader::client_request(4, 6, transmit).to_bytes();
     socket.send_to(&request, server).expect("sending a request");
+    (socket, transmit)
+}
+
+/// The reply from `server` echoing `transmit`, if one comes within `timeout`.
+fn await_reply(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    transmit: NtpTimestamp,
+    timeout: Duration,
+) -> Option<NtpHeader> {
     let deadline = Instant::now() + timeout;
     let mut buffer = [0u8; 512];
     loop {

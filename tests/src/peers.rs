@@ -221,7 +221,27 @@ impl Chronyd {
             &["-x", "-d", "-u", "root", "-f", config_path.to_str().unwrap()],
             dir.path().join("chronyd.log"),
         );
-        Self { process, socket, netns_name: netns.name().to_owned(), _dir: dir }
+        let chronyd = Self { process, socket, netns_name: netns.name().to_owned(), _dir: dir };
+        // chronyd opens its NTP sockets before its command socket: once chronyc is answered,
+        // it serves.
+        let ready =
+            wait_for(Duration::from_secs(20), || !chronyd.chronyc(&["tracking"]).is_empty());
+        assert!(ready, "chronyd did not start:\n{}", chronyd.process.log());
+        chronyd
+    }
+
+    /// How many valid replies chronyd has had from server `address` (`ntpdata`'s Total valid
+    /// RX; 0 before the first).
+    pub fn valid_replies(&self, address: &str) -> u32 {
+        let ntpdata = self.chronyc(&["ntpdata", address]);
+        report_value(&ntpdata, "Total valid RX").and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+
+    /// Waits until chronyd has had `more` valid replies from `address` than it has now.
+    pub fn wait_for_replies(&self, address: &str, more: u32, timeout: Duration) {
+        let target = self.valid_replies(address) + more;
+        let arrived = wait_for(timeout, || self.valid_replies(address) >= target);
+        assert!(arrived, "chronyd had no {more} more replies from {address} in {timeout:?}");
     }
 
     /// Whether chronyd has `address` as its selected source (`*`).

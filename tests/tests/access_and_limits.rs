@@ -178,7 +178,6 @@ fn rate_limiting_matches_chronyd() {
     let chrony_link = Link::new();
     let chronyd =
         Chronyd::start(&chrony_link.server_ns, &format!("local stratum 10\nallow\n{ratelimit}\n"));
-    std::thread::sleep(Duration::from_secs(1));
     let (chrony_replies, chrony_polls) =
         chrony_link.client_ns.enter(|| send_pattern(count, spacing, -3));
     drop(chronyd);

@@ -18,9 +18,18 @@ use anyhow::{Context as _, bail};
 
 use crate::{command_output, guest, is_root, run};
 
-/// Debian packages the tests and the demo run.
-const TEST_PACKAGES: &[&str] =
-    &["chrony", "ntpsec-ntpdate", "iproute2", "ethtool", "debootstrap", "e2fsprogs"];
+/// Debian packages the tests and the demo run (tzdata: the leap seconds list; util-linux:
+/// setpriv, to act as an unprivileged user).
+const TEST_PACKAGES: &[&str] = &[
+    "chrony",
+    "ntpsec-ntpdate",
+    "iproute2",
+    "ethtool",
+    "debootstrap",
+    "e2fsprogs",
+    "tzdata",
+    "util-linux",
+];
 
 /// cargo-deb, pinned: newer releases may need a newer rustc than these machines have.
 const CARGO_DEB: &str = "cargo-deb@3.8.0";

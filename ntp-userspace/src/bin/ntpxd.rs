@@ -7,7 +7,7 @@ use ntp_userspace::{
     cli::ntpxd::Args,
     config,
     daemon::{self, Options},
-    files,
+    files, privileges,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -39,16 +39,26 @@ fn main() -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "cannot start the runtime");
-                return ExitCode::FAILURE;
-            }
-        };
     let options = Options { no_clock_control: args.no_clock_control };
-    match runtime.block_on(daemon::run(args.config.clone(), loaded.config, options)) {
+    let user = loaded.config.user.clone();
+    let started = daemon::prepare(args.config.clone(), loaded.config, options)
+        .and_then(|mut prepared| {
+            let user = privileges::target_user(user.as_deref())?;
+            if let Some(user) = privileges::switching_to(user.as_ref()) {
+                prepared.hand_over_to(user)?;
+            }
+            privileges::drop_privileges(user.as_ref(), || prepared.needed_capabilities())?;
+            Ok(prepared)
+        })
+        .and_then(|prepared| {
+            // Only now, with privileges dropped, the runtime's threads.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(daemon::serve(prepared))
+        });
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

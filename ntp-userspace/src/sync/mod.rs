@@ -203,6 +203,11 @@ impl Synchroniser {
         self.sources[id] = Source::new(name, address, settings, now);
     }
 
+    /// Whether the discipline adjusts the system clock (not under `-x`).
+    pub fn controls_clock(&self) -> bool {
+        self.discipline.controls_clock()
+    }
+
     /// `request` to source `id` left at system time `sent_ns`.
     pub fn transmitted(&mut self, id: SourceId, request: &Request, sent_system_ns: i64) {
         let sent = self.discipline.raw_ns(sent_system_ns);

@@ -61,10 +61,13 @@ pub fn drop_privileges(
     if !missing.is_empty() {
         bail!("ntpxd needs {missing:?}, which it was not given");
     }
-    caps::clear(None, CapSet::Ambient)?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
+    let reduce = || -> Result<(), caps::errors::CapsError> {
+        caps::clear(None, CapSet::Ambient)?;
+        caps::set(None, CapSet::Inheritable, &CapsHashSet::new())?;
+        caps::set(None, CapSet::Effective, &keep)?;
+        caps::set(None, CapSet::Permitted, &keep)
+    };
+    reduce().context("giving up capabilities (capset)")?;
     tracing::info!(
         uid = Uid::effective().as_raw(),
         capabilities = ?keep,

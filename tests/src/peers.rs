@@ -121,12 +121,16 @@ impl Ntpxd {
     /// its control socket answers.
     pub fn start(netns: &Netns, config: &str) -> Self {
         let ntpxd = Self::spawn(netns, config);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while control::call(&ntpxd.socket, &Request::ServerStats).is_err() {
-            assert!(Instant::now() < deadline, "ntpxd did not start:\n{}", ntpxd.process.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        ntpxd.wait_for_the_control_socket();
         ntpxd
+    }
+
+    fn wait_for_the_control_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while control::call(&self.socket, &Request::ServerStats).is_err() {
+            assert!(Instant::now() < deadline, "ntpxd did not start:\n{}", self.process.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts ntpxd with a `config` it must refuse, and returns its exit status and log.
@@ -150,14 +154,30 @@ impl Ntpxd {
         let socket = dir.path().join("ntpxd.sock");
         let config_path = dir.path().join("ntpxd.conf");
         fs::write(&config_path, Self::complete(&socket, config)).expect("writing the config");
-        let process = Process::spawn(
-            "ntpxd",
-            netns,
-            &binary("ntpxd"),
-            &["-d", "-x", "-f", config_path.to_str().unwrap()],
-            dir.path().join("ntpxd.log"),
-        );
+        let process = Self::spawn_process(netns, &config_path, dir.path().join("ntpxd.log"));
         Self { process, socket, config_file: config_path, _dir: dir }
+    }
+
+    fn spawn_process(netns: &Netns, config: &Path, log: PathBuf) -> Process {
+        let args = ["-d", "-x", "-f", config.to_str().unwrap()];
+        Process::spawn("ntpxd", netns, &binary("ntpxd"), &args, log)
+    }
+
+    /// Kills ntpxd as a crash would (SIGKILL: no cleanup), leaving its pidfile and control
+    /// socket behind.
+    pub fn crash(&mut self) {
+        self.process.signal(Signal::SIGKILL);
+        let status = self.process.stop().expect("an exit status");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    }
+
+    /// Starts ntpxd again on the same configuration, pidfile and control socket (what a
+    /// crashed one left behind included), logging to `log_name` beside the first log; returns
+    /// when its control socket answers.
+    pub fn restart(&mut self, netns: &Netns, log_name: &str) {
+        let log = self.config_file.with_file_name(log_name);
+        self.process = Self::spawn_process(netns, &self.config_file, log);
+        self.wait_for_the_control_socket();
     }
 
     /// `config` with the test's control socket and pidfile.

@@ -44,7 +44,10 @@ mod in_guest {
     /// (Type=notify: attached and publishing).
     fn configure(guest: &Guest, config: &str) {
         guest.write("/etc/ntpx/ntpx.conf", config);
-        guest.run("systemctl restart ntpxd && systemctl is-active ntpxd");
+        guest.run(
+            "systemctl restart ntpxd && systemctl is-active ntpxd \
+             || { journalctl -u ntpxd -b --no-pager | tail -n 20; false; }",
+        );
     }
 
     /// The number after `label` in `adjtimex --print`'s output.

@@ -310,3 +310,38 @@ fn started_as_root_ntpxd_serves_as_its_user_with_only_the_capabilities_it_uses()
     let dropped = log.lines().find(|line| line.contains("privileges dropped"));
     eprintln!("{}", dropped.expect("no 'privileges dropped' in the log"));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn after_a_crash_nothing_stale_is_served_and_a_restart_serves_within_2_s() {
+    require_root();
+    let link = Link::new();
+    let mut ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    let source = SocketAddr::new(link.client.v4, 0);
+    let query = || {
+        link.client_ns
+            .enter(|| client::query(source, ntp_port(link.server.v4), Duration::from_millis(300)))
+    };
+    let xdp_attached = || {
+        let details = link.server_ns.ip(&["-details", "link", "show", "veth-srv"]).stdout;
+        String::from_utf8_lossy(&details).contains("prog/xdp")
+    };
+    assert!(query().is_some(), "no answer before the crash");
+    assert!(xdp_attached());
+    ntpxd.crash();
+    // The program's attachment was the process's (a BPF link, not pinned): it went with it, so
+    // no state it published can be served, however fresh its deadline.
+    assert!(!xdp_attached(), "XDP still attached after the crash");
+    assert!(query().is_none(), "answered with nothing serving");
+    // A new ntpxd takes over the pidfile and the control socket the dead one left.
+    let restarted = Instant::now();
+    ntpxd.restart(&link.server_ns, "ntpxd-restarted.log");
+    assert!(
+        peers::wait_for(Duration::from_secs(2), || query().is_some()),
+        "not serving 2 s after the restart:\n{}",
+        ntpxd.process.log()
+    );
+    eprintln!("serving {:?} after the restart", restarted.elapsed());
+    assert!(restarted.elapsed() < Duration::from_secs(2));
+    assert!(ntpxd.serverstats().kernel.answered > 0, "not answered from XDP after the restart");
+}

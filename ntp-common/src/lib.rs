@@ -2,6 +2,7 @@
 //! the NTP wire format, the kernel/daemon map types, and the pure responder.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod admission;
 pub mod checksum;
 pub mod maps;
 pub mod ratelimit;

@@ -28,6 +28,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ntp_common::{
+    admission::{self, Addressing, WireAddress},
     checksum::fold,
     maps::{ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage, client_key_v4},
     ratelimit::{self, ClientRecord, Limit},
@@ -186,9 +187,14 @@ fn serve_ipv4(
     let l4 = l3 + header_len;
     let dgram = check_datagram(ctx, l4, total_len - header_len)?;
     let (src, dst) = ([header[6], header[7]], [header[8], header[9]]);
-    if !published.is_local_v4(u32_of(dst))
-        || !is_ipv4_unicast_source(src)
-        || !is_unicast_frame(ctx)?
+    let addressing = Addressing {
+        source: WireAddress::V4(u32_of(src).to_ne_bytes()),
+        // SAFETY: check_datagram checked the bounds of the whole datagram.
+        source_port: u16::from_be(unsafe { (*dgram)[0] }),
+        destination: WireAddress::V4(u32_of(dst).to_ne_bytes()),
+        on_loopback: arrived_on_loopback(ctx),
+    };
+    if admission::check(&addressing, |a| is_local(published, a)).is_err() || !is_unicast_frame(ctx)?
     {
         return Err(Counter::PassedAddress);
     }
@@ -284,9 +290,14 @@ fn serve_ipv6(
     let mut dst = [0u16; 8];
     src.copy_from_slice(&header[4..12]);
     dst.copy_from_slice(&header[12..20]);
-    if !published.is_local_v6(u64_pair_of(&dst))
-        || !is_ipv6_unicast_source(&src)
-        || !is_unicast_frame(ctx)?
+    let addressing = Addressing {
+        source: WireAddress::V6(bytes16(&src)),
+        // SAFETY: check_datagram checked the bounds of the whole datagram.
+        source_port: u16::from_be(unsafe { (*dgram)[0] }),
+        destination: WireAddress::V6(bytes16(&dst)),
+        on_loopback: arrived_on_loopback(ctx),
+    };
+    if admission::check(&addressing, |a| is_local(published, a)).is_err() || !is_unicast_frame(ctx)?
     {
         return Err(Counter::PassedAddress);
     }
@@ -351,7 +362,9 @@ fn check_datagram(
 fn is_unicast_frame(ctx: &XdpContext) -> Result<bool, Refusal> {
     let eth: *const [u16; ETH_WORDS] = ptr_at(ctx, 0).map_err(|()| Counter::PassedMalformed)?;
     // SAFETY: ptr_at checked the bounds.
-    Ok(unsafe { (*eth)[0] }.to_ne_bytes()[0] & 1 == 0)
+    let (destination, source) = unsafe { ((*eth)[0], (*eth)[3]) };
+    // The group bit: a multicast destination, or a source MAC no frame may carry.
+    Ok((destination | source).to_ne_bytes()[0] & 1 == 0)
 }
 
 /// The published state, if fresh at the receive instant, and the time elapsed since its anchor.
@@ -407,18 +420,28 @@ fn log_client(
     }
 }
 
-/// Sources a reply cannot go to: unspecified (0/8), multicast (224/4), reserved and the
-/// limited broadcast (240/4).
+/// Whether `address` is one of the addresses the daemon published as the server's.
 #[inline(always)]
-fn is_ipv4_unicast_source(src: [u16; 2]) -> bool {
-    let first = src[0].to_ne_bytes()[0];
-    first != 0 && first < 224
+fn is_local(published: &Published, address: &WireAddress) -> bool {
+    match address {
+        WireAddress::V4(bytes) => published.is_local_v4(u32::from_ne_bytes(*bytes)),
+        WireAddress::V6(bytes) => {
+            let half = |at: usize| {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&bytes[at..at + 8]);
+                u64::from_ne_bytes(word)
+            };
+            published.is_local_v6([half(0), half(8)])
+        }
+    }
 }
 
-/// Sources a reply cannot go to: unspecified (::) and multicast (ff00::/8).
+/// Whether the frame came in on the loopback interface (index 1 in every namespace).
 #[inline(always)]
-fn is_ipv6_unicast_source(src: &[u16; 8]) -> bool {
-    src[0].to_ne_bytes()[0] != 0xff && u64_pair_of(src) != [0, 0]
+fn arrived_on_loopback(ctx: &XdpContext) -> bool {
+    const LOOPBACK_IFINDEX: u32 = 1;
+    // SAFETY: the context the kernel passed is valid for the program's run.
+    unsafe { (*ctx.ctx).ingress_ifindex == LOOPBACK_IFINDEX }
 }
 
 /// The Ethernet header (with the 802.1Q tag, if any) as words.

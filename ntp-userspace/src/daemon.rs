@@ -307,9 +307,11 @@ fn refresh(
     }
     let kernel = KernelClock::read().context("adjtimex")?;
     let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: kernel.tai_offset_s };
+    let addresses = served_addresses(config)?;
+    server.set_local_addresses(&addresses);
     if let Some(dataplane) = dataplane {
         dataplane.publish(&server.state_to_publish(now));
-        dataplane.set_local_addresses(&served_addresses(config)?);
+        dataplane.set_local_addresses(&addresses);
     }
     Ok(())
 }
@@ -412,14 +414,13 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
         // TAI - UTC as the kernel has it now: it changes at a leap second, at once.
         let received = TaiReading::from_system_time(received_ns, clock::tai_offset_s());
         let request = &buffer[..datagram.len];
-        let destination = datagram.destination.map(|(address, _)| address);
-        match server.handle_datagram(
-            request,
-            datagram.source.ip(),
-            destination,
-            received,
-            clock::tai_ns,
-        ) {
+        // IP_PKTINFO is on: the kernel always says where a datagram went.
+        let Some(destination) = datagram.destination else {
+            tracing::debug!(client = %datagram.source, "no destination address: not answered");
+            continue;
+        };
+        match server.handle_datagram(request, datagram.source, destination, received, clock::tai_ns)
+        {
             Ok(reply) => {
                 if let Err(error) = socket.send(&reply, datagram.source, datagram.destination).await
                 {

@@ -277,14 +277,31 @@ impl Dataplane {
         Ok(totals)
     }
 
-    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN, as if it had been received.
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN, as if it had been received on
+    /// the loopback interface.
     pub fn test_run(&mut self, frame: &[u8]) -> anyhow::Result<TestRunOutcome> {
+        self.test_run_on(frame, None)
+    }
+
+    /// Runs the program once on `frame`, as if it had been received on the interface with
+    /// index `ingress_ifindex` of the calling thread's network namespace (None: the loopback).
+    pub fn test_run_on(
+        &mut self,
+        frame: &[u8],
+        ingress_ifindex: Option<u32>,
+    ) -> anyhow::Result<TestRunOutcome> {
         let program = program_mut(&mut self.ebpf)?;
         let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the frame starts at 0.
+        let context: Option<[u32; 6]> =
+            ingress_ifindex.map(|ifindex| [0, frame.len() as u32, 0, ifindex, 0, 0]);
+        let context = context.as_ref().map(|words| bytemuck::cast_slice::<u32, u8>(words));
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: context,
                 ..TestRunOptions::default()
             })
             .context("BPF_PROG_TEST_RUN")?;

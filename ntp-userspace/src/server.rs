@@ -2,7 +2,7 @@
 //! publishes to the kernel, and how a datagram that reached the socket is answered.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -10,6 +10,7 @@ use std::{
 };
 
 use ntp_common::{
+    admission::{self, AddressRefusal, Addressing, WireAddress},
     ratelimit::Limit,
     responder::{self, NoReply},
     state::{MAX_STATE_AGE_NS, ServerState},
@@ -40,14 +41,16 @@ pub enum Unanswered {
     RateLimited,
     /// Not a request this server answers (see [`NoReply`]).
     NotServed(NoReply),
-    /// Sent to a broadcast or multicast address: not for this server alone to answer.
-    NotUnicast,
+    /// Not for this server to answer by its addresses (see [`admission::check`]).
+    Address(AddressRefusal),
 }
 
 /// The state shared by the daemon's tasks.
 pub struct Server {
     reference: RwLock<Reference>,
     access: RwLock<AccessTable>,
+    /// The addresses served (those published to the kernel too).
+    local_addresses: RwLock<Vec<IpAddr>>,
     client_log: Arc<dyn ClientLog>,
     received: AtomicU64,
     answered: AtomicU64,
@@ -62,6 +65,7 @@ impl Server {
         Self {
             reference: RwLock::new(reference),
             access: RwLock::new(access),
+            local_addresses: RwLock::new(Vec::new()),
             client_log,
             received: AtomicU64::new(0),
             answered: AtomicU64::new(0),
@@ -92,6 +96,14 @@ impl Server {
         self.access.read().expect("access lock").is_allowed(address)
     }
 
+    /// The addresses served, as published to the kernel.
+    pub fn set_local_addresses(&self, addresses: &[IpAddr]) {
+        let mut local = self.local_addresses.write().expect("addresses lock");
+        if local.as_slice() != addresses {
+            *local = addresses.to_vec();
+        }
+    }
+
     /// Serves new access rules (the kernel's are switched by the caller).
     pub fn set_access(&self, access: AccessTable) {
         *self.access.write().expect("access lock") = access;
@@ -103,17 +115,30 @@ impl Server {
     pub fn handle_datagram(
         &self,
         request: &[u8],
-        source: IpAddr,
-        destination: Option<IpAddr>,
+        source: SocketAddr,
+        (destination, interface): (IpAddr, u32),
         received: TaiReading,
         transmit_tai_ns: impl FnOnce() -> u64,
     ) -> Result<[u8; HEADER_LEN], Unanswered> {
+        // The XDP program's rule, on the same addresses: what it passed for its addresses, the
+        // slow path does not answer either.
+        const LOOPBACK_IFINDEX: u32 = 1;
+        let addressing = Addressing {
+            source: source.ip().into(),
+            source_port: source.port(),
+            destination: destination.into(),
+            on_loopback: interface == LOOPBACK_IFINDEX,
+        };
+        let local = self.local_addresses.read().expect("addresses lock");
+        admission::check(&addressing, |address| {
+            local.iter().any(|local| WireAddress::from(*local) == *address)
+        })
+        .map_err(Unanswered::Address)?;
+        drop(local);
+        let source = source.ip();
         if !self.access.read().expect("access lock").is_allowed(source) {
             self.denied.fetch_add(1, Ordering::Relaxed);
             return Err(Unanswered::Denied);
-        }
-        if destination.is_some_and(|d| !is_unicast(d)) {
-            return Err(Unanswered::NotUnicast);
         }
         // Only requests the server would answer are logged, as chrony logs them.
         responder::check_request(request).map_err(Unanswered::NotServed)?;
@@ -160,13 +185,6 @@ impl Server {
     }
 }
 
-fn is_unicast(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(a) => !a.is_broadcast() && !a.is_multicast() && !a.is_unspecified(),
-        IpAddr::V6(a) => !a.is_multicast() && !a.is_unspecified(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ntp_common::wire::{NtpHeader, NtpTimestamp, ReferenceId};
@@ -194,11 +212,26 @@ mod tests {
             all: false,
             subnet: Subnet::V4("192.0.2.0".parse().unwrap(), 24),
         }]);
-        Server::new(Reference::new(Some(local), -20), access, Arc::new(FixedLog(limit)))
+        let server =
+            Server::new(Reference::new(Some(local), -20), access, Arc::new(FixedLog(limit)));
+        server.set_local_addresses(&[SERVER.parse().unwrap(), "127.0.0.1".parse().unwrap()]);
+        server
     }
 
     fn server() -> Server {
         server_limiting(Limit::Answer)
+    }
+
+    const SERVER: &str = "192.0.2.1";
+    /// An interface that is not the loopback.
+    const NIC: u32 = 2;
+
+    fn from_client() -> SocketAddr {
+        SocketAddr::new(CLIENT.parse().unwrap(), 40_000)
+    }
+
+    fn to_server() -> (IpAddr, u32) {
+        (SERVER.parse().unwrap(), NIC)
     }
 
     fn request() -> [u8; HEADER_LEN] {
@@ -216,10 +249,9 @@ mod tests {
         source: &str,
         destination: Option<&str>,
     ) -> Result<[u8; HEADER_LEN], Unanswered> {
-        let destination = destination.map(|d| d.parse().unwrap());
-        server.handle_datagram(request, source.parse().unwrap(), destination, RECEIVED, || {
-            RECEIVED_TAI + 20_000
-        })
+        let source = SocketAddr::new(source.parse().unwrap(), 40_000);
+        let destination = (destination.unwrap_or(SERVER).parse().unwrap(), NIC);
+        server.handle_datagram(request, source, destination, RECEIVED, || RECEIVED_TAI + 20_000)
     }
 
     #[test]
@@ -244,7 +276,7 @@ mod tests {
         let server = server();
         let ten_seconds_later = RECEIVED_TAI + 10_000_000_000;
         let reply =
-            server.handle_datagram(&request(), CLIENT.parse().unwrap(), None, RECEIVED, || {
+            server.handle_datagram(&request(), from_client(), to_server(), RECEIVED, || {
                 ten_seconds_later
             });
         assert!(reply.is_ok());
@@ -260,8 +292,7 @@ mod tests {
         let received = TaiReading::from_system_time(utc, 38);
         let transmit = received.tai_ns + 20_000;
         let reply =
-            server
-                .handle_datagram(&request(), CLIENT.parse().unwrap(), None, received, || transmit);
+            server.handle_datagram(&request(), from_client(), to_server(), received, || transmit);
         let reply = NtpHeader::from_bytes(&reply.unwrap());
         let served = |t: NtpTimestamp| t.to_unix_nanos_near(utc as i64) - utc as i64;
         assert_eq!(served(reply.receive_timestamp), 0);
@@ -273,13 +304,35 @@ mod tests {
         let server = server();
         assert_eq!(handle(&server, &request(), "198.51.100.1", None), Err(Unanswered::Denied));
         let broadcast = handle(&server, &request(), CLIENT, Some("255.255.255.255"));
-        assert_eq!(broadcast, Err(Unanswered::NotUnicast));
+        assert_eq!(broadcast, Err(Unanswered::Address(AddressRefusal::NotLocal)));
+        // The XDP program's rule: a loopback source on a NIC is a martian, the server's own
+        // address as a source too; on the loopback interface both are ordinary.
+        let martian = handle(&server, &request(), "127.0.0.1", None);
+        assert_eq!(martian, Err(Unanswered::Address(AddressRefusal::Loopback)));
+        let own = handle(&server, &request(), SERVER, None);
+        assert_eq!(own, Err(Unanswered::Address(AddressRefusal::SourceLocal)));
+        let from_port_zero = server.handle_datagram(
+            &request(),
+            SocketAddr::new(CLIENT.parse().unwrap(), 0),
+            to_server(),
+            RECEIVED,
+            || RECEIVED_TAI,
+        );
+        assert_eq!(from_port_zero, Err(Unanswered::Address(AddressRefusal::SourcePortZero)));
+        let local_client = server.handle_datagram(
+            &request(),
+            "127.0.0.1:40000".parse().unwrap(),
+            ("127.0.0.1".parse().unwrap(), 1),
+            RECEIVED,
+            || RECEIVED_TAI,
+        );
+        assert_eq!(local_client, Err(Unanswered::Denied), "past the address rules on lo");
         let mut with_mac = request().to_vec();
         with_mac.extend_from_slice(&[0; 20]);
         let mac = handle(&server, &with_mac, CLIENT, None);
         assert_eq!(mac, Err(Unanswered::NotServed(NoReply::Length(68))));
         let counters = server.slow_path_counters();
-        assert_eq!((counters.received, counters.answered, counters.denied), (0, 0, 1));
+        assert_eq!((counters.received, counters.answered, counters.denied), (0, 0, 2));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ntp_common::{
+    admission::{self, Addressing, WireAddress},
     maps::Counter,
     responder,
     state::ServerState,
@@ -217,6 +218,9 @@ pub struct Environment<'a> {
     /// The rate limit's interval, raising the reply's poll (`i8::MIN`: none). The oracle does
     /// not model rate limiting itself: tests that limit check it statistically.
     pub min_poll: i8,
+    /// The frame came in on the loopback interface (as BPF_PROG_TEST_RUN runs a program unless
+    /// told another interface).
+    pub on_loopback: bool,
 }
 
 /// The oracle: what the program must do with `frame` when it receives it at `receive_tai_ns`
@@ -294,11 +298,18 @@ pub fn expected(
     if header.mode != ntp_common::wire::Mode::Client || !(1..=4).contains(&header.version) {
         return Expected::Refused(Counter::PassedNotRequest);
     }
-    let unicast_source = match src {
-        IpAddr::V4(a) => a.octets()[0] != 0 && a.octets()[0] < 224,
-        IpAddr::V6(a) => !a.is_multicast() && !a.is_unspecified(),
+    let addressing = Addressing {
+        source: src.into(),
+        source_port: be16(l4),
+        destination: dst.into(),
+        on_loopback: env.on_loopback,
     };
-    if frame[0] & 1 != 0 || !env.local_addresses.contains(&dst) || !unicast_source {
+    let is_local = |address: &WireAddress| {
+        env.local_addresses.iter().any(|local| WireAddress::from(*local) == *address)
+    };
+    // The group bit of either MAC address: a multicast frame, or a source no frame may carry.
+    let group_mac = (frame[0] | frame[6]) & 1 != 0;
+    if group_mac || admission::check(&addressing, is_local).is_err() {
         return Expected::Refused(Counter::PassedAddress);
     }
     let checksum = be16(l4 + 6);

@@ -19,6 +19,7 @@ use ntp_userspace::{
 };
 use ntpx_tests::{
     frame::{self, Environment, Expected, Frame, Network, UdpChecksum},
+    netns::Netns,
     require_root,
 };
 
@@ -40,6 +41,8 @@ struct Fixture {
     access: AccessTable,
     local_addresses: Vec<IpAddr>,
     state: ServerState,
+    /// The interface frames come in on (None: the loopback, as BPF_PROG_TEST_RUN has it).
+    ingress_ifindex: Option<u32>,
 }
 
 fn synchronised_header(dispersion_rate: f64) -> ReplyHeader {
@@ -103,11 +106,17 @@ impl Fixture {
         ];
         let access = AccessTable::from_rules(&rules);
         dataplane.set_access(&access).unwrap();
-        let local_addresses = vec![SERVER_V4.into(), SERVER_V6.into()];
+        // As the daemon publishes them: the loopback addresses are the host's too.
+        let local_addresses = vec![
+            SERVER_V4.into(),
+            SERVER_V6.into(),
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv6Addr::LOCALHOST.into(),
+        ];
         dataplane.set_local_addresses(&local_addresses);
         let state = current_state(synchronised_header(0.0));
         dataplane.publish(&state);
-        Self { dataplane, access, local_addresses, state }
+        Self { dataplane, access, local_addresses, state, ingress_ifindex: None }
     }
 
     fn environment(&self) -> Environment<'_> {
@@ -117,6 +126,7 @@ impl Fixture {
             local_addresses: &self.local_addresses,
             state: &self.state,
             min_poll: i8::MIN,
+            on_loopback: self.ingress_ifindex.is_none(),
         }
     }
 
@@ -129,7 +139,10 @@ impl Fixture {
     fn check(&mut self, label: &str, frame: &[u8]) {
         let counters_before = self.dataplane.counters().unwrap();
         let before = clock::tai_ns();
-        let outcome = self.dataplane.test_run(frame).unwrap_or_else(|e| panic!("{label}: {e:#}"));
+        let outcome = self
+            .dataplane
+            .test_run_on(frame, self.ingress_ifindex)
+            .unwrap_or_else(|e| panic!("{label}: {e:#}"));
         let after = clock::tai_ns();
         let counters_after = self.dataplane.counters().unwrap();
         // The verdict counters; new client records are checked by the client log's tests.
@@ -317,6 +330,30 @@ fn corpus() -> Vec<(String, Frame)> {
         *next_header = 0; // hop-by-hop options
     }
     add("IPv6 extension header".into(), frame);
+    // What the kernel would drop as a martian on a NIC, or what no reply can go to.
+    add("from 127.0.0.1".into(), v4(Ipv4Addr::LOCALHOST));
+    add("from 127.1.2.3".into(), v4(Ipv4Addr::new(127, 1, 2, 3)));
+    add("from ::1".into(), v6(Ipv6Addr::LOCALHOST));
+    add("to 127.0.0.1".into(), Frame::request(CLIENT_V4.into(), Ipv4Addr::LOCALHOST.into()));
+    add("to ::1".into(), Frame::request(CLIENT_V6.into(), Ipv6Addr::LOCALHOST.into()));
+    add(
+        "loopback to loopback".into(),
+        Frame::request(Ipv4Addr::LOCALHOST.into(), Ipv4Addr::LOCALHOST.into()),
+    );
+    add("from the server's own address".into(), v4(SERVER_V4));
+    add("from the server's own IPv6 address".into(), v6(SERVER_V6));
+    add("from an IPv4-mapped address".into(), v6(CLIENT_V4.to_ipv6_mapped()));
+    add("from 0.0.0.0".into(), v4(Ipv4Addr::UNSPECIFIED));
+    add("from 255.255.255.255".into(), v4(Ipv4Addr::BROADCAST));
+    let mut frame = v4(CLIENT_V4);
+    frame.src_port = 0;
+    add("from port 0".into(), frame);
+    let mut frame = v6(CLIENT_V6);
+    frame.src_port = 0;
+    add("IPv6 from port 0".into(), frame);
+    let mut frame = v4(CLIENT_V4);
+    frame.src_mac[0] |= 1;
+    add("from a group MAC address".into(), frame);
     frames
 }
 
@@ -336,6 +373,32 @@ fn the_program_agrees_with_the_oracle_on_the_corpus() {
         ) as usize;
     }
     assert!(answered >= 15, "the corpus answers only {answered} frames");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn on_a_nic_the_program_passes_what_the_kernel_would_drop_as_the_admission_rules_say() {
+    require_root();
+    let netns = Netns::new("xdp-nic");
+    netns.ip(&["link", "add", "nic0", "type", "veth", "peer", "name", "nic1"]);
+    netns.ip(&["link", "set", "nic0", "up"]);
+    netns.enter(|| {
+        let mut fixture = Fixture::new();
+        fixture.ingress_ifindex = Some(nix::net::if_::if_nametoindex("nic0").expect("nic0"));
+        let mut refused_for_addresses = Vec::new();
+        for (label, frame) in corpus() {
+            let bytes = frame.build();
+            fixture.check(&label, &bytes);
+            let verdict = frame::expected(&bytes, &fixture.environment(), 0, 0);
+            if verdict == Expected::Refused(Counter::PassedAddress) {
+                refused_for_addresses.push(label);
+            }
+        }
+        // On the loopback these are answered; on a NIC, never.
+        for label in ["from 127.0.0.1", "to ::1", "from the server's own address"] {
+            assert!(refused_for_addresses.iter().any(|l| l == label), "{label} answered on a NIC");
+        }
+    });
 }
 
 #[test]

@@ -19,20 +19,21 @@ pub const SERVER: &str = "SERVER";
 pub const MAX_LOCAL_V4: usize = 64;
 pub const MAX_LOCAL_V6: usize = 32;
 
-/// What the daemon publishes, double-buffered.
+/// What the daemon publishes, double-buffered, with a sequence counter.
 ///
-/// The daemon writes the slot not in use, then switches `active` to it, so the program never
-/// reads a slot while it is being written: the slot it may still be reading is rewritten only a
-/// whole refresh period later, while a program run takes microseconds without preemption.
-/// (x86 keeps stores in order; on weakly ordered CPUs a program that reads the new index right
-/// after the switch could still see the slot's previous contents, which are a state of one
-/// period earlier.)
+/// The daemon makes `sequence` odd, writes the slot not in use, switches `active` to it, and
+/// makes `sequence` even again. A program run reads the sequence, then the active slot, and
+/// uses what it read only if the sequence is unchanged at the end of its reads: the slot it
+/// reads can be rewritten only by a second switch during the run (two changes published back
+/// to back), which changes the sequence. (x86 keeps loads and stores in order; on weakly
+/// ordered CPUs the program would need barriers BPF does not offer.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ServerPage {
     /// Index of the slot in use.
     pub active: u32,
-    pub reserved: u32,
+    /// Odd while the daemon writes the page.
+    pub sequence: u32,
     pub slots: [Published; 2],
 }
 
@@ -138,7 +139,7 @@ pub enum Counter {
     PassedAddress,
     /// Passed: a bad UDP checksum (the kernel drops it).
     PassedChecksum,
-    /// Passed: the daemon's published state is stale.
+    /// Passed: the daemon's published state is stale, or was republished while read.
     PassedStale,
     /// Dropped: the access rules deny the source.
     DroppedDenied,

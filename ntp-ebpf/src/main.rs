@@ -27,6 +27,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
+use core::ptr::read_volatile;
+
 use ntp_common::{
     admission::{self, Addressing, WireAddress},
     checksum::fold,
@@ -102,7 +104,10 @@ pub fn ntpx_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_ntpx(ctx: &XdpContext, receive_tai_ns: u64) -> Result<u32, ()> {
     let page = SERVER.get(0).ok_or(())?;
-    let published = &page.slots[(page.active & 1) as usize];
+    // SAFETY: reads of the map's value, valid while the program runs.
+    let (sequence, active) =
+        unsafe { (read_volatile(&page.sequence), read_volatile(&page.active)) };
+    let snapshot = Snapshot { page, published: &page.slots[(active & 1) as usize], sequence };
     let eth: *mut [u16; ETH_WORDS] = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     let mut ether_type = unsafe { (*eth)[6] };
@@ -114,9 +119,9 @@ fn try_ntpx(ctx: &XdpContext, receive_tai_ns: u64) -> Result<u32, ()> {
         l3 += 2 * VLAN_WORDS;
     }
     let outcome = if ether_type == ETH_P_IP {
-        ipv4(ctx, published, l3, receive_tai_ns)?
+        ipv4(ctx, &snapshot, l3, receive_tai_ns)?
     } else if ether_type == ETH_P_IPV6 {
-        ipv6(ctx, published, l3, receive_tai_ns)?
+        ipv6(ctx, &snapshot, l3, receive_tai_ns)?
     } else {
         return Ok(XDP_PASS);
     };
@@ -138,7 +143,7 @@ fn try_ntpx(ctx: &XdpContext, receive_tai_ns: u64) -> Result<u32, ()> {
 #[inline(always)]
 fn ipv4(
     ctx: &XdpContext,
-    published: &Published,
+    snapshot: &Snapshot<'_>,
     l3: usize,
     receive_tai_ns: u64,
 ) -> Result<Result<(), Refusal>, ()> {
@@ -159,20 +164,21 @@ fn ipv4(
     let l4 = l3 + header_len;
     let udp: *mut [u16; UDP_WORDS] = ptr_at(ctx, l4)?;
     // SAFETY: ptr_at checked the bounds.
-    if unsafe { (*udp)[1] } != published.port.to_be() {
+    if unsafe { (*udp)[1] } != snapshot.published.port.to_be() {
         return Err(());
     }
-    Ok(serve_ipv4(ctx, published, l3, &header, receive_tai_ns))
+    Ok(serve_ipv4(ctx, snapshot, l3, &header, receive_tai_ns))
 }
 
 #[inline(always)]
 fn serve_ipv4(
     ctx: &XdpContext,
-    published: &Published,
+    snapshot: &Snapshot<'_>,
     l3: usize,
     header: &[u16; IPV4_WORDS],
     receive_tai_ns: u64,
 ) -> Result<(), Refusal> {
+    let published = snapshot.published;
     const MORE_FRAGMENTS: u16 = 0x2000;
     if u16::from_be(header[3]) & MORE_FRAGMENTS != 0 {
         return Err(Counter::PassedFragment);
@@ -216,6 +222,7 @@ fn serve_ipv4(
     // A stale state passes the request on before it is logged: the slow path logs it.
     let (state, received) = fresh_state(published, receive_tai_ns)?;
     let answer = log_client(published, &client_key_v4(src_bytes), receive_tai_ns)?;
+    let min_poll = snapshot.last_reads()?;
 
     let l2 = read_l2(ctx, l3)?;
     let options_len = header_len - 2 * IPV4_WORDS;
@@ -245,7 +252,7 @@ fn serve_ipv4(
     unsafe { *ip = reply };
     let dgram: *mut [u16; DATAGRAM_WORDS] =
         ptr_at(ctx, l3 + 2 * IPV4_WORDS).map_err(|()| Counter::PassedMalformed)?;
-    write_reply(dgram, pseudo, published, state, received, answer);
+    write_reply(dgram, pseudo, min_poll, &state, received, answer);
     Ok(())
 }
 
@@ -253,7 +260,7 @@ fn serve_ipv4(
 #[inline(always)]
 fn ipv6(
     ctx: &XdpContext,
-    published: &Published,
+    snapshot: &Snapshot<'_>,
     l3: usize,
     receive_tai_ns: u64,
 ) -> Result<Result<(), Refusal>, ()> {
@@ -265,20 +272,21 @@ fn ipv6(
     }
     let udp: *mut [u16; UDP_WORDS] = ptr_at(ctx, l3 + 2 * IPV6_WORDS)?;
     // SAFETY: ptr_at checked the bounds.
-    if unsafe { (*udp)[1] } != published.port.to_be() {
+    if unsafe { (*udp)[1] } != snapshot.published.port.to_be() {
         return Err(());
     }
-    Ok(serve_ipv6(ctx, published, l3, ip, receive_tai_ns))
+    Ok(serve_ipv6(ctx, snapshot, l3, ip, receive_tai_ns))
 }
 
 #[inline(always)]
 fn serve_ipv6(
     ctx: &XdpContext,
-    published: &Published,
+    snapshot: &Snapshot<'_>,
     l3: usize,
     ip: *mut [u16; IPV6_WORDS],
     receive_tai_ns: u64,
 ) -> Result<(), Refusal> {
+    let published = snapshot.published;
     // SAFETY: the caller checked the bounds of the header.
     let header = unsafe { &mut *ip };
     let payload_len = usize::from(u16::from_be(header[2]));
@@ -317,6 +325,7 @@ fn serve_ipv6(
     }
     let (state, received) = fresh_state(published, receive_tai_ns)?;
     let answer = log_client(published, &src_bytes, receive_tai_ns)?;
+    let min_poll = snapshot.last_reads()?;
 
     let l2 = read_l2(ctx, l3)?;
     write_l2(ctx, &l2, l3)?;
@@ -325,7 +334,7 @@ fn serve_ipv6(
     header[3] = word([IPPROTO_UDP, REPLY_TTL]);
     header[4..12].copy_from_slice(&dst);
     header[12..20].copy_from_slice(&src);
-    write_reply(dgram, pseudo, published, state, received, answer);
+    write_reply(dgram, pseudo, min_poll, &state, received, answer);
     Ok(())
 }
 
@@ -368,11 +377,38 @@ fn is_unicast_frame(ctx: &XdpContext) -> Result<bool, Refusal> {
 }
 
 /// The published state, if fresh at the receive instant, and the time elapsed since its anchor.
+/// A copy, read once: the reply is written from it after the page's sequence is checked.
 #[inline(always)]
-fn fresh_state(published: &Published, receive_tai_ns: u64) -> Result<(&ServerState, u64), Refusal> {
-    let state = &published.state;
+fn fresh_state(published: &Published, receive_tai_ns: u64) -> Result<(ServerState, u64), Refusal> {
+    // SAFETY: a read of the map's value, valid while the program runs.
+    let state = unsafe { read_volatile(&published.state) };
     let received = state.elapsed_ns(receive_tai_ns).ok_or(Counter::PassedStale)?;
     Ok((state, received))
+}
+
+/// The page as this run found it: `published` is the slot that was active when `sequence` was
+/// read.
+struct Snapshot<'a> {
+    page: &'a ServerPage,
+    published: &'a Published,
+    sequence: u32,
+}
+
+impl Snapshot<'_> {
+    /// The last read from the page (the reply's minimum poll), then the check that the daemon
+    /// did not republish since the run began: if it did, the slot read may have been rewritten
+    /// under it (two switches), and the request goes to the slow path as if the state were
+    /// stale. Reads are not reordered on x86; the volatile ones not by the compiler either.
+    #[inline(always)]
+    fn last_reads(&self) -> Result<i8, Refusal> {
+        // SAFETY: reads of the map's value, valid while the program runs.
+        let (limit, sequence) =
+            unsafe { (read_volatile(&self.published.limit), read_volatile(&self.page.sequence)) };
+        if sequence != self.sequence {
+            return Err(Counter::PassedStale);
+        }
+        Ok(limit.min_poll())
+    }
 }
 
 /// What a request is answered with.
@@ -486,7 +522,7 @@ fn write_l2(ctx: &XdpContext, l2: &L2, l3: usize) -> Result<(), Refusal> {
 fn write_reply(
     dgram: *mut [u16; DATAGRAM_WORDS],
     pseudo_header_sum: u64,
-    published: &Published,
+    min_poll: i8,
     state: &ServerState,
     received: u64,
     answer: Answer,
@@ -502,7 +538,7 @@ fn write_reply(
     let (client_port, server_port) = (d[0], d[1]);
     let [first, _] = d[UDP_WORDS].to_ne_bytes();
     let [poll, _] = d[UDP_WORDS + 1].to_ne_bytes();
-    let poll = responder::reply_poll(poll, published.limit.min_poll());
+    let poll = responder::reply_poll(poll, min_poll);
     let (_, version, _) = wire::split_li_vn_mode(first);
     let mut origin = [0u16; 4];
     origin.copy_from_slice(&d[UDP_WORDS + 20..UDP_WORDS + 24]);
@@ -674,7 +710,7 @@ fn count(counter: Counter) {
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     let start = ctx.data();
     // SAFETY: ctx.ctx points to the program's context for the whole run.
-    let end = unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) } as usize;
+    let end = unsafe { read_volatile(&(*ctx.ctx).data_end) } as usize;
     if start + offset + size_of::<T>() > end {
         return Err(());
     }

@@ -111,6 +111,16 @@ impl Dataplane {
         Ok(dataplane)
     }
 
+    /// What is published now.
+    pub fn published(&self) -> Published {
+        *self.published
+    }
+
+    /// A second writer of the server page (the tests race one against the program).
+    pub fn page_writer(&self) -> anyhow::Result<PageWriter> {
+        Ok(PageWriter(self.page.try_clone()?))
+    }
+
     /// The client log, shared with the slow path.
     pub fn clients(&self) -> Arc<ClientTable> {
         self.clients.clone()
@@ -418,16 +428,39 @@ impl MappedPage {
         Ok(Self { page, len, _map: map })
     }
 
+    /// Another mapping of the same page, for a second writer (the tests race one against the
+    /// program).
+    fn try_clone(&self) -> anyhow::Result<Self> {
+        let fd = self._map.fd().as_fd().try_clone_to_owned()?;
+        Self::new(MapData::from_fd(fd)?)
+    }
+
+    /// Writes `published` into the slot not in use and switches to it, the sequence odd
+    /// meanwhile (see [`ServerPage`]).
     fn publish(&mut self, published: &Published) {
         let page = self.page.as_ptr();
         // SAFETY: `page` maps a live ServerPage for as long as self exists; the program only
-        // reads it, and reads only the active slot, which is not the one written here.
+        // reads it.
         unsafe {
+            let sequence = std::ptr::read_volatile(&raw const (*page).sequence);
+            std::ptr::write_volatile(&raw mut (*page).sequence, sequence.wrapping_add(1));
+            atomic::fence(atomic::Ordering::Release);
             let next = ((*page).active + 1) & 1;
             std::ptr::write_volatile(&raw mut (*page).slots[next as usize], *published);
             atomic::fence(atomic::Ordering::Release);
             std::ptr::write_volatile(&raw mut (*page).active, next);
+            atomic::fence(atomic::Ordering::Release);
+            std::ptr::write_volatile(&raw mut (*page).sequence, sequence.wrapping_add(2));
         }
+    }
+}
+
+/// A second writer of the server page, racing the daemon's (for tests of the page's protocol).
+pub struct PageWriter(MappedPage);
+
+impl PageWriter {
+    pub fn publish(&mut self, published: &Published) {
+        self.0.publish(published);
     }
 }
 

@@ -547,3 +547,75 @@ fn root_dispersion_grows_between_updates() {
     assert!(low <= dispersion && dispersion <= high, "{dispersion:?} outside [{low:?}, {high:?}]");
     assert!(dispersion.to_fixed() >= 0x567 + 300, "5 ms of growth is missing: {dispersion:?}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_state_republished_in_a_tight_loop_is_never_served_torn() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    let mut fixture = Fixture::new();
+    // Two states a thousand seconds apart, anchored a millisecond apart: a reply mixing the
+    // anchor of one with the time of the other is a thousand seconds off both.
+    let header = synchronised_header(0.0);
+    let tai_ns = clock::tai_ns();
+    let now = clock::realtime_ns();
+    let anchored = |tai_ns, served_unix_ns| {
+        let anchor = TimeAnchor { tai_ns, served_unix_ns, frequency: 250e-6 };
+        ServerState::new(anchor, header, MAX_STATE_AGE_NS)
+    };
+    let early = anchored(tai_ns, now);
+    let late = anchored(tai_ns - 1_000_000, now + 1_000_000_000_000);
+    let mut writer = fixture.dataplane.page_writer().unwrap();
+    let mut published = [fixture.dataplane.published(); 2];
+    published[0].state = early;
+    published[1].state = late;
+    // Both slots hold one of the two before the race begins.
+    writer.publish(&published[0]);
+    writer.publish(&published[1]);
+    let request = v4(CLIENT_V4).build();
+    let stop = AtomicBool::new(false);
+    let (mut answered, mut passed, mut torn) = (0, 0, 0);
+    /// Stops the writer when the reading side ends, by a panic too.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Back-to-back switches, as a tick followed at once by `ntpxc allow` would make,
+            // each slot taking the two states in turn.
+            while !stop.load(Ordering::Relaxed) {
+                for state in [0, 0, 1, 1] {
+                    writer.publish(&published[state]);
+                }
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..20_000 {
+            let before = clock::tai_ns();
+            let outcome = fixture.dataplane.test_run(&request).unwrap();
+            let after = clock::tai_ns();
+            if outcome.action != XDP_TX {
+                passed += 1;
+                continue;
+            }
+            answered += 1;
+            let (l4, _, _) = frame::reply_layout(&outcome.frame);
+            let at = l4 + 8 + offset::TRANSMIT_TIMESTAMP;
+            let transmit = NtpTimestamp::from_bits(outcome.frame[at..at + 8].try_into().unwrap());
+            let within = |state: &ServerState| {
+                let (earliest, latest) =
+                    (state.served_time(before).unwrap(), state.served_time(after).unwrap());
+                transmit.nanos_since(earliest) >= 0 && latest.nanos_since(transmit) >= 0
+            };
+            if !within(&early) && !within(&late) {
+                torn += 1;
+            }
+        }
+    });
+    eprintln!("while republished in a loop: {answered} answered, {passed} passed, {torn} torn");
+    assert_eq!(torn, 0, "{torn} of {answered} replies mixed two states");
+    assert!(answered >= 20 && passed > 0, "{answered} answered, {passed} passed: no race run");
+}

@@ -89,9 +89,49 @@ impl ClientTable {
 
     /// Every record, read in batches of many entries a system call.
     pub fn clients(&self) -> anyhow::Result<Vec<Client>> {
-        let map = self.map.lock().expect("client table lock");
-        let fd = map_fd(&map);
         let mut clients = Vec::new();
+        self.for_each_batch(|keys, records| {
+            let batch = keys.iter().zip(records.iter());
+            clients.extend(
+                batch.map(|(key, record)| Client { address: address_of(key), record: *record }),
+            );
+            Ok(())
+        })?;
+        Ok(clients)
+    }
+
+    /// How many records the table holds now (a walk: the kernel keeps no count).
+    pub fn count(&self) -> anyhow::Result<usize> {
+        let mut count = 0;
+        self.for_each_batch(|keys, _| {
+            count += keys.len();
+            Ok(())
+        })?;
+        Ok(count)
+    }
+
+    /// Zeroes the request, drop and kiss-o'-death counts of every client (`clients -r`), a
+    /// batch of records a system call each way. A request logged between a batch's read and
+    /// its write is forgotten (its count and its share of the rate estimate).
+    pub fn reset_counts(&self) -> anyhow::Result<()> {
+        let fd = self.fd();
+        self.for_each_batch(|keys, records| {
+            for record in records.iter_mut() {
+                record.hits = 0;
+                record.drops = 0;
+                record.kods = 0;
+            }
+            update_batch(fd, keys, records).context("resetting client records")
+        })
+    }
+
+    /// Walks the table in batches of many entries a system call, holding no lock: the slow
+    /// path logs clients meanwhile.
+    fn for_each_batch(
+        &self,
+        mut f: impl FnMut(&[[u8; 16]], &mut [ClientRecord]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let fd = self.fd();
         let batch = 8192u32;
         let mut keys = vec![[0u8; 16]; batch as usize];
         let mut values = vec![ClientRecord::default(); batch as usize];
@@ -102,30 +142,16 @@ impl ClientTable {
                 lookup_batch(fd, (!first).then_some(token), &mut token, &mut keys, &mut values)
                     .context("reading the client table")?;
             first = false;
-            for (key, record) in keys.iter().zip(&values).take(count) {
-                clients.push(Client { address: address_of(key), record: *record });
-            }
+            f(&keys[..count], &mut values[..count])?;
             if done {
-                return Ok(clients);
+                return Ok(());
             }
         }
     }
 
-    /// Zeroes the request, drop and kiss-o'-death counts of every client (`clients -r`).
-    pub fn reset_counts(&self) -> anyhow::Result<()> {
-        let clients = self.clients()?;
-        let mut map = self.map.lock().expect("client table lock");
-        for client in clients {
-            let key = key_of(client.address);
-            // A record updated meanwhile keeps its new counts but for those zeroed here.
-            if let Ok(mut record) = map.get(&key, 0) {
-                record.hits = 0;
-                record.drops = 0;
-                record.kods = 0;
-                map.insert(key, record, 0).context("resetting a client record")?;
-            }
-        }
-        Ok(())
+    /// The map's descriptor, valid as long as the table.
+    fn fd(&self) -> i32 {
+        map_fd(&self.map.lock().expect("client table lock"))
     }
 
     /// The kernel's own account of the table's memory (its `memlock`), in bytes.
@@ -198,6 +224,7 @@ struct BatchAttr {
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// One BPF_MAP_LOOKUP_BATCH call: fills `keys` and `values` from where `token` left off (the
 /// start when `None`); returns how many it read and whether the map is exhausted.
@@ -232,6 +259,23 @@ fn lookup_batch(
         return Ok((attr.count as usize, true));
     }
     Err(error)
+}
+
+/// One BPF_MAP_UPDATE_BATCH call: writes `values` under `keys`.
+fn update_batch(fd: i32, keys: &[[u8; 16]], values: &[ClientRecord]) -> io::Result<()> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: the attribute points at `count` keys and values, alive for the call; the kernel
+    // only reads them.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<BatchAttr>())
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 #[cfg(test)]

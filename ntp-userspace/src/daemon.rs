@@ -224,7 +224,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                if let Err(error) = reload(&server, &mut shared.lock().expect("shared lock")) {
+                if let Err(error) = reload(&server, &shared) {
                     tracing::error!("SIGHUP: {error:#}; the running configuration is kept");
                 }
             }
@@ -319,8 +319,11 @@ fn refresh(
 /// Rereads the configuration file and applies what can change while running: the access rules
 /// (run-time changes are dropped, as chrony drops them on restart), the rate limit and the local
 /// reference. A file with an error changes nothing.
-fn reload(server: &Server, shared: &mut Shared) -> anyhow::Result<()> {
-    let loaded = config::load(&shared.config_file)?;
+fn reload(server: &Server, shared: &Mutex<Shared>) -> anyhow::Result<()> {
+    // Read (and its host names resolved) before the lock is taken.
+    let config_file = shared.lock().expect("shared lock").config_file.clone();
+    let loaded = config::load(&config_file)?;
+    let mut shared = shared.lock().expect("shared lock");
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -458,7 +461,7 @@ async fn serve_control(
         },
         // Reports can read a large client table: off the runtime's worker threads.
         Ok(request) => tokio::task::spawn_blocking(move || {
-            respond(&request, &server, &mut shared.lock().expect("shared lock"))
+            respond(&request, &server, &shared)
                 .unwrap_or_else(|error| Response::Error { message: format!("{error:#}") })
         })
         .await
@@ -478,14 +481,17 @@ fn may_change_state(peer_uid: Option<u32>) -> bool {
     peer_uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }
 
-fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::Result<Response> {
+/// Answers a control request. The shared state is locked only to read or change it, never
+/// across a walk of the client table or a name lookup: the republishing tick and the slow path
+/// go on meanwhile.
+fn respond(request: &Request, server: &Server, shared: &Mutex<Shared>) -> anyhow::Result<Response> {
+    let lock = || shared.lock().expect("shared lock");
     Ok(match request {
         Request::ServerStats => Response::ServerStats(Box::new(server_stats(server, shared)?)),
         Request::Clients { min_requests, top, reset } => {
-            let Some(dataplane) = shared.dataplane.as_ref() else {
+            let Some(table) = lock().dataplane.as_ref().map(Dataplane::clients) else {
                 return Ok(Response::Clients { clients: Vec::new() });
             };
-            let table = dataplane.clients();
             let now = table.settings().timestamp(clock::tai_ns());
             let mut clients: Vec<ClientReport> = table
                 .clients()?
@@ -509,6 +515,7 @@ fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::R
                 Some(text) => config::parse_subnet(text).map_err(anyhow::Error::msg)?,
                 None => Subnet::Everything,
             };
+            let mut shared = lock();
             shared.rules.push(AccessRule { access: *access, all: *all, subnet });
             let table = AccessTable::from_rules(&shared.rules);
             if let Some(dataplane) = shared.dataplane.as_mut() {
@@ -527,9 +534,13 @@ fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::R
             reload(server, shared)?;
             Response::Ok
         }
-        Request::Tracking => Response::Tracking(Box::new(tracking(server, shared))),
+        Request::Tracking => {
+            let upstream = lock().upstream.clone();
+            Response::Tracking(Box::new(tracking(server, upstream.as_deref())))
+        }
         Request::Sources => {
-            let sources = match &shared.upstream {
+            let upstream = lock().upstream.clone();
+            let sources = match upstream {
                 Some(upstream) => {
                     upstream.sync.lock().expect("sync lock").sources(clock::realtime_ns() as i64)
                 }
@@ -541,8 +552,8 @@ fn respond(request: &Request, server: &Server, shared: &mut Shared) -> anyhow::R
 }
 
 /// `tracking`: the synchronisation's, or what the server serves without one.
-fn tracking(server: &Server, shared: &Shared) -> Tracking {
-    if let Some(upstream) = &shared.upstream {
+fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking {
+    if let Some(upstream) = upstream {
         return upstream.sync.lock().expect("sync lock").tracking(clock::realtime_ns() as i64);
     }
     let now = TaiReading {
@@ -578,27 +589,37 @@ fn client_report(client: &Client, now: u32) -> ClientReport {
     }
 }
 
-fn server_stats(server: &Server, shared: &mut Shared) -> anyhow::Result<ServerStats> {
+fn server_stats(server: &Server, shared: &Mutex<Shared>) -> anyhow::Result<ServerStats> {
     let slow_path = server.slow_path_counters();
     let mut stats = ServerStats {
         command_packets_received: server.commands(),
         slow_path,
         ..ServerStats::default()
     };
-    if let Some(dataplane) = shared.dataplane.as_mut() {
-        let kernel = KernelCounters::from_array(&dataplane.counters()?);
-        let table = dataplane.clients();
-        if table.settings().enabled {
-            let live = table.clients()?.len() as u64;
-            stats.client_log_records_dropped = kernel.client_records_created.saturating_sub(live);
-            stats.client_log_capacity = table.capacity();
-            stats.client_log_bytes = table.memory().unwrap_or(0);
+    let table = {
+        let mut shared = shared.lock().expect("shared lock");
+        match shared.dataplane.as_mut() {
+            Some(dataplane) => {
+                stats.kernel = KernelCounters::from_array(&dataplane.counters()?);
+                stats.xdp = dataplane
+                    .attachments()
+                    .map(|(interface, mode)| XdpAttachment {
+                        interface: interface.to_owned(),
+                        mode,
+                    })
+                    .collect();
+                Some(dataplane.clients())
+            }
+            None => None,
         }
-        stats.xdp = dataplane
-            .attachments()
-            .map(|(interface, mode)| XdpAttachment { interface: interface.to_owned(), mode })
-            .collect();
-        stats.kernel = kernel;
+    };
+    if let Some(table) = table.filter(|table| table.settings().enabled) {
+        // The kernel does not count its LRU evictions: the live records are counted here, with
+        // nothing locked meanwhile.
+        let live = table.count()? as u64;
+        stats.client_log_records_dropped = stats.kernel.client_records_created.saturating_sub(live);
+        stats.client_log_capacity = table.capacity();
+        stats.client_log_bytes = table.memory().unwrap_or(0);
     }
     let kernel = &stats.kernel;
     // As chrony counts: every request logged, answered or not.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: sets up, builds, runs, demonstrates and tests ntpx. It orchestrates only:
 //! the eBPF program is built by ntp-userspace's build.rs, the test bed lives in `tests/`.
 
+mod fuzz;
 mod guest;
 mod setup;
 
@@ -48,6 +49,15 @@ enum Task {
         #[arg(long, default_value_t = 1.0)]
         step: f64,
     },
+    /// The fuzz targets (cargo-fuzz, nightly), each from its seeds in tests/fuzz; a crash fails.
+    Fuzz {
+        /// One target (wire, responder, config, control, upstream_reply, leap_seconds); all
+        /// when left out.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +73,10 @@ fn main() -> anyhow::Result<()> {
             vmtest()
         }
         Task::Bench { step } => bench(step),
+        Task::Fuzz { target, seconds } => {
+            ensure_setup()?;
+            fuzz::fuzz(target.as_deref(), seconds)
+        }
     }
 }
 
@@ -133,6 +147,9 @@ fn demo() -> anyhow::Result<()> {
         .env("NTPX_BIN_DIR", bin_dir))
 }
 
+/// Seconds each fuzz target runs within `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u32 = 10;
+
 fn test() -> anyhow::Result<()> {
     require_root("test")?;
     ensure_setup()?;
@@ -143,6 +160,8 @@ fn test() -> anyhow::Result<()> {
     run(cargo(&["test", "--workspace", "--exclude", "ntp-ebpf", "--"])
         .args(["--include-ignored", "--skip", "in_guest::"])
         .env("NTPX_BIN_DIR", bin_dir))?;
+    // A smoke run of every fuzz target: the seeds, then a few seconds of new inputs.
+    fuzz::fuzz(None, FUZZ_SMOKE_SECONDS)?;
     vmtest()?;
     println!("xtask: all tests passed, privileged and guest VM ones included");
     Ok(())

@@ -4,7 +4,7 @@
 //! - bpf-linker, built against Debian's LLVM of the same major version as nightly rustc's;
 //! - the Debian packages the tests run: chrony, ntpsec-ntpdate (ntpdig), iproute2, ethtool,
 //!   and debootstrap for the guest VM's image;
-//! - cargo-deb, which builds the .deb;
+//! - cargo-deb, which builds the .deb, and cargo-fuzz, which runs the fuzz targets;
 //! - qemu, unpacked from Debian's packages into target/vm/qemu (see `guest`).
 //!
 //! Without root, it prints the commands to run instead of failing obscurely.
@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
 
 /// cargo-deb, pinned: newer releases may need a newer rustc than these machines have.
 const CARGO_DEB: &str = "cargo-deb@3.8.0";
+/// cargo-fuzz, pinned likewise.
+const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 
 /// One thing setup provides.
 struct Step {
@@ -51,6 +53,7 @@ fn steps() -> anyhow::Result<Vec<Step>> {
         Step { what: "rust-src for the nightly toolchain".into(), missing: !has_rust_src()? },
         Step { what: format!("bpf-linker (LLVM {llvm})"), missing: bpf_linker().is_none() },
         Step { what: "cargo-deb".into(), missing: cargo_bin("cargo-deb").is_none() },
+        Step { what: "cargo-fuzz".into(), missing: cargo_bin("cargo-fuzz").is_none() },
         Step { what: "qemu (target/vm/qemu)".into(), missing: !guest::has_qemu() },
     ];
     for package in TEST_PACKAGES {
@@ -116,6 +119,14 @@ pub fn setup() -> anyhow::Result<()> {
         None => {
             println!("setup: cargo-deb ... building {CARGO_DEB} (about two minutes)");
             run(Command::new("cargo").args(["install", "--locked", CARGO_DEB]))?;
+        }
+    }
+
+    match cargo_bin("cargo-fuzz") {
+        Some(path) => println!("setup: cargo-fuzz ... present ({})", path.display()),
+        None => {
+            println!("setup: cargo-fuzz ... building {CARGO_FUZZ} (about a minute)");
+            run(Command::new("cargo").args(["install", "--locked", CARGO_FUZZ]))?;
         }
     }
 
@@ -215,7 +226,7 @@ fn bpf_linker() -> Option<PathBuf> {
 }
 
 /// A program on PATH or in cargo's bin directory.
-fn cargo_bin(name: &str) -> Option<PathBuf> {
+pub fn cargo_bin(name: &str) -> Option<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));

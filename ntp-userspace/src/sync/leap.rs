@@ -19,11 +19,9 @@ impl LeapTable {
         let mut table = Self::default();
         for (number, line) in text.lines().enumerate() {
             if let Some(expiry) = line.strip_prefix("#@") {
-                let ntp: i64 = expiry
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("line {}: bad expiry", number + 1))?;
-                table.expires = Some(ntp - UNIX_EPOCH_NTP_SECONDS as i64);
+                let unix = unix_of_ntp_seconds(expiry.trim())
+                    .ok_or_else(|| format!("line {}: bad expiry", number + 1))?;
+                table.expires = Some(unix);
                 continue;
             }
             let line = line.split('#').next().unwrap_or_default().trim();
@@ -34,10 +32,11 @@ impl LeapTable {
             let (Some(at), Some(offset)) = (fields.next(), fields.next()) else {
                 return Err(format!("line {}: expected NTP seconds and an offset", number + 1));
             };
-            let at: i64 = at.parse().map_err(|_| format!("line {}: bad time", number + 1))?;
+            let at =
+                unix_of_ntp_seconds(at).ok_or_else(|| format!("line {}: bad time", number + 1))?;
             let offset: i32 =
                 offset.parse().map_err(|_| format!("line {}: bad offset", number + 1))?;
-            table.entries.push((at - UNIX_EPOCH_NTP_SECONDS as i64, offset));
+            table.entries.push((at, offset));
         }
         if table.entries.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err("entries out of order".into());
@@ -64,6 +63,13 @@ impl LeapTable {
     pub fn has_expired(&self, t: i64) -> bool {
         self.expires.is_some_and(|expires| t > expires)
     }
+}
+
+/// Unix time of the file's NTP seconds (since 1900, never negative; at most 2^40, some
+/// thirty thousand years, so that no arithmetic on it can overflow).
+fn unix_of_ntp_seconds(text: &str) -> Option<i64> {
+    let ntp: u64 = text.parse().ok().filter(|ntp| *ntp < 1 << 40)?;
+    Some(ntp as i64 - UNIX_EPOCH_NTP_SECONDS as i64)
 }
 
 /// The next UTC midnight after Unix time `t`, where a leap takes effect.
@@ -160,6 +166,9 @@ mod tests {
     #[test]
     fn bad_lines_are_errors() {
         assert!(LeapTable::parse("2272060800\n").is_err());
+        // Found by the fuzz target: times out of any range are errors, not overflows.
+        assert!(LeapTable::parse("-9223372036854775808 10\n").is_err());
+        assert!(LeapTable::parse("#@ 99999999999999999999\n").is_err());
         assert!(LeapTable::parse("3692217600 37\n2272060800 10\n").is_err());
     }
 }

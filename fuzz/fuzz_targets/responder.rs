@@ -1,0 +1,47 @@
+//! The responder: whatever a client sends, a reply is a server-mode answer to that request,
+//! never longer than it, or no reply.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ntp_common::{
+    responder,
+    state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
+    wire::{HEADER_LEN, Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId},
+};
+
+const TAI_NS: u64 = 1_795_660_037_000_000_000;
+
+fuzz_target!(|data: &[u8]| {
+    // The first 8 bytes choose the clock's offset into the state's life; the rest is the request.
+    let Some((when, request)) = data.split_first_chunk::<8>() else { return };
+    let header = ReplyHeader {
+        leap: Leap::NoWarning,
+        stratum: 2,
+        precision: -24,
+        root_delay: NtpShort::from_seconds(0.001),
+        root_dispersion: NtpShort::from_seconds(0.001),
+        dispersion_rate: 15e-6,
+        reference_id: ReferenceId::from_bits([192, 0, 2, 1]),
+        reference_time: NtpTimestamp::from_unix_nanos(1_795_660_000_000_000_000),
+    };
+    let anchor =
+        TimeAnchor { tai_ns: TAI_NS, served_unix_ns: 1_795_660_000_000_000_000, frequency: 1e-5 };
+    let state = ServerState::new(anchor, header, MAX_STATE_AGE_NS);
+    let received = TAI_NS.wrapping_add(u64::from_le_bytes(*when) % (2 * MAX_STATE_AGE_NS));
+    let transmit = received.wrapping_add(20_000);
+    match responder::respond(request, &state, received, transmit, i8::MIN) {
+        Ok(reply) => {
+            assert!(reply.len() <= request.len(), "a reply longer than its request");
+            assert_eq!(request.len(), HEADER_LEN);
+            let (reply, request) =
+                (NtpHeader::from_bytes(&reply), NtpHeader::from_bytes(request.try_into().unwrap()));
+            assert_eq!(reply.mode, Mode::Server);
+            assert_eq!(reply.origin_timestamp, request.transmit_timestamp);
+        }
+        Err(_) => assert!(
+            responder::check_request(request).is_err()
+                || received >= state.fresh_until_tai_ns
+                || received < TAI_NS
+        ),
+    }
+});

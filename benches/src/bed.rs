@@ -46,9 +46,26 @@ impl ServerKind {
     }
 }
 
-/// Simulated clients: a /16 next to the link's subnet, routed through the client.
-pub const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 0);
-pub const CLIENTS: u32 = 1 << 16;
+/// Simulated clients: `count` (a power of two) addresses from `first`, routed through the
+/// client's namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clients {
+    pub first: Ipv4Addr,
+    pub count: u32,
+}
+
+impl Clients {
+    /// The benchmark's: a /16 next to the link's subnet.
+    pub const BENCH: Self = Self { first: Ipv4Addr::new(10, 78, 0, 0), count: 1 << 16 };
+    /// The soak's: a /12, more clients than a million-entry client log holds, so that they
+    /// cycle through it.
+    pub const SOAK: Self = Self { first: Ipv4Addr::new(10, 128, 0, 0), count: 1 << 20 };
+
+    fn prefix(&self) -> String {
+        format!("{}/{}", self.first, 32 - self.count.trailing_zeros())
+    }
+}
+
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
 
@@ -101,7 +118,7 @@ impl Step {
 
 impl Bed {
     /// Sets up `kind` on `link`, from a thread in the client's namespace (see [`Bed::run`]).
-    fn new(kind: ServerKind, link: Link) -> anyhow::Result<Self> {
+    fn new(kind: ServerKind, clients: Clients, link: Link) -> anyhow::Result<Self> {
         let server_address = match link.server.v4 {
             std::net::IpAddr::V4(a) => a,
             std::net::IpAddr::V6(_) => bail!("the link's server has no IPv4 address"),
@@ -110,18 +127,12 @@ impl Bed {
             client_mac: link.client.mac,
             server_mac: link.server.mac,
             server: SocketAddrV4::new(server_address, 123),
-            first_client: FIRST_CLIENT,
-            clients: CLIENTS,
+            first_client: clients.first,
+            clients: clients.count,
         };
         // Replies from socket servers reach the simulated clients through the real one, with
         // complete checksums (the counter checks them).
-        link.server_ns.ip(&[
-            "route",
-            "add",
-            &format!("{FIRST_CLIENT}/16"),
-            "via",
-            &link.client.v4.to_string(),
-        ]);
+        link.server_ns.ip(&["route", "add", &clients.prefix(), "via", &link.client.v4.to_string()]);
         link.server_ns.run("ethtool", &["-K", "veth-srv", "tx", "off"]);
         let server = match kind {
             ServerKind::NtpxdXdp => Running::Ntpxd(Ntpxd::start(
@@ -203,6 +214,15 @@ impl Bed {
         kind: ServerKind,
         work: impl FnOnce(&mut Bed) -> anyhow::Result<T> + Send,
     ) -> anyhow::Result<T> {
+        Self::run_with(kind, Clients::BENCH, work)
+    }
+
+    /// As `run`, with `clients` as the simulated clients.
+    pub fn run_with<T: Send>(
+        kind: ServerKind,
+        clients: Clients,
+        work: impl FnOnce(&mut Bed) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
         let link = Link::without_client_program();
         let path = link.client_ns.path();
         std::thread::scope(|scope| {
@@ -211,7 +231,7 @@ impl Bed {
                     pin(0, LOAD_CPU)?;
                     let file = std::fs::File::open(&path).context("the client namespace")?;
                     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                    let mut bed = Bed::new(kind, link)?;
+                    let mut bed = Bed::new(kind, clients, link)?;
                     work(&mut bed)
                 })
                 .join()
@@ -225,6 +245,14 @@ impl Bed {
             Running::Ntpxd(ntpxd) => ntpxd.process.log(),
             Running::Chronyd(chronyd) => chronyd.process.log(),
             Running::Program { .. } => String::new(),
+        }
+    }
+
+    /// The ntpxd under load, if that is the server.
+    pub fn ntpxd(&self) -> Option<&Ntpxd> {
+        match &self.server {
+            Running::Ntpxd(ntpxd) => Some(ntpxd),
+            _ => None,
         }
     }
 

@@ -7,5 +7,6 @@ pub mod cost;
 pub mod frames;
 pub mod programs;
 pub mod report;
+pub mod soak;
 pub mod socket_load;
 pub mod sweep;

@@ -9,7 +9,7 @@ use ntpx_bench::{
     bed::{Bed, ServerKind},
     cost,
     report::{Report, ServerReport, StepReport},
-    socket_load,
+    soak, socket_load,
     sweep::Sweep,
 };
 
@@ -31,6 +31,14 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         step: f64,
     },
+    /// ntpxd under saturating load for minutes, a million distinct clients cycling through its
+    /// client log, reloaded and reconfigured as it serves; writes soak.json.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Sweeps a server elsewhere with the socket generator (sendmmsg/recvmmsg).
     Remote {
         /// The server's address and port, e.g. 192.0.2.1:123.
@@ -47,6 +55,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::All { out, step } => all(&out, Duration::from_secs_f64(step)),
+        Command::Soak { minutes, out } => {
+            let report = soak::soak(minutes)?;
+            print!("{}", report.table());
+            println!("soak: wrote {}", soak::write(&report, &out)?.display());
+            report.check()
+        }
         Command::Remote { server, start_rate, ceiling, step } => {
             let sweep = Sweep {
                 start_rate,

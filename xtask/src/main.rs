@@ -49,6 +49,13 @@ enum Task {
         #[arg(long, default_value_t = 1.0)]
         step: f64,
     },
+    /// ntpxd under saturating load with a million clients cycling through its client log,
+    /// reloaded and reconfigured as it serves; reports answers, invalid replies, memory,
+    /// descriptors and gaps, into target/bench/soak.json (needs root).
+    Soak {
+        #[arg(default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// The fuzz targets (cargo-fuzz, nightly), each from its seeds in tests/fuzz; a crash fails.
     Fuzz {
         /// One target (wire, responder, config, control, upstream_reply, leap_seconds); all
@@ -72,7 +79,8 @@ fn main() -> anyhow::Result<()> {
             require_root("vmtest")?;
             vmtest()
         }
-        Task::Bench { step } => bench(step),
+        Task::Bench { step } => bench(&["all", "--step", &step.to_string()]),
+        Task::Soak { minutes } => bench(&["soak", "--minutes", &minutes.to_string()]),
         Task::Fuzz { target, seconds } => {
             ensure_setup()?;
             fuzz::fuzz(target.as_deref(), seconds)
@@ -210,7 +218,8 @@ fn vmtest() -> anyhow::Result<()> {
     .env("NTPX_DEB", deb))
 }
 
-fn bench(step: f64) -> anyhow::Result<()> {
+/// Runs ntpx-bench's `arguments` (release builds), writing into target/bench.
+fn bench(arguments: &[&str]) -> anyhow::Result<()> {
     require_root("bench")?;
     ensure_setup()?;
     run(&mut cargo(&[
@@ -225,7 +234,8 @@ fn bench(step: f64) -> anyhow::Result<()> {
     let release = workspace().join("target/release");
     let out = workspace().join("target/bench");
     run(Command::new(release.join("ntpx-bench"))
-        .args(["all", "--step", &step.to_string(), "--out"])
+        .args(arguments)
+        .arg("--out")
         .arg(&out)
         .env("NTPX_BIN_DIR", &release))
 }

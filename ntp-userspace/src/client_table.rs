@@ -247,18 +247,12 @@ fn lookup_batch(
     };
     // SAFETY: the attribute points at buffers that hold `count` keys and values and an 8-byte
     // token (the kernel writes 4 for hash maps), all alive for the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
-    };
-    if rc == 0 {
-        return Ok((attr.count as usize, false));
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::ENOENT) {
+    match unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(()) => Ok((attr.count as usize, false)),
         // The last batch: `count` says how many it holds.
-        return Ok((attr.count as usize, true));
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, true)),
+        Err(error) => Err(error),
     }
-    Err(error)
 }
 
 /// One BPF_MAP_UPDATE_BATCH call: writes `values` under `keys`.
@@ -272,8 +266,17 @@ fn update_batch(fd: i32, keys: &[[u8; 16]], values: &[ClientRecord]) -> io::Resu
     };
     // SAFETY: the attribute points at `count` keys and values, alive for the call; the kernel
     // only reads them.
+    unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr) }
+}
+
+/// The bpf(2) batch `command` with `attr`.
+///
+/// # Safety
+/// Every pointer in `attr` is valid for what `command` reads and writes, for `count` entries.
+unsafe fn batch(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: the caller vouches for the attribute's pointers; its size is the kernel's.
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<BatchAttr>())
+        libc::syscall(libc::SYS_bpf, command, std::ptr::from_mut(attr), size_of::<BatchAttr>())
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

@@ -66,6 +66,8 @@ pub struct SoakReport {
     /// After the first minute, and at the end.
     pub after_first_minute: Resources,
     pub at_end: Resources,
+    /// After each minute's client listing.
+    pub each_minute: Vec<Resources>,
     /// Live records in the client log at the end, and its capacity.
     pub client_log_records: u64,
     pub client_log_capacity: u32,
@@ -120,6 +122,13 @@ impl SoakReport {
             self.at_end.rss_kib,
             self.at_end.fds,
             self.longest_gap_s,
+        ) + &format!(
+            "ntpxd minute by minute (KiB resident, descriptors): {}\n",
+            self.each_minute
+                .iter()
+                .map(|r| format!("{} {}", r.rss_kib, r.fds))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }
@@ -131,7 +140,7 @@ struct Operations {
     rule_changes: u32,
     listings: u32,
     longest_listing: Duration,
-    after_first_minute: Option<Resources>,
+    each_minute: Vec<Resources>,
     failure: Option<String>,
 }
 
@@ -189,8 +198,9 @@ pub fn soak(minutes: f64) -> anyhow::Result<SoakReport> {
             rule_changes: operations.rule_changes,
             listings: operations.listings,
             longest_listing_s: operations.longest_listing.as_secs_f64(),
-            after_first_minute: operations.after_first_minute.unwrap_or(at_end),
+            after_first_minute: operations.each_minute.first().copied().unwrap_or(at_end),
             at_end,
+            each_minute: operations.each_minute,
             client_log_records: stats
                 .kernel
                 .client_records_created
@@ -222,10 +232,10 @@ fn operate(
             let outcome = ntpxc(socket, &["clients", "--top", "10"]);
             done.listings += 1;
             done.longest_listing = done.longest_listing.max(listing.elapsed());
-            // The baseline: after a minute of every operation, a listing of the full table
-            // (the largest allocation) included.
-            if done.after_first_minute.is_none() {
-                done.after_first_minute = Resources::of(pid).ok();
+            // After a minute of every operation, a listing of the full table (the largest
+            // allocation) included.
+            if let Ok(resources) = Resources::of(pid) {
+                done.each_minute.push(resources);
             }
             outcome
         } else if now >= next_change {

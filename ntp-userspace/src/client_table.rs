@@ -90,14 +90,19 @@ impl ClientTable {
     /// Every record, read in batches of many entries a system call.
     pub fn clients(&self) -> anyhow::Result<Vec<Client>> {
         let mut clients = Vec::new();
-        self.for_each_batch(|keys, records| {
-            let batch = keys.iter().zip(records.iter());
-            clients.extend(
-                batch.map(|(key, record)| Client { address: address_of(key), record: *record }),
-            );
-            Ok(())
-        })?;
+        self.visit(|client| clients.push(client))?;
         Ok(clients)
+    }
+
+    /// Calls `f` with every client, walking the table a batch at a time (nothing is
+    /// collected).
+    pub fn visit(&self, mut f: impl FnMut(Client)) -> anyhow::Result<()> {
+        self.for_each_batch(|keys, records| {
+            for (key, record) in keys.iter().zip(records.iter()) {
+                f(Client { address: address_of(key), record: *record });
+            }
+            Ok(())
+        })
     }
 
     /// How many records the table holds now (a walk: the kernel keeps no count).

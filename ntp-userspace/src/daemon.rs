@@ -493,18 +493,13 @@ fn respond(request: &Request, server: &Server, shared: &Mutex<Shared>) -> anyhow
                 return Ok(Response::Clients { clients: Vec::new() });
             };
             let now = table.settings().timestamp(clock::tai_ns());
-            let mut clients: Vec<ClientReport> = table
-                .clients()?
-                .into_iter()
-                .filter(|client| client.record.hits >= *min_requests)
-                .map(|client| client_report(&client, now))
-                .collect();
-            clients.sort_by(|a, b| {
-                b.ntp_requests.cmp(&a.ntp_requests).then(a.address.cmp(&b.address))
-            });
-            if let Some(top) = top {
-                clients.truncate(*top);
-            }
+            let mut busiest = Busiest::new(*top);
+            table.visit(|client| {
+                if client.record.hits >= *min_requests {
+                    busiest.push(client_report(&client, now));
+                }
+            })?;
+            let clients = busiest.finish();
             if *reset {
                 table.reset_counts()?;
             }
@@ -573,6 +568,39 @@ fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking {
         leap: leap_name(synchronised.then_some(header.leap)).into(),
         synchronised,
         ..Tracking::default()
+    }
+}
+
+/// `clients`' order: the most requests first, ties by address; at most `top` of them. With
+/// `top`, at most twice that many reports are held at once, however large the table.
+struct Busiest {
+    top: Option<usize>,
+    clients: Vec<ClientReport>,
+}
+
+impl Busiest {
+    fn new(top: Option<usize>) -> Self {
+        Self { top, clients: Vec::new() }
+    }
+
+    fn order(a: &ClientReport, b: &ClientReport) -> std::cmp::Ordering {
+        b.ntp_requests.cmp(&a.ntp_requests).then(a.address.cmp(&b.address))
+    }
+
+    fn push(&mut self, client: ClientReport) {
+        self.clients.push(client);
+        if let Some(top) = self.top
+            && self.clients.len() >= 2 * top.max(1)
+        {
+            self.clients.select_nth_unstable_by(top.max(1) - 1, Self::order);
+            self.clients.truncate(top);
+        }
+    }
+
+    fn finish(mut self) -> Vec<ClientReport> {
+        self.clients.sort_by(Self::order);
+        self.clients.truncate(self.top.unwrap_or(usize::MAX));
+        self.clients
     }
 }
 
@@ -679,6 +707,30 @@ mod tests {
 
     fn config(text: &str) -> Config {
         config::parse(Path::new("test.conf"), text).unwrap().config
+    }
+
+    #[test]
+    fn the_busiest_clients_come_first_and_only_top_are_kept() {
+        let report = |i: u32| ClientReport {
+            address: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            ntp_requests: (i * 7919) % 101,
+            ntp_drops: 0,
+            ntp_kiss_of_death: 0,
+            ntp_interval: 0,
+            ntp_interval_limited: 0,
+            last_ntp_ago: 0,
+        };
+        let mut all: Vec<ClientReport> = (0..1000).map(report).collect();
+        all.sort_by(Busiest::order);
+        for top in [None, Some(0), Some(1), Some(7), Some(2000)] {
+            let mut busiest = Busiest::new(top);
+            for i in 0..1000 {
+                busiest.push(report(i));
+                assert!(busiest.clients.len() < 2 * top.unwrap_or(1000).max(1));
+            }
+            let expected = &all[..top.unwrap_or(1000).min(1000)];
+            assert_eq!(busiest.finish(), expected, "top {top:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use ntp_common::wire::offset;
 use ntp_userspace::sync::source::{PollSettings, Source};
 
 const NOW_NS: i64 = 1_795_660_000_000_000_000;
@@ -13,8 +14,9 @@ fuzz_target!(|data: &[u8]| {
     let Some(request) = source.poll(NOW_NS, 0x0123_4567_89ab_cdef) else { return };
     // Mostly replies that answer the request: its transmit timestamp as their origin.
     let mut reply = data.to_vec();
-    if reply.len() >= 32 && data[0] & 1 == 0 {
-        reply[24..32].copy_from_slice(&request.bytes[40..48]);
+    let (origin, transmit) = (offset::ORIGIN_TIMESTAMP, offset::TRANSMIT_TIMESTAMP);
+    if reply.len() >= origin + 8 && data[0] & 1 == 0 {
+        reply[origin..origin + 8].copy_from_slice(&request.bytes[transmit..transmit + 8]);
     }
     let elapsed = i64::from(data.get(1).copied().unwrap_or(0)) * 1_000_000;
     if let Ok(sample) = source.receive(&reply, address, NOW_NS + elapsed, data.len() % 3 == 0) {

@@ -52,6 +52,9 @@ impl From<std::net::IpAddr> for WireAddress {
 
 const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
+/// The loopback interface's index, the same in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// A request's addresses, and where it came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addressing {

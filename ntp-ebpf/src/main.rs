@@ -472,12 +472,11 @@ fn is_local(published: &Published, address: &WireAddress) -> bool {
     }
 }
 
-/// Whether the frame came in on the loopback interface (index 1 in every namespace).
+/// Whether the frame came in on the loopback interface.
 #[inline(always)]
 fn arrived_on_loopback(ctx: &XdpContext) -> bool {
-    const LOOPBACK_IFINDEX: u32 = 1;
     // SAFETY: the context the kernel passed is valid for the program's run.
-    unsafe { (*ctx.ctx).ingress_ifindex == LOOPBACK_IFINDEX }
+    unsafe { (*ctx.ctx).ingress_ifindex == admission::LOOPBACK_IFINDEX }
 }
 
 /// The Ethernet header (with the 802.1Q tag, if any) as words.

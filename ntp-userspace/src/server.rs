@@ -50,7 +50,7 @@ pub struct Server {
     reference: RwLock<Reference>,
     access: RwLock<AccessTable>,
     /// The addresses served (those published to the kernel too).
-    local_addresses: RwLock<Vec<IpAddr>>,
+    local_addresses: RwLock<Vec<WireAddress>>,
     client_log: Arc<dyn ClientLog>,
     received: AtomicU64,
     answered: AtomicU64,
@@ -98,10 +98,8 @@ impl Server {
 
     /// The addresses served, as published to the kernel.
     pub fn set_local_addresses(&self, addresses: &[IpAddr]) {
-        let mut local = self.local_addresses.write().expect("addresses lock");
-        if local.as_slice() != addresses {
-            *local = addresses.to_vec();
-        }
+        *self.local_addresses.write().expect("addresses lock") =
+            addresses.iter().map(|&address| address.into()).collect();
     }
 
     /// Serves new access rules (the kernel's are switched by the caller).
@@ -122,18 +120,15 @@ impl Server {
     ) -> Result<[u8; HEADER_LEN], Unanswered> {
         // The XDP program's rule, on the same addresses: what it passed for its addresses, the
         // slow path does not answer either.
-        const LOOPBACK_IFINDEX: u32 = 1;
         let addressing = Addressing {
             source: source.ip().into(),
             source_port: source.port(),
             destination: destination.into(),
-            on_loopback: interface == LOOPBACK_IFINDEX,
+            on_loopback: interface == admission::LOOPBACK_IFINDEX,
         };
         let local = self.local_addresses.read().expect("addresses lock");
-        admission::check(&addressing, |address| {
-            local.iter().any(|local| WireAddress::from(*local) == *address)
-        })
-        .map_err(Unanswered::Address)?;
+        admission::check(&addressing, |address| local.contains(address))
+            .map_err(Unanswered::Address)?;
         drop(local);
         let source = source.ip();
         if !self.access.read().expect("access lock").is_allowed(source) {

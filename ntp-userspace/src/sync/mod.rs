@@ -363,10 +363,15 @@ impl Synchroniser {
         self.offset + self.frequency * seconds_between(self.since_raw_ns, now_raw_ns) + leap
     }
 
-    /// True time (Unix seconds) at raw `now`: what a day's date is judged by, not the raw clock,
+    /// True time (Unix s) at raw `now`: what a day's date is judged by, not the raw clock,
     /// which may be weeks off before the first step.
+    fn true_time(&self, now_raw_ns: i64) -> f64 {
+        now_raw_ns as f64 / 1e9 + self.offset_at(now_raw_ns)
+    }
+
+    /// The whole second of `true_time`.
     fn true_seconds(&self, now_raw_ns: i64) -> i64 {
-        (now_raw_ns as f64 / 1e9 + self.offset_at(now_raw_ns)).floor() as i64
+        self.true_time(now_raw_ns).floor() as i64
     }
 
     /// The leap status: the leap table's when there is one, else the sources' majority, taken
@@ -439,8 +444,8 @@ impl Synchroniser {
                         leap_at_ns = Some(midnight * 1_000_000_000);
                     } else {
                         // Under -x the served time leaps when true time reaches midnight.
-                        let true_now = now as f64 / 1e9 + self.offset_at(now);
-                        let midnight = leap::next_midnight(true_now.floor() as i64) as f64;
+                        let true_now = self.true_time(now);
+                        let midnight = leap::next_midnight(self.true_seconds(now)) as f64;
                         let at = now_system_ns + ((midnight - true_now) * 1e9).round() as i64;
                         let delta = if leap == Leap::InsertSecond { -1.0 } else { 1.0 };
                         self.pending_leap = Some(PendingLeap {

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use ntp_common::wire::{HEADER_LEN, Leap, Mode, NtpHeader, NtpTimestamp, ReferenceId};
+use ntp_common::wire::{HEADER_LEN, Leap, Mode, NtpHeader, NtpTimestamp, ReferenceId, offset};
 
 use super::regression::{Estimate, Sample, SampleSet, seconds_between};
 
@@ -78,9 +78,9 @@ impl Request {
     /// address and echoes the request's (unguessable) transmit timestamp as its origin. Anything
     /// else arriving on the request's port, a forgery included, is not its reply.
     pub fn is_answered_by(&self, datagram: &[u8], from: SocketAddr) -> bool {
-        const ORIGIN: std::ops::Range<usize> = 24..32;
-        const TRANSMIT: std::ops::Range<usize> = 40..48;
-        from == self.to && datagram.get(ORIGIN) == Some(&self.bytes[TRANSMIT])
+        let origin = datagram.get(offset::ORIGIN_TIMESTAMP..offset::ORIGIN_TIMESTAMP + 8);
+        let transmit = &self.bytes[offset::TRANSMIT_TIMESTAMP..offset::TRANSMIT_TIMESTAMP + 8];
+        from == self.to && origin == Some(transmit)
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use ntp_common::{
     maps::{
@@ -25,6 +25,7 @@ use crate::{
     access::{Access, AccessTable},
     client_table::{ClientLogSettings, ClientTable},
     config::ClientLogSize,
+    nic,
 };
 
 /// The XDP program, built for the BPF target by build.rs.
@@ -138,12 +139,21 @@ impl Dataplane {
     /// Attaches to `interface`. Native mode falls back to generic where the driver cannot do
     /// it; the mode actually used is returned.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> anyhow::Result<AttachMode> {
+        if nix::net::if_::if_nametoindex(interface).is_err() {
+            bail!("cannot attach XDP to {interface}: there is no such interface");
+        }
+        if nic::keep_vlan_tags_in_frames(interface)
+            .with_context(|| format!("cannot attach XDP to {interface}"))?
+        {
+            tracing::info!(
+                interface,
+                "turned rx-vlan-offload off, so that XDP sees clients' VLAN tags \
+                 (`ethtool -K {interface} rxvlan on` turns it back on once ntpxd is gone)"
+            );
+        }
         let program = program_mut(&mut self.ebpf)?;
         let (used, link) = match program.attach(interface, mode.xdp_mode()) {
             Ok(link) => (mode, link),
-            Err(ProgramError::UnknownInterface { .. }) => {
-                bail!("cannot attach XDP to {interface}: there is no such interface")
-            }
             Err(native_error) if mode == AttachMode::Native => {
                 let link = program.attach(interface, XdpMode::Skb).map_err(|generic_error| {
                     anyhow!(

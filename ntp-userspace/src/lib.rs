@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod files;
+pub mod nic;
 pub mod privileges;
 pub mod reference;
 pub mod report;

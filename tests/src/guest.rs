@@ -58,6 +58,11 @@ pub struct Guest {
 impl Guest {
     /// Boots a fresh guest and waits for its agent.
     pub fn boot() -> Self {
+        Self::boot_with(&[])
+    }
+
+    /// Boots a fresh guest with more qemu arguments (devices) and waits for its agent.
+    pub fn boot_with(qemu_args: &[&str]) -> Self {
         let image = required_env("NTPX_GUEST_IMAGE");
         let qemu = required_env("NTPX_QEMU_DIR");
         let dir = scratch_dir();
@@ -100,6 +105,7 @@ impl Guest {
                 "user,id=net0,hostfwd=udp:127.0.0.1:{GUEST_NTP_PORT_ON_HOST}-:123"
             )])
             .args(["-device", "virtio-net-pci,netdev=net0"])
+            .args(qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.path().join("qemu.log")).expect("qemu's log"));

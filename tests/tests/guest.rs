@@ -320,6 +320,67 @@ mod in_guest {
         );
     }
 
+    /// Two more NICs joined by a qemu hub, a wire inside the guest: an e1000 for ntpxd (its
+    /// driver takes VLAN tags out of received frames while rx-vlan-offload is on, as most NICs
+    /// do) and a virtio NIC for a client.
+    ///
+    /// The e1000 has no native XDP, and in generic mode a reply sent with XDP_TX keeps the
+    /// request's socket buffer, tag included, so the offload's harm (a native-mode reply sent
+    /// untagged) does not show here; qemu 7.2 emulates no NIC with both. What this wire shows
+    /// is a real driver's offload turned off at attach and the program answering real 802.1Q
+    /// clients with the tag it finds in the frame.
+    const VLAN_WIRE: &[&str] = &[
+        "-netdev",
+        "hubport,id=wire0,hubid=1",
+        "-device",
+        "e1000,netdev=wire0,mac=52:54:00:00:10:01",
+        "-netdev",
+        "hubport,id=wire1,hubid=1",
+        "-device",
+        "virtio-net-pci,netdev=wire1,mac=52:54:00:00:10:02",
+    ];
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn a_vlan_client_is_answered_on_its_vlan_through_a_nic_whose_tag_offload_ntpxd_turns_off() {
+        let guest = Guest::boot_with(VLAN_WIRE);
+        install(&guest);
+        // The interfaces by MAC: probing order names them.
+        let name_of = |mac: &str| {
+            let name = guest.run(&format!(
+                "ip -o link | awk -v mac={mac} '$0 ~ mac {{ sub(\":$\", \"\", $2); print $2; exit }}'"
+            ));
+            assert!(!name.trim().is_empty(), "no interface with {mac}");
+            name.trim().to_owned()
+        };
+        let (server_nic, client_nic) = (name_of("52:54:00:00:10:01"), name_of("52:54:00:00:10:02"));
+        // VLAN 100 on both ends, the client in a namespace of its own with strict reverse-path
+        // filtering: a reply that arrives untagged (on the client NIC itself, not its VLAN) is
+        // dropped, as it would be lost on a switch.
+        guest.run(&format!(
+            "ip link set {server_nic} up \
+             && ip link add link {server_nic} name vlan100 type vlan id 100 \
+             && ip addr add 10.100.0.1/24 dev vlan100 && ip link set vlan100 up \
+             && ip netns add client && ip link set {client_nic} netns client \
+             && ip netns exec client sh -ec 'sysctl -qw net.ipv4.conf.all.rp_filter=1; \
+                ip link set {client_nic} up; \
+                ip link add link {client_nic} name vlan100 type vlan id 100; \
+                ip addr add 10.100.0.2/24 dev vlan100; ip link set vlan100 up'"
+        ));
+        configure(&guest, &format!("local stratum 3\nallow 10.100.0.0/24\nxdp {server_nic}\n"));
+
+        // chronyd -Q on the VLAN: it prints an offset only if ntpxd's replies reached it.
+        let probe = guest.sh("ip netns exec client chronyd -Q -u root -t 20 'port 0' 'cmdport 0' \
+             'pidfile /run/chronyd-vlan.pid' 'server 10.100.0.1 iburst maxsamples 4' 2>&1");
+        let stats = guest.run("ntpxc serverstats");
+        eprintln!("vlan: chronyd -Q on VLAN 100:\n{}\nntpxc serverstats:\n{stats}", probe.text);
+        assert!(probe.text.contains("wrong by"), "no replies on the VLAN:\n{}", probe.text);
+        assert!(answered_in_kernel(&guest) > 0, "{stats}");
+        assert!(stats.contains("NTP answered in slow path  : 0\n"), "{stats}");
+        let log = guest.run("journalctl -u ntpxd -b --no-pager");
+        assert!(log.contains("turned rx-vlan-offload off"), "{log}");
+    }
+
     fn requests_received(guest: &Guest) -> u64 {
         guest
             .run("ntpxc -c serverstats")

@@ -105,7 +105,18 @@ fn ntpdig_is_answered_over_ipv4_and_ipv6() {
 fn a_client_on_a_vlan_is_answered_with_its_tag() {
     require_root();
     let link = Link::new();
+    let rx_vlan_offload = || {
+        let features = link.server_ns.run("ethtool", &["-k", "veth-srv"]).stdout;
+        String::from_utf8(features).unwrap().lines().any(|line| line == "rx-vlan-offload: on")
+    };
+    assert!(rx_vlan_offload(), "a veth starts with rx-vlan-offload on");
     let ntpxd = Ntpxd::start(&link.server_ns, &ntpxd_config(true));
+    // Off where the program attaches, so that a NIC leaves the tag in the frame. (A veth's
+    // peer passes the tag beside the frame whatever this setting: tagged frames are written
+    // here through a packet socket, with the tag in the frame, as such a NIC receives them.)
+    assert!(!rx_vlan_offload(), "ntpxd left rx-vlan-offload on");
+    let log = ntpxd.process.log();
+    assert!(log.contains("turned rx-vlan-offload off"), "{log}");
     let mut request = Frame::request(link.client.v4, link.server.v4);
     request.src_mac = link.client.mac;
     request.dst_mac = link.server.mac;

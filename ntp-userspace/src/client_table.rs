@@ -54,6 +54,12 @@ impl ClientLog for NoClientLog {
 }
 
 /// The kernel's client table.
+/// Records read with one system call: a page of `clients`.
+const BATCH: usize = 8192;
+
+/// A position in the client table between two pages (the kernel's batch token).
+pub type Cursor = u64;
+
 pub struct ClientTable {
     map: Mutex<HashMap<MapData, [u8; 16], ClientRecord>>,
     settings: RwLock<ClientLogSettings>,
@@ -105,16 +111,6 @@ impl ClientTable {
         })
     }
 
-    /// How many records the table holds now (a walk: the kernel keeps no count).
-    pub fn count(&self) -> anyhow::Result<usize> {
-        let mut count = 0;
-        self.for_each_batch(|keys, _| {
-            count += keys.len();
-            Ok(())
-        })?;
-        Ok(count)
-    }
-
     /// Zeroes the request, drop and kiss-o'-death counts of every client (`clients -r`), a
     /// batch of records a system call each way. A request logged between a batch's read and
     /// its write is forgotten (its count and its share of the rate estimate).
@@ -130,28 +126,51 @@ impl ClientTable {
         })
     }
 
+    /// Calls `f` with one page of clients, from `after` on (None: the table's start); where
+    /// the next page starts, None after the last. Clients come in the table's order; one logged
+    /// between two pages may be missed, as in any walk of a live table.
+    pub fn page(
+        &self,
+        after: Option<Cursor>,
+        mut f: impl FnMut(Client),
+    ) -> anyhow::Result<Option<Cursor>> {
+        self.batch(after, |keys, records| {
+            for (key, record) in keys.iter().zip(records.iter()) {
+                f(Client { address: address_of(key), record: *record });
+            }
+            Ok(())
+        })
+    }
+
     /// Walks the table in batches of many entries a system call, holding no lock: the slow
     /// path logs clients meanwhile.
     fn for_each_batch(
         &self,
         mut f: impl FnMut(&[[u8; 16]], &mut [ClientRecord]) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let fd = self.fd();
-        let batch = 8192u32;
-        let mut keys = vec![[0u8; 16]; batch as usize];
-        let mut values = vec![ClientRecord::default(); batch as usize];
-        let mut token = [0u8; 8];
-        let mut first = true;
+        let mut cursor = None;
         loop {
-            let (count, done) =
-                lookup_batch(fd, (!first).then_some(token), &mut token, &mut keys, &mut values)
-                    .context("reading the client table")?;
-            first = false;
-            f(&keys[..count], &mut values[..count])?;
-            if done {
+            cursor = self.batch(cursor, &mut f)?;
+            if cursor.is_none() {
                 return Ok(());
             }
         }
+    }
+
+    /// Calls `f` with one batch of records from `after` on; where the next batch starts.
+    fn batch(
+        &self,
+        after: Option<Cursor>,
+        mut f: impl FnMut(&[[u8; 16]], &mut [ClientRecord]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<Cursor>> {
+        let mut keys = vec![[0u8; 16]; BATCH];
+        let mut values = vec![ClientRecord::default(); BATCH];
+        let mut next = [0u8; 8];
+        let (count, done) =
+            lookup_batch(self.fd(), after.map(u64::to_ne_bytes), &mut next, &mut keys, &mut values)
+                .context("reading the client table")?;
+        f(&keys[..count], &mut values[..count])?;
+        Ok((!done).then(|| u64::from_ne_bytes(next)))
     }
 
     /// The map's descriptor, valid as long as the table.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     access::Access,
+    client_table::Cursor,
     dataplane::AttachMode,
     sync::{SourceReport, Tracking},
 };
@@ -23,12 +24,16 @@ use crate::{
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     ServerStats,
-    /// The client log: clients with at least `min_requests` requests, the most active first,
-    /// at most `top` of them; `reset` zeroes their counts afterwards.
+    /// The client log: clients with at least `min_requests` requests. With `top`, the `top`
+    /// most active, most active first; otherwise one page in the table's order, from `after`
+    /// (a previous page's `next`; none: the start). `reset` zeroes every count after the last
+    /// page.
     Clients {
         min_requests: u32,
         top: Option<usize>,
         reset: bool,
+        #[serde(default)]
+        after: Option<Cursor>,
     },
     /// A rule added at run time, as an `allow`/`deny` line after the configuration's.
     Access {
@@ -63,12 +68,22 @@ impl Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     ServerStats(Box<ServerStats>),
-    Clients { clients: Vec<ClientReport> },
+    /// `next`: where the next page starts; none after the last.
+    Clients {
+        clients: Vec<ClientReport>,
+        next: Option<Cursor>,
+    },
     Ok,
-    AccessCheck { allowed: bool },
+    AccessCheck {
+        allowed: bool,
+    },
     Tracking(Box<Tracking>),
-    Sources { sources: Vec<SourceReport> },
-    Error { message: String },
+    Sources {
+        sources: Vec<SourceReport>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// One client of `clients`, as chronyc reports it (intervals in log2 s, 127 unknown; seconds

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -15,14 +15,14 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::Semaphore,
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 use ntp_common::ratelimit::{self, RateLimit};
 
 use crate::{
     access::{AccessRule, AccessTable, Subnet},
-    client_table::{Client, ClientLog, ClientLogSettings, NoClientLog},
+    client_table::{Client, ClientLog, ClientLogSettings, ClientTable, NoClientLog},
     clock::{self, KernelClock},
     config::{self, ClientLogSize, Config},
     control::{ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment},
@@ -44,15 +44,35 @@ pub struct Options {
     pub no_clock_control: bool,
 }
 
-/// What the daemon's tasks change together: the kernel's maps and the rules they hold.
-struct Shared {
+/// The kernel's published state and the rules behind it, owned by the daemon's main loop alone:
+/// it republishes on its tick and applies [`Change`]s between ticks, one at a time, so that no
+/// lock is shared with the slow path or the control connections, and every change is one
+/// switch of the page.
+struct Owner {
     dataplane: Option<Dataplane>,
-    /// The synchronisation, when there are `server` or `pool` lines.
-    upstream: Option<Arc<Upstream>>,
-    config_file: PathBuf,
     config: Config,
     /// The configuration's access rules and those added at run time, in order.
     rules: Vec<AccessRule>,
+}
+
+/// What control connections and SIGHUP ask of the [`Owner`], each with where its outcome goes.
+/// Whatever takes time (reading the file, resolving names) is done before it is sent.
+enum Change {
+    AddRule(AccessRule, oneshot::Sender<anyhow::Result<()>>),
+    Reload(Box<config::Loaded>, oneshot::Sender<anyhow::Result<()>>),
+    /// The kernel's counters and attachments, for `serverstats`.
+    KernelView(oneshot::Sender<anyhow::Result<(KernelCounters, Vec<XdpAttachment>)>>),
+}
+
+/// What a control connection works with; the owner is reached through `changes`.
+struct ControlContext {
+    server: Arc<Server>,
+    /// The synchronisation, when there are `server` or `pool` lines.
+    upstream: Option<Arc<Upstream>>,
+    /// The client log, when the program is loaded.
+    clients: Option<Arc<ClientTable>>,
+    config_file: PathBuf,
+    changes: mpsc::Sender<Change>,
 }
 
 /// What needs privileges, done: the program loaded and attached, the sockets bound, the pidfile
@@ -183,9 +203,16 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         tokio::spawn(serve_socket(socket, server.clone()));
     }
     let listener = UnixListener::from_std(control.listener.try_clone()?)?;
+    let (changes, mut changes_received) = mpsc::channel(MAX_CONTROL_CONNECTIONS);
+    let context = Arc::new(ControlContext {
+        server: server.clone(),
+        upstream: upstream.clone(),
+        clients: dataplane.as_ref().map(Dataplane::clients),
+        config_file,
+        changes,
+    });
     let rules = config.access.clone();
-    let shared_upstream = upstream.clone();
-    let shared = Arc::new(Mutex::new(Shared { dataplane, upstream, config_file, config, rules }));
+    let mut owner = Owner { dataplane, config, rules };
 
     let mut ticker = tokio::time::interval(Duration::from_nanos(PUBLISH_INTERVAL_NS));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,20 +226,21 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 // The watchdog hears from the loop that keeps the kernel's state fresh, and
                 // only when it did: a daemon that cannot publish is restarted.
-                if republish(&server, &shared) {
+                if owner.republish(&server, upstream.as_deref()) {
                     service::notify(service::State::Alive);
                 }
             }
             // At once: the state in the kernel is anchored to the clock before the step.
-            _ = clock_stepped(&shared_upstream) => {
-                republish(&server, &shared);
+            _ = clock_stepped(&upstream) => {
+                owner.republish(&server, upstream.as_deref());
             }
+            Some(change) = changes_received.recv() => owner.apply(change, &server),
             connection = listener.accept() => match connection {
                 Ok((stream, _)) => match control.connections.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (server, shared) = (server.clone(), shared.clone());
+                        let context = context.clone();
                         tokio::spawn(async move {
-                            serve_control(stream, server, shared).await;
+                            serve_control(stream, context).await;
                             drop(permit);
                         });
                     }
@@ -224,35 +252,98 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                if let Err(error) = reload(&server, &shared) {
-                    tracing::error!("SIGHUP: {error:#}; the running configuration is kept");
-                }
+                // Read off the loop; applied by it like `ntpxc reload`.
+                let context = context.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(error) = reload(&context) {
+                        tracing::error!("SIGHUP: {error:#}; the running configuration is kept");
+                    }
+                });
             }
         }
     }
 
     tracing::info!("ntpxd stopping");
     service::notify(service::State::Stopping);
-    let mut shared = shared.lock().expect("shared lock");
-    if let Some(upstream) = &shared.upstream {
+    if let Some(upstream) = &upstream {
         upstream.save_drift(true);
     }
-    if let Some(dataplane) = shared.dataplane.as_mut() {
+    if let Some(dataplane) = owner.dataplane.as_mut() {
         dataplane.detach_all()?;
     }
     Ok(())
 }
 
-/// Refreshes the kernel's state; false if it could not.
-fn republish(server: &Server, shared: &Mutex<Shared>) -> bool {
-    let mut shared = shared.lock().expect("shared lock");
-    let Shared { dataplane, upstream, config, .. } = &mut *shared;
-    match refresh(server, dataplane.as_mut(), upstream.as_deref(), config) {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
-            false
+impl Owner {
+    /// Refreshes the kernel's state; false if it could not.
+    fn republish(&mut self, server: &Server, upstream: Option<&Upstream>) -> bool {
+        match refresh(server, self.dataplane.as_mut(), upstream, &self.config) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
+                false
+            }
         }
+    }
+
+    fn apply(&mut self, change: Change, server: &Server) {
+        // A requester that gave up (its connection closed) does not need the outcome.
+        match change {
+            Change::AddRule(rule, done) => {
+                let _ = done.send(self.add_rule(rule, server));
+            }
+            Change::Reload(loaded, done) => {
+                let _ = done.send(self.reload(*loaded, server));
+            }
+            Change::KernelView(done) => {
+                let _ = done.send(self.kernel_view());
+            }
+        }
+    }
+
+    fn add_rule(&mut self, rule: AccessRule, server: &Server) -> anyhow::Result<()> {
+        self.rules.push(rule);
+        let table = AccessTable::from_rules(&self.rules);
+        if let Some(dataplane) = self.dataplane.as_mut() {
+            dataplane.set_access(&table)?;
+        }
+        server.set_access(table);
+        tracing::info!(access = ?rule.access, all = rule.all, subnet = %rule.subnet, "access rule added");
+        Ok(())
+    }
+
+    /// Applies what can change while running: the access rules (run-time changes are dropped,
+    /// as chrony drops them on restart), the rate limit and the local reference.
+    fn reload(&mut self, loaded: config::Loaded, server: &Server) -> anyhow::Result<()> {
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        let (new, needs_restart) = reloadable(&self.config, loaded.config);
+        for what in needs_restart {
+            tracing::warn!("{what} changed: it needs a restart, and keeps its running value");
+        }
+        let access = AccessTable::from_rules(&new.access);
+        if let Some(dataplane) = self.dataplane.as_mut() {
+            let epoch = dataplane.clients().settings().epoch_tai_ns;
+            dataplane.reconfigure(&access, client_log_settings(&new, epoch))?;
+        }
+        server.set_access(access);
+        server.set_local(new.local);
+        self.rules = new.access.clone();
+        self.config = new;
+        Ok(())
+    }
+
+    fn kernel_view(&mut self) -> anyhow::Result<(KernelCounters, Vec<XdpAttachment>)> {
+        let Some(dataplane) = self.dataplane.as_mut() else {
+            return Ok(Default::default());
+        };
+        let counters = KernelCounters::from_array(&dataplane.counters()?);
+        let attachments = dataplane
+            .attachments()
+            .map(|(interface, mode)| XdpAttachment { interface: interface.to_owned(), mode })
+            .collect();
+        Ok((counters, attachments))
     }
 }
 
@@ -310,38 +401,31 @@ fn refresh(
     let addresses = served_addresses(config)?;
     server.set_local_addresses(&addresses);
     if let Some(dataplane) = dataplane {
-        dataplane.publish(&server.state_to_publish(now));
         dataplane.set_local_addresses(&addresses);
+        dataplane.publish(&server.state_to_publish(now));
     }
     Ok(())
 }
 
-/// Rereads the configuration file and applies what can change while running: the access rules
-/// (run-time changes are dropped, as chrony drops them on restart), the rate limit and the local
-/// reference. A file with an error changes nothing.
-fn reload(server: &Server, shared: &Mutex<Shared>) -> anyhow::Result<()> {
-    // Read (and its host names resolved) before the lock is taken.
-    let config_file = shared.lock().expect("shared lock").config_file.clone();
-    let loaded = config::load(&config_file)?;
-    let mut shared = shared.lock().expect("shared lock");
-    for warning in &loaded.warnings {
-        tracing::warn!("{warning}");
-    }
-    let (new, needs_restart) = reloadable(&shared.config, loaded.config);
-    for what in needs_restart {
-        tracing::warn!("{what} changed: it needs a restart, and keeps its running value");
-    }
-    let access = AccessTable::from_rules(&new.access);
-    if let Some(dataplane) = shared.dataplane.as_mut() {
-        let epoch = dataplane.clients().settings().epoch_tai_ns;
-        dataplane.reconfigure(&access, client_log_settings(&new, epoch))?;
-    }
-    server.set_access(access);
-    server.set_local(new.local);
-    shared.rules = new.access.clone();
-    shared.config = new;
-    tracing::info!(file = %shared.config_file.display(), "configuration reloaded");
+/// Rereads the configuration file (host names resolved here, off the owner) and has the owner
+/// apply it. A file with an error changes nothing. Blocks: call it off the runtime's workers.
+fn reload(context: &ControlContext) -> anyhow::Result<()> {
+    let loaded = config::load(&context.config_file)?;
+    context.ask(|done| Change::Reload(Box::new(loaded), done))??;
+    tracing::info!(file = %context.config_file.display(), "configuration reloaded");
     Ok(())
+}
+
+impl ControlContext {
+    /// Sends the owner a change and waits for its outcome. Blocks: call it off the runtime's
+    /// workers.
+    fn ask<T>(&self, change: impl FnOnce(oneshot::Sender<T>) -> Change) -> anyhow::Result<T> {
+        let (done, outcome) = oneshot::channel();
+        self.changes
+            .blocking_send(change(done))
+            .map_err(|_| anyhow::anyhow!("ntpxd is stopping"))?;
+        outcome.blocking_recv().map_err(|_| anyhow::anyhow!("ntpxd is stopping"))
+    }
 }
 
 /// What a reload applies: `new`, except for what only a restart can change, which keeps its
@@ -438,11 +522,7 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
     }
 }
 
-async fn serve_control(
-    stream: tokio::net::UnixStream,
-    server: Arc<Server>,
-    shared: Arc<Mutex<Shared>>,
-) {
+async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlContext>) {
     let peer_uid = stream.peer_cred().ok().map(|credentials| credentials.uid());
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
@@ -451,7 +531,7 @@ async fn serve_control(
     if !matches!(read.await, Ok(Ok(n)) if n > 0) {
         return;
     }
-    server.count_command();
+    context.server.count_command();
     let response = match serde_json::from_slice::<Request>(&line) {
         _ if !line.ends_with(b"\n") => Response::Error {
             message: format!("bad request: longer than {MAX_REQUEST_LEN} bytes, or unfinished"),
@@ -459,9 +539,10 @@ async fn serve_control(
         Ok(request) if request.changes_state() && !may_change_state(peer_uid) => Response::Error {
             message: "not permitted: only root and ntpxd's user may change its state".into(),
         },
-        // Reports can read a large client table: off the runtime's worker threads.
+        // Reports can read a large client table, and changes wait for the owner: off the
+        // runtime's worker threads.
         Ok(request) => tokio::task::spawn_blocking(move || {
-            respond(&request, &server, &shared)
+            respond(&request, &context)
                 .unwrap_or_else(|error| Response::Error { message: format!("{error:#}") })
         })
         .await
@@ -481,43 +562,50 @@ fn may_change_state(peer_uid: Option<u32>) -> bool {
     peer_uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }
 
-/// Answers a control request. The shared state is locked only to read or change it, never
-/// across a walk of the client table or a name lookup: the republishing tick and the slow path
-/// go on meanwhile.
-fn respond(request: &Request, server: &Server, shared: &Mutex<Shared>) -> anyhow::Result<Response> {
-    let lock = || shared.lock().expect("shared lock");
+/// Answers a control request: reports from what the control side holds (the client table is
+/// walked here, never by the owner), changes through the owner.
+fn respond(request: &Request, context: &ControlContext) -> anyhow::Result<Response> {
+    let server = &context.server;
     Ok(match request {
-        Request::ServerStats => Response::ServerStats(Box::new(server_stats(server, shared)?)),
-        Request::Clients { min_requests, top, reset } => {
-            let Some(table) = lock().dataplane.as_ref().map(Dataplane::clients) else {
-                return Ok(Response::Clients { clients: Vec::new() });
+        Request::ServerStats => Response::ServerStats(Box::new(server_stats(context)?)),
+        Request::Clients { min_requests, top, reset, after } => {
+            let Some(table) = &context.clients else {
+                return Ok(Response::Clients { clients: Vec::new(), next: None });
             };
             let now = table.settings().timestamp(clock::tai_ns());
-            let mut busiest = Busiest::new(*top);
-            table.visit(|client| {
-                if client.record.hits >= *min_requests {
-                    busiest.push(client_report(&client, now));
+            let wanted = |client: &Client| client.record.hits >= *min_requests;
+            let (clients, next) = match top {
+                Some(top) => {
+                    let mut busiest = Busiest::new(*top);
+                    table.visit(|client| {
+                        if wanted(&client) {
+                            busiest.push(client_report(&client, now));
+                        }
+                    })?;
+                    (busiest.finish(), None)
                 }
-            })?;
-            let clients = busiest.finish();
-            if *reset {
+                None => {
+                    let mut page = Vec::new();
+                    let next = table.page(*after, |client| {
+                        if wanted(&client) {
+                            page.push(client_report(&client, now));
+                        }
+                    })?;
+                    (page, next)
+                }
+            };
+            if *reset && next.is_none() {
                 table.reset_counts()?;
             }
-            Response::Clients { clients }
+            Response::Clients { clients, next }
         }
         Request::Access { access, all, subnet } => {
             let subnet = match subnet {
                 Some(text) => config::parse_subnet(text).map_err(anyhow::Error::msg)?,
                 None => Subnet::Everything,
             };
-            let mut shared = lock();
-            shared.rules.push(AccessRule { access: *access, all: *all, subnet });
-            let table = AccessTable::from_rules(&shared.rules);
-            if let Some(dataplane) = shared.dataplane.as_mut() {
-                dataplane.set_access(&table)?;
-            }
-            server.set_access(table);
-            tracing::info!(?access, all, %subnet, "access rule added");
+            let rule = AccessRule { access: *access, all: *all, subnet };
+            context.ask(|done| Change::AddRule(rule, done))??;
             Response::Ok
         }
         Request::AccessCheck { address } => {
@@ -526,16 +614,14 @@ fn respond(request: &Request, server: &Server, shared: &Mutex<Shared>) -> anyhow
             Response::AccessCheck { allowed: server.is_allowed(address) }
         }
         Request::Reload => {
-            reload(server, shared)?;
+            reload(context)?;
             Response::Ok
         }
         Request::Tracking => {
-            let upstream = lock().upstream.clone();
-            Response::Tracking(Box::new(tracking(server, upstream.as_deref())))
+            Response::Tracking(Box::new(tracking(server, context.upstream.as_deref())))
         }
         Request::Sources => {
-            let upstream = lock().upstream.clone();
-            let sources = match upstream {
+            let sources = match &context.upstream {
                 Some(upstream) => {
                     upstream.sync.lock().expect("sync lock").sources(clock::realtime_ns() as i64)
                 }
@@ -571,15 +657,15 @@ fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking {
     }
 }
 
-/// `clients`' order: the most requests first, ties by address; at most `top` of them. With
-/// `top`, at most twice that many reports are held at once, however large the table.
+/// `clients --top N`: the most requests first, ties by address; at most `top` of them, and at
+/// most twice that many reports held at once, however large the table.
 struct Busiest {
-    top: Option<usize>,
+    top: usize,
     clients: Vec<ClientReport>,
 }
 
 impl Busiest {
-    fn new(top: Option<usize>) -> Self {
+    fn new(top: usize) -> Self {
         Self { top, clients: Vec::new() }
     }
 
@@ -589,17 +675,15 @@ impl Busiest {
 
     fn push(&mut self, client: ClientReport) {
         self.clients.push(client);
-        if let Some(top) = self.top
-            && self.clients.len() >= 2 * top.max(1)
-        {
-            self.clients.select_nth_unstable_by(top.max(1) - 1, Self::order);
-            self.clients.truncate(top);
+        if self.clients.len() >= 2 * self.top.max(1) {
+            self.clients.select_nth_unstable_by(self.top.max(1) - 1, Self::order);
+            self.clients.truncate(self.top);
         }
     }
 
     fn finish(mut self) -> Vec<ClientReport> {
         self.clients.sort_by(Self::order);
-        self.clients.truncate(self.top.unwrap_or(usize::MAX));
+        self.clients.truncate(self.top);
         self.clients
     }
 }
@@ -617,35 +701,23 @@ fn client_report(client: &Client, now: u32) -> ClientReport {
     }
 }
 
-fn server_stats(server: &Server, shared: &Mutex<Shared>) -> anyhow::Result<ServerStats> {
-    let slow_path = server.slow_path_counters();
+fn server_stats(context: &ControlContext) -> anyhow::Result<ServerStats> {
+    let slow_path = context.server.slow_path_counters();
+    let (kernel, xdp) = context.ask(Change::KernelView)??;
     let mut stats = ServerStats {
-        command_packets_received: server.commands(),
+        command_packets_received: context.server.commands(),
         slow_path,
+        kernel,
+        xdp,
         ..ServerStats::default()
     };
-    let table = {
-        let mut shared = shared.lock().expect("shared lock");
-        match shared.dataplane.as_mut() {
-            Some(dataplane) => {
-                stats.kernel = KernelCounters::from_array(&dataplane.counters()?);
-                stats.xdp = dataplane
-                    .attachments()
-                    .map(|(interface, mode)| XdpAttachment {
-                        interface: interface.to_owned(),
-                        mode,
-                    })
-                    .collect();
-                Some(dataplane.clients())
-            }
-            None => None,
-        }
-    };
-    if let Some(table) = table.filter(|table| table.settings().enabled) {
-        // The kernel does not count its LRU evictions: the live records are counted here, with
-        // nothing locked meanwhile.
-        let live = table.count()? as u64;
-        stats.client_log_records_dropped = stats.kernel.client_records_created.saturating_sub(live);
+    if let Some(table) = context.clients.as_ref().filter(|table| table.settings().enabled) {
+        // From counters, never a walk of the table (a scrape must cost little). The kernel does
+        // not count its LRU evictions, but a record created beyond the capacity replaced one;
+        // the LRU can also evict a little early (up to 128 free records wait on each CPU's
+        // list), which this does not see.
+        stats.client_log_records_dropped =
+            stats.kernel.client_records_created.saturating_sub(u64::from(table.capacity()));
         stats.client_log_capacity = table.capacity();
         stats.client_log_bytes = table.memory().unwrap_or(0);
     }
@@ -722,14 +794,14 @@ mod tests {
         };
         let mut all: Vec<ClientReport> = (0..1000).map(report).collect();
         all.sort_by(Busiest::order);
-        for top in [None, Some(0), Some(1), Some(7), Some(2000)] {
+        for top in [0, 1, 7, 1000, 2000] {
             let mut busiest = Busiest::new(top);
             for i in 0..1000 {
                 busiest.push(report(i));
-                assert!(busiest.clients.len() < 2 * top.unwrap_or(1000).max(1));
+                assert!(busiest.clients.len() < 2 * top.max(1));
             }
-            let expected = &all[..top.unwrap_or(1000).min(1000)];
-            assert_eq!(busiest.finish(), expected, "top {top:?}");
+            let expected = &all[..top.min(1000)];
+            assert_eq!(busiest.finish(), expected, "top {top}");
         }
     }
 

@@ -198,8 +198,9 @@ impl Dataplane {
         self.switch();
     }
 
-    /// Sets the addresses the program answers for. Beyond the page's room, the program passes
-    /// requests to further addresses to the slow path.
+    /// Sets the addresses the program answers for, from the next [`Self::publish`] on (one
+    /// switch for both). Beyond the page's room, the program passes requests to further
+    /// addresses to the slow path.
     pub fn set_local_addresses(&mut self, addresses: &[IpAddr]) {
         let v4: Vec<u32> = addresses
             .iter()
@@ -248,7 +249,6 @@ impl Dataplane {
         }
         published.local_v4_count = v4.len().min(MAX_LOCAL_V4) as u16;
         published.local_v6_count = v6.len().min(MAX_LOCAL_V6) as u16;
-        self.switch();
     }
 
     /// Writes what is to be published into the slot not in use, then makes it the active one.

@@ -78,13 +78,16 @@ pub fn serverstats_csv(stats: &ServerStats) -> String {
     format!("{}\n", values.join(","))
 }
 
-/// chronyc's `clients` table. Names are shown as addresses (as `chronyc -n`); the command
-/// columns are empty, there being no command packets over the network.
+/// The heading of chronyc's `clients` table. Names are shown as addresses (as `chronyc -n`);
+/// the command columns are empty, there being no command packets over the network.
+pub const CLIENTS_HEADING: &str = "\
+Hostname                      NTP   Drop Int IntL Last     Cmd   Drop Int  Last
+===============================================================================
+";
+
+/// `clients`' lines under [`CLIENTS_HEADING`].
 pub fn clients_text(clients: &[ClientReport]) -> String {
-    let mut text = String::from(
-        "Hostname                      NTP   Drop Int IntL Last     Cmd   Drop Int  Last\n\
-         ===============================================================================\n",
-    );
+    let mut text = String::new();
     for client in clients {
         text.push_str(&format!(
             "{:<25}  {:>6}  {:>5} {:>3} {:>3}  {:>4}  {:>6}  {:>5} {:>3}  {:>4}\n",
@@ -387,7 +390,7 @@ mod tests {
                 last_ntp_ago: 4000,
             },
         ];
-        let text = clients_text(&clients);
+        let text = format!("{CLIENTS_HEADING}{}", clients_text(&clients));
         let lines: Vec<&str> = text.lines().collect();
         // chronyc 4.3's lines, with the address for the name.
         assert_eq!(

@@ -1,6 +1,6 @@
 //! ntpxc: reports from a running ntpxd and changes to its access rules, in chronyc's layouts.
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use ntp_userspace::{
@@ -21,12 +21,57 @@ fn access_request(access: Access, rule: &[String]) -> Result<Request, String> {
     Ok(Request::Access { access, all, subnet })
 }
 
+/// `clients`, a page a request: ntpxd never holds a whole large client log's report, and text
+/// and CSV are printed as they come (JSON once complete).
+fn list_clients(args: &Args, min_requests: u32, top: Option<usize>, reset: bool) -> ExitCode {
+    let mut after = None;
+    let mut all = Vec::new();
+    let mut out = std::io::stdout().lock();
+    if !args.json && !args.csv {
+        let _ = out.write_all(report::CLIENTS_HEADING.as_bytes());
+    }
+    loop {
+        let request = Request::Clients { min_requests, top, reset, after };
+        let (clients, next) = match control::call(&args.socket, &request) {
+            Ok(Response::Clients { clients, next }) => (clients, next),
+            Ok(Response::Error { message }) => return fail(&format!("ntpxd: {message}")),
+            Ok(other) => return fail(&format!("unexpected response: {other:?}")),
+            Err(error) => return fail(&format!("{error:#}")),
+        };
+        let written = match (args.json, args.csv) {
+            (true, _) => {
+                all.extend(clients);
+                Ok(())
+            }
+            (false, true) => out.write_all(report::clients_csv(&clients).as_bytes()),
+            (false, false) => out.write_all(report::clients_text(&clients).as_bytes()),
+        };
+        if written.is_err() {
+            // stdout closed (`| head`): nothing more to say.
+            return ExitCode::SUCCESS;
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if args.json {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("ntpxc: {message}");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let request = match &args.command {
         Command::Serverstats => Ok(Request::ServerStats),
         Command::Clients { min_requests, reset, top } => {
-            Ok(Request::Clients { min_requests: *min_requests, top: *top, reset: *reset })
+            return list_clients(&args, *min_requests, *top, *reset);
         }
         Command::Allow { rule } => access_request(Access::Allow, rule),
         Command::Deny { rule } => access_request(Access::Deny, rule),
@@ -37,26 +82,18 @@ fn main() -> ExitCode {
     };
     let request = match request {
         Ok(request) => request,
-        Err(message) => {
-            eprintln!("ntpxc: {message}");
-            return ExitCode::FAILURE;
-        }
+        Err(message) => return fail(&message),
     };
     let response = match control::call(&args.socket, &request) {
         Ok(response) => response,
-        Err(error) => {
-            eprintln!("ntpxc: {error:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&format!("{error:#}")),
     };
     if let Response::Error { message } = &response {
-        eprintln!("ntpxc: ntpxd: {message}");
-        return ExitCode::FAILURE;
+        return fail(&format!("ntpxd: {message}"));
     }
     let output = if args.json {
         let json = match &response {
             Response::ServerStats(stats) => serde_json::to_string_pretty(stats),
-            Response::Clients { clients } => serde_json::to_string_pretty(clients),
             Response::Tracking(tracking) => serde_json::to_string_pretty(tracking),
             Response::Sources { sources } => serde_json::to_string_pretty(sources),
             other => serde_json::to_string_pretty(other),
@@ -66,8 +103,6 @@ fn main() -> ExitCode {
         match (&response, args.csv) {
             (Response::ServerStats(stats), true) => report::serverstats_csv(stats),
             (Response::ServerStats(stats), false) => report::serverstats_text(stats),
-            (Response::Clients { clients }, true) => report::clients_csv(clients),
-            (Response::Clients { clients }, false) => report::clients_text(clients),
             (Response::Tracking(tracking), true) => report::tracking_csv(tracking),
             (Response::Tracking(tracking), false) => report::tracking_text(tracking),
             (Response::Sources { sources }, csv) => match (&args.command, csv) {
@@ -83,6 +118,7 @@ fn main() -> ExitCode {
             (Response::AccessCheck { allowed: false }, _) => "209 Access denied\n".into(),
             (Response::Ok, _) => "200 OK\n".into(),
             (Response::Error { .. }, _) => unreachable!("handled above"),
+            (Response::Clients { .. }, _) => unreachable!("listed by list_clients"),
         }
     };
     print!("{output}");

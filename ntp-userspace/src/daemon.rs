@@ -45,7 +45,7 @@ pub struct Options {
 }
 
 /// The kernel's published state and the rules behind it, owned by the daemon's main loop alone:
-/// it republishes on its tick and applies [`Change`]s between ticks, one at a time, so that no
+/// it republishes on its tick and answers [`Ask`]s between ticks, one at a time, so that no
 /// lock is shared with the slow path or the control connections, and every change is one
 /// switch of the page.
 struct Owner {
@@ -55,16 +55,16 @@ struct Owner {
     rules: Vec<AccessRule>,
 }
 
-/// What control connections and SIGHUP ask of the [`Owner`], each with where its outcome goes.
-/// Whatever takes time (reading the file, resolving names) is done before it is sent.
-enum Change {
+/// What control connections and SIGHUP ask of the [`Owner`], each with where its answer goes.
+/// Whatever takes time (reading the file, resolving names) is done before it is asked.
+enum Ask {
     AddRule(AccessRule, oneshot::Sender<anyhow::Result<()>>),
     Reload(Box<config::Loaded>, oneshot::Sender<anyhow::Result<()>>),
     /// The kernel's counters and attachments, for `serverstats`.
     KernelView(oneshot::Sender<anyhow::Result<(KernelCounters, Vec<XdpAttachment>)>>),
 }
 
-/// What a control connection works with; the owner is reached through `changes`.
+/// What a control connection works with; the owner is reached through `owner`.
 struct ControlContext {
     server: Arc<Server>,
     /// The synchronisation, when there are `server` or `pool` lines.
@@ -72,7 +72,7 @@ struct ControlContext {
     /// The client log, when the program is loaded.
     clients: Option<Arc<ClientTable>>,
     config_file: PathBuf,
-    changes: mpsc::Sender<Change>,
+    owner: mpsc::Sender<Ask>,
 }
 
 /// What needs privileges, done: the program loaded and attached, the sockets bound, the pidfile
@@ -203,13 +203,13 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         tokio::spawn(serve_socket(socket, server.clone()));
     }
     let listener = UnixListener::from_std(control.listener.try_clone()?)?;
-    let (changes, mut changes_received) = mpsc::channel(MAX_CONTROL_CONNECTIONS);
+    let (owner_sender, mut asked) = mpsc::channel(MAX_CONTROL_CONNECTIONS);
     let context = Arc::new(ControlContext {
         server: server.clone(),
         upstream: upstream.clone(),
         clients: dataplane.as_ref().map(Dataplane::clients),
         config_file,
-        changes,
+        owner: owner_sender,
     });
     let rules = config.access.clone();
     let mut owner = Owner { dataplane, config, rules };
@@ -234,7 +234,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             _ = clock_stepped(&upstream) => {
                 owner.republish(&server, upstream.as_deref());
             }
-            Some(change) = changes_received.recv() => owner.apply(change, &server),
+            Some(ask) = asked.recv() => owner.answer(ask, &server),
             connection = listener.accept() => match connection {
                 Ok((stream, _)) => match control.connections.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -286,27 +286,29 @@ impl Owner {
         }
     }
 
-    fn apply(&mut self, change: Change, server: &Server) {
+    fn answer(&mut self, ask: Ask, server: &Server) {
         // A requester that gave up (its connection closed) does not need the outcome.
-        match change {
-            Change::AddRule(rule, done) => {
+        match ask {
+            Ask::AddRule(rule, done) => {
                 let _ = done.send(self.add_rule(rule, server));
             }
-            Change::Reload(loaded, done) => {
+            Ask::Reload(loaded, done) => {
                 let _ = done.send(self.reload(*loaded, server));
             }
-            Change::KernelView(done) => {
+            Ask::KernelView(done) => {
                 let _ = done.send(self.kernel_view());
             }
         }
     }
 
     fn add_rule(&mut self, rule: AccessRule, server: &Server) -> anyhow::Result<()> {
-        self.rules.push(rule);
-        let table = AccessTable::from_rules(&self.rules);
+        let mut rules = self.rules.clone();
+        rules.push(rule);
+        let table = AccessTable::from_rules(&rules);
         if let Some(dataplane) = self.dataplane.as_mut() {
             dataplane.set_access(&table)?;
         }
+        self.rules = rules;
         server.set_access(table);
         tracing::info!(access = ?rule.access, all = rule.all, subnet = %rule.subnet, "access rule added");
         Ok(())
@@ -411,19 +413,16 @@ fn refresh(
 /// apply it. A file with an error changes nothing. Blocks: call it off the runtime's workers.
 fn reload(context: &ControlContext) -> anyhow::Result<()> {
     let loaded = config::load(&context.config_file)?;
-    context.ask(|done| Change::Reload(Box::new(loaded), done))??;
+    context.ask(|done| Ask::Reload(Box::new(loaded), done))??;
     tracing::info!(file = %context.config_file.display(), "configuration reloaded");
     Ok(())
 }
 
 impl ControlContext {
-    /// Sends the owner a change and waits for its outcome. Blocks: call it off the runtime's
-    /// workers.
-    fn ask<T>(&self, change: impl FnOnce(oneshot::Sender<T>) -> Change) -> anyhow::Result<T> {
+    /// Asks the owner and waits for its answer. Blocks: call it off the runtime's workers.
+    fn ask<T>(&self, ask: impl FnOnce(oneshot::Sender<T>) -> Ask) -> anyhow::Result<T> {
         let (done, outcome) = oneshot::channel();
-        self.changes
-            .blocking_send(change(done))
-            .map_err(|_| anyhow::anyhow!("ntpxd is stopping"))?;
+        self.owner.blocking_send(ask(done)).map_err(|_| anyhow::anyhow!("ntpxd is stopping"))?;
         outcome.blocking_recv().map_err(|_| anyhow::anyhow!("ntpxd is stopping"))
     }
 }
@@ -605,7 +604,7 @@ fn respond(request: &Request, context: &ControlContext) -> anyhow::Result<Respon
                 None => Subnet::Everything,
             };
             let rule = AccessRule { access: *access, all: *all, subnet };
-            context.ask(|done| Change::AddRule(rule, done))??;
+            context.ask(|done| Ask::AddRule(rule, done))??;
             Response::Ok
         }
         Request::AccessCheck { address } => {
@@ -703,7 +702,7 @@ fn client_report(client: &Client, now: u32) -> ClientReport {
 
 fn server_stats(context: &ControlContext) -> anyhow::Result<ServerStats> {
     let slow_path = context.server.slow_path_counters();
-    let (kernel, xdp) = context.ask(Change::KernelView)??;
+    let (kernel, xdp) = context.ask(Ask::KernelView)??;
     let mut stats = ServerStats {
         command_packets_received: context.server.commands(),
         slow_path,

@@ -53,13 +53,13 @@ impl ClientLog for NoClientLog {
     }
 }
 
-/// The kernel's client table.
 /// Records read with one system call: a page of `clients`.
 const BATCH: usize = 8192;
 
 /// A position in the client table between two pages (the kernel's batch token).
 pub type Cursor = u64;
 
+/// The kernel's client table.
 pub struct ClientTable {
     map: Mutex<HashMap<MapData, [u8; 16], ClientRecord>>,
     settings: RwLock<ClientLogSettings>,

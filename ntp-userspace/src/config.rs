@@ -22,6 +22,8 @@ use crate::{
 /// Where ntpxd looks for its configuration by default.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ntpx/ntpx.conf";
 pub const DEFAULT_COMMAND_SOCKET: &str = "/run/ntpx/ntpxd.sock";
+/// Where Debian's chronyc looks for chronyd, and so for ntpxd.
+pub const DEFAULT_CHRONYC_SOCKET: &str = "/run/chrony/chronyd.sock";
 pub const DEFAULT_PIDFILE: &str = "/run/ntpx/ntpxd.pid";
 pub const DEFAULT_NTP_PORT: u16 = 123;
 
@@ -210,6 +212,8 @@ pub struct Config {
     pub bind_v4: Option<Ipv4Addr>,
     pub bind_v6: Option<Ipv6Addr>,
     pub command_socket: PathBuf,
+    /// `chronycsocket`: where chronyc's command protocol is answered (None: nowhere).
+    pub chronyc_socket: Option<PathBuf>,
     pub pidfile: PathBuf,
     /// `user`: whom ntpxd runs as once started (default `_ntpx` when it exists).
     pub user: Option<String>,
@@ -228,6 +232,7 @@ impl Default for Config {
             bind_v4: None,
             bind_v6: None,
             command_socket: PathBuf::from(DEFAULT_COMMAND_SOCKET),
+            chronyc_socket: Some(PathBuf::from(DEFAULT_CHRONYC_SOCKET)),
             pidfile: PathBuf::from(DEFAULT_PIDFILE),
             user: None,
             xdp: Vec::new(),
@@ -249,6 +254,7 @@ impl fmt::Display for Config {
             bind_v4,
             bind_v6,
             command_socket,
+            chronyc_socket,
             pidfile,
             user,
             xdp,
@@ -278,6 +284,10 @@ impl fmt::Display for Config {
             writeln!(f, "bindaddress {address}")?;
         }
         writeln!(f, "bindcmdaddress {}", command_socket.display())?;
+        match chronyc_socket {
+            Some(path) => writeln!(f, "chronycsocket {}", path.display())?,
+            None => writeln!(f, "chronycsocket none")?,
+        }
         writeln!(f, "pidfile {}", pidfile.display())?;
         if let Some(user) = user {
             writeln!(f, "user {user}")?;
@@ -493,6 +503,17 @@ impl Parser {
                     return Err(format!(
                         "bindcmdaddress needs a socket path or an IP address, not {address:?}"
                     ));
+                }
+            }
+            "chronycsocket" => {
+                config.chronyc_socket = match one(args)? {
+                    "none" => None,
+                    path if path.starts_with('/') => Some(PathBuf::from(path)),
+                    other => {
+                        return Err(format!(
+                            "chronycsocket needs a socket path or none, not {other:?}"
+                        ));
+                    }
                 }
             }
             "pidfile" => config.pidfile = PathBuf::from(one(args)?),

@@ -20,6 +20,8 @@ use tokio::{
 
 use ntp_common::ratelimit::{self, RateLimit};
 
+mod chronyc;
+
 use crate::{
     access::{AccessRule, AccessTable, Subnet},
     client_table::{Client, ClientLog, ClientLogSettings, ClientTable, NoClientLog},
@@ -87,6 +89,7 @@ pub struct Prepared {
     upstream: Option<Arc<Upstream>>,
     ntp_sockets: Vec<std::net::UdpSocket>,
     control: ControlSocket,
+    chronyc: Option<chronyc::ChronycSocket>,
     created_directories: Vec<PathBuf>,
 }
 
@@ -169,6 +172,7 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         }
     }
     let control = ControlSocket::bind(&config.command_socket)?;
+    let chronyc = config.chronyc_socket.as_deref().and_then(chronyc::ChronycSocket::bind);
     Ok(Prepared {
         config_file,
         config,
@@ -178,6 +182,7 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         upstream,
         ntp_sockets,
         control,
+        chronyc,
         created_directories,
     })
 }
@@ -193,6 +198,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         upstream,
         ntp_sockets,
         control,
+        chronyc,
         created_directories: _,
     } = prepared;
     if let Some(upstream) = &upstream {
@@ -211,6 +217,9 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         config_file,
         owner: owner_sender,
     });
+    if let Some(chronyc) = &chronyc {
+        chronyc.serve_in_background(context.clone())?;
+    }
     let rules = config.access.clone();
     let mut owner = Owner { dataplane, config, rules };
 
@@ -442,6 +451,7 @@ fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     keep("bindaddress", &mut new.bind_v4, &old.bind_v4, &mut kept);
     keep("bindaddress", &mut new.bind_v6, &old.bind_v6, &mut kept);
     keep("bindcmdaddress", &mut new.command_socket, &old.command_socket, &mut kept);
+    keep("chronycsocket", &mut new.chronyc_socket, &old.chronyc_socket, &mut kept);
     keep("pidfile", &mut new.pidfile, &old.pidfile, &mut kept);
     keep("user", &mut new.user, &old.user, &mut kept);
     keep("xdp", &mut new.xdp, &old.xdp, &mut kept);

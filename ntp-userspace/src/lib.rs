@@ -1,6 +1,7 @@
 //! ntpxd and ntpxc: the daemon around ntpx's XDP program, and its control client.
 
 pub mod access;
+pub mod chronyc;
 pub mod cli;
 pub mod client_table;
 pub mod clock;

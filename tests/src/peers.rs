@@ -180,10 +180,35 @@ impl Ntpxd {
         self.wait_for_the_control_socket();
     }
 
-    /// `config` with the test's control socket and pidfile.
+    /// `config` with the test's control socket, chronyc's socket and pidfile.
     fn complete(socket: &Path, config: &str) -> String {
         let pidfile = socket.with_file_name("ntpxd.pid");
-        format!("{config}\nbindcmdaddress {}\npidfile {}\n", socket.display(), pidfile.display())
+        let chronyc = Self::chronyc_socket(socket);
+        format!(
+            "{config}\nbindcmdaddress {}\nchronycsocket {}\npidfile {}\n",
+            socket.display(),
+            chronyc.display(),
+            pidfile.display()
+        )
+    }
+
+    fn chronyc_socket(control_socket: &Path) -> PathBuf {
+        control_socket.with_file_name("chronyd.sock")
+    }
+
+    /// Runs Debian's chronyc against this daemon (`chronyc -h SOCKET -n ARGS`): its output
+    /// (standard output and error), and whether it succeeded.
+    pub fn chronyc(&self, args: &[&str]) -> (String, bool) {
+        let output = std::process::Command::new("chronyc")
+            .arg("-h")
+            .arg(Self::chronyc_socket(&self.socket))
+            .arg("-n")
+            .args(args)
+            .output()
+            .expect("chronyc");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (text, output.status.success())
     }
 
     /// Replaces the configuration file (to be reread on SIGHUP or `ntpxc reload`).

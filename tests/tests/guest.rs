@@ -278,6 +278,11 @@ mod in_guest {
         assert!(stats.contains("XDP attached to") && stats.contains("eth0"), "{stats}");
         let clients = guest.run("ntpxc clients");
         assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
+        // Plain chronyc finds ntpxd where it looks for chronyd.
+        let tracking = guest.run("chronyc -n tracking");
+        assert!(tracking.contains("Stratum         : 2"), "{tracking}");
+        let clients = guest.run("chronyc -n clients");
+        assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
 
         // As its own user it still reloads, and still disciplines the clock.
         guest.run("systemctl reload ntpxd");

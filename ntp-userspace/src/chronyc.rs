@@ -1,0 +1,544 @@
+//! chronyc's command protocol (chrony 4.3, protocol version 6), so that Debian's unmodified
+//! `chronyc` reads ntpxd's reports: fixed binary requests and replies, big-endian, chrony's
+//! 32-bit float encoding. Sans-IO: [`Request::parse`] judges a datagram, [`Reply`] writes one.
+//!
+//! The rules chronyd follows, followed here: a datagram too short for a reply's header, too
+//! long for any request, or not a request is ignored; another protocol version gets
+//! BADPKTVERSION; an unknown command INVALID; a request shorter than its command (with the
+//! padding that makes it as long as its reply) BADPKTLENGTH. A reply is never longer than its
+//! request, so the protocol cannot amplify traffic.
+
+use std::net::IpAddr;
+
+pub const PROTO_VERSION: u8 = 6;
+const PKT_TYPE_REQUEST: u8 = 1;
+const PKT_TYPE_REPLY: u8 = 2;
+/// A request's header: version, type, two reserved bytes, command, attempt, sequence and two
+/// padding words.
+const REQUEST_HEADER: usize = 20;
+/// A reply's header: version, type, two reserved bytes, command, reply, status, three padding
+/// half-words, sequence and two padding words.
+const REPLY_HEADER: usize = 28;
+/// chronyd's largest request (CLIENT_ACCESSES_BY_INDEX3 padded to its reply).
+pub const MAX_REQUEST: usize = REPLY_HEADER + CLIENTS_PER_REPLY as usize * CLIENT_LEN + 12;
+/// Commands chronyc 4.3 knows (`N_REQUEST_TYPES`).
+const COMMANDS: u16 = 72;
+
+/// Request codes.
+const REQ_N_SOURCES: u16 = 14;
+const REQ_SOURCE_DATA: u16 = 15;
+const REQ_TRACKING: u16 = 33;
+const REQ_SOURCESTATS: u16 = 34;
+const REQ_ACTIVITY: u16 = 44;
+const REQ_SERVER_STATS: u16 = 54;
+const REQ_CLIENT_ACCESSES_BY_INDEX3: u16 = 68;
+
+/// Reply codes.
+const RPY_NULL: u16 = 1;
+const RPY_N_SOURCES: u16 = 2;
+const RPY_SOURCE_DATA: u16 = 3;
+const RPY_TRACKING: u16 = 5;
+const RPY_SOURCESTATS: u16 = 6;
+const RPY_ACTIVITY: u16 = 12;
+const RPY_CLIENT_ACCESSES_BY_INDEX3: u16 = 21;
+const RPY_SERVER_STATS3: u16 = 24;
+
+/// Status codes (chronyc's text in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Status {
+    Success = 0,
+    /// "500 Failure".
+    Failed = 1,
+    /// "502 Invalid command".
+    Invalid = 3,
+    /// "503 No such source".
+    NoSuchSource = 4,
+    /// "505 Facility not enabled in daemon": what ntpxd does not implement.
+    NotEnabled = 6,
+    /// "515 Client logging is not active in the daemon".
+    Inactive = 15,
+    BadPacketVersion = 18,
+    BadPacketLength = 19,
+}
+
+/// Clients in one CLIENT_ACCESSES_BY_INDEX3 reply.
+pub const CLIENTS_PER_REPLY: u32 = 8;
+/// An IPAddr: 16 address bytes, family, padding.
+const IP_LEN: usize = 20;
+/// One client of CLIENT_ACCESSES_BY_INDEX3.
+const CLIENT_LEN: usize = IP_LEN + 6 * 4 + 4 + 3 * 4;
+
+/// What a request asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Tracking,
+    NumberOfSources,
+    SourceData {
+        index: u32,
+    },
+    SourceStats {
+        index: u32,
+    },
+    Activity,
+    ServerStats,
+    Clients {
+        first_index: u32,
+        min_hits: u32,
+        reset: bool,
+    },
+    /// A command ntpxd does not answer (`NotEnabled`).
+    Unsupported(u16),
+}
+
+impl Command {
+    /// The request's length without padding, and its reply's length.
+    fn lengths(self) -> (usize, usize) {
+        let null = REQUEST_HEADER;
+        match self {
+            Self::Tracking => (null, REPLY_HEADER + 4 + IP_LEN + 4 + 12 + 9 * 4),
+            Self::NumberOfSources => (null, REPLY_HEADER + 4),
+            Self::SourceData { .. } => (null + 4, REPLY_HEADER + IP_LEN + 6 * 2 + 4 + 3 * 4),
+            Self::SourceStats { .. } => (null + 4, REPLY_HEADER + 4 + IP_LEN + 3 * 4 + 5 * 4),
+            Self::Activity => (null, REPLY_HEADER + 5 * 4),
+            Self::ServerStats => (null, REPLY_HEADER + 11 * 4),
+            Self::Clients { .. } => (null + 16, MAX_REQUEST),
+            Self::Unsupported(_) => (null, REPLY_HEADER),
+        }
+    }
+}
+
+/// A request that deserves a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    command_code: u16,
+    sequence: [u8; 4],
+    /// The datagram's length: no reply may be longer.
+    length: usize,
+    /// The command, or the status of a request that is not one.
+    pub command: Result<Command, Status>,
+}
+
+impl Request {
+    /// Judges a datagram; None: ignore it (chronyd sends nothing back either).
+    pub fn parse(datagram: &[u8]) -> Option<Self> {
+        if datagram.len() < REPLY_HEADER
+            || datagram.len() > MAX_REQUEST
+            || datagram[1] != PKT_TYPE_REQUEST
+            || datagram[2..4] != [0, 0]
+        {
+            return None;
+        }
+        let command_code = u16::from_be_bytes([datagram[4], datagram[5]]);
+        let sequence = datagram[8..12].try_into().expect("4 bytes");
+        let word = |at: usize| {
+            datagram.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+        };
+        let data = REQUEST_HEADER;
+        let command = if datagram[0] != PROTO_VERSION {
+            // chronyd answers versions it can still talk to, and ignores older ones.
+            if datagram[0] < 5 {
+                return None;
+            }
+            Err(Status::BadPacketVersion)
+        } else if command_code >= COMMANDS {
+            Err(Status::Invalid)
+        } else {
+            let command = match command_code {
+                REQ_TRACKING => Command::Tracking,
+                REQ_N_SOURCES => Command::NumberOfSources,
+                REQ_SOURCE_DATA => Command::SourceData { index: word(data).unwrap_or(0) },
+                REQ_SOURCESTATS => Command::SourceStats { index: word(data).unwrap_or(0) },
+                REQ_ACTIVITY => Command::Activity,
+                REQ_SERVER_STATS => Command::ServerStats,
+                REQ_CLIENT_ACCESSES_BY_INDEX3 => Command::Clients {
+                    first_index: word(data).unwrap_or(0),
+                    min_hits: word(data + 8).unwrap_or(0),
+                    reset: word(data + 12).unwrap_or(0) != 0,
+                },
+                other => Command::Unsupported(other),
+            };
+            let (request, reply) = command.lengths();
+            if datagram.len() < request.max(reply) {
+                Err(Status::BadPacketLength)
+            } else {
+                Ok(command)
+            }
+        };
+        Some(Self { command_code, sequence, length: datagram.len(), command })
+    }
+
+    /// A reply with only a status.
+    pub fn status(&self, status: Status) -> Vec<u8> {
+        Reply::new(self, RPY_NULL, status).finish()
+    }
+
+    pub fn tracking(&self, t: &Tracking) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_TRACKING, Status::Success);
+        reply.u32(t.reference_id);
+        reply.ip(t.reference_address);
+        reply.u16(u16::from(t.stratum));
+        reply.u16(t.leap_status);
+        reply.timespec(t.reference_time);
+        for value in [
+            t.current_correction,
+            t.last_offset,
+            t.rms_offset,
+            t.frequency_ppm,
+            t.residual_frequency_ppm,
+            t.skew_ppm,
+            t.root_delay,
+            t.root_dispersion,
+            t.update_interval,
+        ] {
+            reply.float(value);
+        }
+        reply.finish()
+    }
+
+    pub fn number_of_sources(&self, sources: u32) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_N_SOURCES, Status::Success);
+        reply.u32(sources);
+        reply.finish()
+    }
+
+    pub fn source_data(&self, s: &SourceData) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_SOURCE_DATA, Status::Success);
+        reply.ip(Some(s.address));
+        reply.u16(s.poll as u16);
+        reply.u16(u16::from(s.stratum));
+        reply.u16(s.state);
+        reply.u16(0); // mode: client
+        reply.u16(0); // flags
+        reply.u16(u16::from(s.reach));
+        reply.u32(s.since_sample);
+        reply.float(s.measured_offset);
+        reply.float(s.adjusted_offset);
+        reply.float(s.error);
+        reply.finish()
+    }
+
+    pub fn source_stats(&self, s: &SourceStats) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_SOURCESTATS, Status::Success);
+        reply.u32(s.reference_id);
+        reply.ip(Some(s.address));
+        reply.u32(s.samples);
+        reply.u32(s.runs);
+        reply.u32(s.span_seconds);
+        for value in [s.std_dev, s.frequency_ppm, s.skew_ppm, s.offset, s.offset_error] {
+            reply.float(value);
+        }
+        reply.finish()
+    }
+
+    /// `activity`: sources online, offline, in a burst online or offline, unresolved.
+    pub fn activity(&self, online: u32, unresolved: u32) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_ACTIVITY, Status::Success);
+        for value in [online, 0, 0, 0, unresolved] {
+            reply.u32(value);
+        }
+        reply.finish()
+    }
+
+    /// `serverstats`: chrony 4.3's eleven counters, in its order.
+    pub fn server_stats(&self, counters: [u32; 11]) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_SERVER_STATS3, Status::Success);
+        for value in counters {
+            reply.u32(value);
+        }
+        reply.finish()
+    }
+
+    /// `clients`: up to [`CLIENTS_PER_REPLY`] clients from `first_index`; `next_index` is where
+    /// the next request starts, `indices` how many there may be (the table's capacity).
+    pub fn clients(&self, indices: u32, next_index: u32, clients: &[ClientAccess]) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_CLIENT_ACCESSES_BY_INDEX3, Status::Success);
+        let clients = &clients[..clients.len().min(CLIENTS_PER_REPLY as usize)];
+        reply.u32(indices);
+        reply.u32(next_index);
+        reply.u32(clients.len() as u32);
+        for slot in 0..CLIENTS_PER_REPLY as usize {
+            let Some(c) = clients.get(slot) else {
+                reply.zeroes(CLIENT_LEN);
+                continue;
+            };
+            reply.ip(Some(c.address));
+            for value in [c.ntp_hits, 0, 0, c.ntp_drops, 0, 0] {
+                reply.u32(value);
+            }
+            // Intervals (log2 s; 127: unknown): NTP, NTS-KE, command, NTP limited.
+            for value in [c.ntp_interval, 127, 127, c.ntp_interval_limited] {
+                reply.bytes.push(value as u8);
+            }
+            for value in [c.last_ntp_ago, u32::MAX, u32::MAX] {
+                reply.u32(value);
+            }
+        }
+        reply.finish()
+    }
+}
+
+/// `tracking`'s fields as chronyc reads them (corrections and frequency with chrony's signs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tracking {
+    pub reference_id: u32,
+    /// None: the reference ID is a name (LOCL), not an address.
+    pub reference_address: Option<IpAddr>,
+    pub stratum: u8,
+    /// 0 normal, 1 insert, 2 delete, 3 unsynchronised.
+    pub leap_status: u16,
+    /// Unix seconds.
+    pub reference_time: f64,
+    /// Positive: the system clock is slow.
+    pub current_correction: f64,
+    pub last_offset: f64,
+    pub rms_offset: f64,
+    /// Positive: the system clock is fast.
+    pub frequency_ppm: f64,
+    pub residual_frequency_ppm: f64,
+    pub skew_ppm: f64,
+    pub root_delay: f64,
+    pub root_dispersion: f64,
+    pub update_interval: f64,
+}
+
+/// One source of `sources`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceData {
+    pub address: IpAddr,
+    pub poll: i16,
+    pub stratum: u8,
+    /// chrony's RPY_SD_ST_* code.
+    pub state: u16,
+    pub reach: u8,
+    /// Seconds since the last sample (`u32::MAX`: never).
+    pub since_sample: u32,
+    pub adjusted_offset: f64,
+    pub measured_offset: f64,
+    pub error: f64,
+}
+
+/// One source of `sourcestats`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceStats {
+    pub reference_id: u32,
+    pub address: IpAddr,
+    pub samples: u32,
+    pub runs: u32,
+    pub span_seconds: u32,
+    pub std_dev: f64,
+    pub frequency_ppm: f64,
+    pub skew_ppm: f64,
+    pub offset: f64,
+    pub offset_error: f64,
+}
+
+/// One client of `clients`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientAccess {
+    pub address: IpAddr,
+    pub ntp_hits: u32,
+    pub ntp_drops: u32,
+    pub ntp_interval: i8,
+    pub ntp_interval_limited: i8,
+    pub last_ntp_ago: u32,
+}
+
+/// A reply being written.
+struct Reply {
+    bytes: Vec<u8>,
+    /// The request's length: the reply is never longer.
+    limit: usize,
+}
+
+impl Reply {
+    fn new(request: &Request, reply: u16, status: Status) -> Self {
+        let mut bytes = Vec::with_capacity(MAX_REQUEST);
+        bytes.extend_from_slice(&[PROTO_VERSION, PKT_TYPE_REPLY, 0, 0]);
+        bytes.extend_from_slice(&request.command_code.to_be_bytes());
+        // A status alone is a NULL reply.
+        let reply = if status == Status::Success { reply } else { RPY_NULL };
+        bytes.extend_from_slice(&reply.to_be_bytes());
+        bytes.extend_from_slice(&(status as u16).to_be_bytes());
+        bytes.extend_from_slice(&[0; 6]);
+        bytes.extend_from_slice(&request.sequence);
+        bytes.extend_from_slice(&[0; 8]);
+        Self { bytes, limit: request.length }
+    }
+
+    fn u16(&mut self, value: u16) {
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn zeroes(&mut self, count: usize) {
+        self.bytes.resize(self.bytes.len() + count, 0);
+    }
+
+    fn float(&mut self, value: f64) {
+        self.u32(encode_float(value));
+    }
+
+    /// An IPAddr: family 0 (none), 1 (IPv4: the address in the first four bytes), 2 (IPv6).
+    fn ip(&mut self, address: Option<IpAddr>) {
+        let (bytes, family): ([u8; 16], u16) = match address {
+            None => ([0; 16], 0),
+            Some(IpAddr::V4(a)) => {
+                let mut bytes = [0; 16];
+                bytes[..4].copy_from_slice(&a.octets());
+                (bytes, 1)
+            }
+            Some(IpAddr::V6(a)) => (a.octets(), 2),
+        };
+        self.bytes.extend_from_slice(&bytes);
+        self.u16(family);
+        self.u16(0);
+    }
+
+    /// A Timespec: seconds (high and low words) and nanoseconds.
+    fn timespec(&mut self, unix_seconds: f64) {
+        let seconds = unix_seconds.floor();
+        let nanoseconds = ((unix_seconds - seconds) * 1e9) as u32;
+        let seconds = seconds as i64;
+        self.u32((seconds >> 32) as u32);
+        self.u32(seconds as u32);
+        self.u32(nanoseconds.min(999_999_999));
+    }
+
+    fn finish(self) -> Vec<u8> {
+        // Every request's length was checked against its reply's, or a status reply fits.
+        assert!(self.bytes.len() <= self.limit, "a reply longer than its request");
+        self.bytes
+    }
+}
+
+const FLOAT_EXP_BITS: u32 = 7;
+const FLOAT_COEF_BITS: u32 = 32 - FLOAT_EXP_BITS;
+const FLOAT_EXP_MIN: i32 = -(1 << (FLOAT_EXP_BITS - 1));
+const FLOAT_EXP_MAX: i32 = -FLOAT_EXP_MIN - 1;
+const FLOAT_COEF_MAX: i32 = (1 << (FLOAT_COEF_BITS - 1)) - 1;
+
+/// chrony's Float: a 7-bit signed exponent and a 25-bit signed coefficient, the value being
+/// coefficient x 2^(exponent - 25). NaN is sent as 0, magnitudes beyond the range as the
+/// largest value.
+pub fn encode_float(value: f64) -> u32 {
+    let negative = value < 0.0;
+    let x = if value.is_nan() { 0.0 } else { value.abs() };
+    let limit = FLOAT_COEF_MAX + i32::from(negative);
+    let (mut exp, mut coef): (i32, i32) = if x < 1e-100 {
+        (0, 0)
+    } else if x > 1e100 {
+        (FLOAT_EXP_MAX, limit)
+    } else {
+        let mut exp = (x.log2() + 1.0) as i32;
+        let mut coef = (x * 2f64.powi(FLOAT_COEF_BITS as i32 - exp) + 0.5) as i64;
+        while coef > i64::from(limit) {
+            coef >>= 1;
+            exp += 1;
+        }
+        (exp, coef as i32)
+    };
+    if exp > FLOAT_EXP_MAX {
+        (exp, coef) = (FLOAT_EXP_MAX, limit);
+    } else if exp < FLOAT_EXP_MIN {
+        if exp + FLOAT_COEF_BITS as i32 >= FLOAT_EXP_MIN {
+            coef >>= FLOAT_EXP_MIN - exp;
+            exp = FLOAT_EXP_MIN;
+        } else {
+            (exp, coef) = (0, 0);
+        }
+    }
+    let coef_bits = if negative {
+        (coef.wrapping_neg() as u32) << FLOAT_EXP_BITS >> FLOAT_EXP_BITS
+    } else {
+        coef as u32
+    };
+    ((exp as u32) << FLOAT_COEF_BITS) | coef_bits
+}
+
+/// The value of a chrony Float.
+pub fn decode_float(bits: u32) -> f64 {
+    let mut exp = (bits >> FLOAT_COEF_BITS) as i32;
+    if exp >= 1 << (FLOAT_EXP_BITS - 1) {
+        exp -= 1 << FLOAT_EXP_BITS;
+    }
+    let mut coef = (bits % (1 << FLOAT_COEF_BITS)) as i32;
+    if coef >= 1 << (FLOAT_COEF_BITS - 1) {
+        coef -= 1 << FLOAT_COEF_BITS;
+    }
+    f64::from(coef) * 2f64.powi(exp - FLOAT_COEF_BITS as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: u16, length: usize) -> Vec<u8> {
+        let mut bytes = vec![0; length];
+        bytes[..2].copy_from_slice(&[PROTO_VERSION, PKT_TYPE_REQUEST]);
+        bytes[4..6].copy_from_slice(&command.to_be_bytes());
+        bytes[8..12].copy_from_slice(&[1, 2, 3, 4]);
+        bytes
+    }
+
+    #[test]
+    fn floats_keep_25_significant_bits_and_saturate() {
+        for value in [0.0, 1.0, -1.0, 0.5, 1e-9, -3.25e-6, 123.456, 1e9, -7.0e-20] {
+            let decoded = decode_float(encode_float(value));
+            assert!((decoded - value).abs() <= value.abs() * 2f64.powi(-23), "{value} {decoded}");
+        }
+        assert_eq!(encode_float(f64::NAN), 0);
+        assert_eq!(decode_float(encode_float(1e300)), decode_float(encode_float(1e200)));
+        assert!(decode_float(encode_float(-1e300)) < -1e18);
+        // Far below the smallest step: zero.
+        assert_eq!(decode_float(encode_float(1e-90)), 0.0);
+    }
+
+    #[test]
+    fn requests_are_judged_as_chronyd_judges_them() {
+        let tracking = request(REQ_TRACKING, 104);
+        let parsed = Request::parse(&tracking).unwrap();
+        assert_eq!(parsed.command, Ok(Command::Tracking));
+        // Too short for the reply it asks for.
+        assert_eq!(Request::parse(&tracking[..100]).unwrap().command, Err(Status::BadPacketLength));
+        // Not answered at all: shorter than a reply's header, a reply, longer than any request,
+        // reserved bytes set, an old version.
+        assert_eq!(Request::parse(&tracking[..27]), None);
+        let mut reply = tracking.clone();
+        reply[1] = PKT_TYPE_REPLY;
+        assert_eq!(Request::parse(&reply), None);
+        assert_eq!(Request::parse(&request(REQ_TRACKING, MAX_REQUEST + 1)), None);
+        let mut reserved = tracking.clone();
+        reserved[3] = 1;
+        assert_eq!(Request::parse(&reserved), None);
+        let mut old = tracking.clone();
+        old[0] = 4;
+        assert_eq!(Request::parse(&old), None);
+        old[0] = 5;
+        assert_eq!(Request::parse(&old).unwrap().command, Err(Status::BadPacketVersion));
+        assert_eq!(Request::parse(&request(COMMANDS, 104)).unwrap().command, Err(Status::Invalid));
+        assert_eq!(Request::parse(&request(17, 28)).unwrap().command, Ok(Command::Unsupported(17)));
+        let clients = request(REQ_CLIENT_ACCESSES_BY_INDEX3, MAX_REQUEST);
+        assert_eq!(MAX_REQUEST, 520, "CLIENT_ACCESSES_BY_INDEX3's reply, as chronyd pads to");
+        assert!(matches!(Request::parse(&clients).unwrap().command, Ok(Command::Clients { .. })));
+    }
+
+    #[test]
+    fn replies_echo_the_request_and_are_never_longer_than_it() {
+        let tracking = Request::parse(&request(REQ_TRACKING, 104)).unwrap();
+        let reply = tracking.tracking(&Tracking { stratum: 3, ..Tracking::default() });
+        assert_eq!(reply.len(), 104);
+        assert_eq!(&reply[..6], &[PROTO_VERSION, PKT_TYPE_REPLY, 0, 0, 0, REQ_TRACKING as u8]);
+        assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), RPY_TRACKING);
+        assert_eq!(&reply[16..20], &[1, 2, 3, 4], "the sequence number");
+        let clients = Request::parse(&request(REQ_CLIENT_ACCESSES_BY_INDEX3, 520)).unwrap();
+        assert_eq!(clients.clients(8, 0, &[]).len(), 520);
+        for command in [REQ_N_SOURCES, REQ_ACTIVITY, REQ_SERVER_STATS, 17] {
+            let parsed = Request::parse(&request(command, REPLY_HEADER)).unwrap();
+            assert!(parsed.status(Status::NotEnabled).len() <= REPLY_HEADER);
+        }
+    }
+}

@@ -5,52 +5,54 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use ntp_userspace::chronyc::{
-    ClientAccess, Command, Request, SourceData, SourceStats, Status, Tracking,
+use ntp_userspace::{
+    chronyc::{Command, Request, Status},
+    control::ClientReport,
+    sync::{SourceReport, Tracking, source::SourceState},
 };
 
 fuzz_target!(|data: &[u8]| {
     let Some(request) = Request::parse(data) else { return };
     let address = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let source = SourceReport {
+        name: "a source".into(),
+        address,
+        state: SourceState::NotCombined,
+        stratum: 15,
+        poll: -6,
+        reach: 255,
+        last_rx: None,
+        adjusted_offset: f64::NAN,
+        measured_offset: -1e300,
+        error: 1e-300,
+        samples: 64,
+        runs: 10,
+        span: 1e7,
+        frequency_ppm: -500.0,
+        skew_ppm: 0.1,
+        offset: 1e-3,
+        std_dev: 1e-6,
+    };
     let reply = match request.command {
         Err(status) => request.status(status),
         Ok(Command::Tracking) => request.tracking(&Tracking {
-            reference_address: Some(address),
+            reference_name: address.to_string(),
             reference_time: 4e9,
-            current_correction: -1e-3,
+            system_time_offset: 1e-3,
+            leap: "Insert second".into(),
             ..Tracking::default()
         }),
         Ok(Command::NumberOfSources) => request.number_of_sources(u32::MAX),
-        Ok(Command::SourceData { .. }) => request.source_data(&SourceData {
-            address,
-            poll: -6,
-            stratum: 15,
-            state: 5,
-            reach: 255,
-            since_sample: u32::MAX,
-            adjusted_offset: f64::NAN,
-            measured_offset: -1e300,
-            error: 1e-300,
-        }),
-        Ok(Command::SourceStats { .. }) => request.source_stats(&SourceStats {
-            reference_id: u32::MAX,
-            address,
-            samples: 64,
-            runs: 10,
-            span_seconds: 1 << 20,
-            std_dev: 1e-6,
-            frequency_ppm: -500.0,
-            skew_ppm: 0.1,
-            offset: 1e-3,
-            offset_error: 1e-6,
-        }),
+        Ok(Command::SourceData { .. }) => request.source_data(&source),
+        Ok(Command::SourceStats { .. }) => request.source_stats(&source),
         Ok(Command::Activity) => request.activity(1, 2),
         Ok(Command::ServerStats) => request.server_stats([u32::MAX; 11]),
         Ok(Command::Clients { .. }) => {
-            let client = ClientAccess {
+            let client = ClientReport {
                 address,
-                ntp_hits: u32::MAX,
+                ntp_requests: u32::MAX,
                 ntp_drops: 1,
+                ntp_kiss_of_death: 0,
                 ntp_interval: -4,
                 ntp_interval_limited: 127,
                 last_ntp_ago: 0,

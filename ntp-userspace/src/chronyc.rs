@@ -10,6 +10,11 @@
 
 use std::net::IpAddr;
 
+use crate::{
+    control::ClientReport,
+    sync::{SourceReport, Tracking, source::SourceState},
+};
+
 pub const PROTO_VERSION: u8 = 6;
 const PKT_TYPE_REQUEST: u8 = 1;
 const PKT_TYPE_REPLY: u8 = 2;
@@ -176,12 +181,20 @@ impl Request {
     pub fn tracking(&self, t: &Tracking) -> Vec<u8> {
         let mut reply = Reply::new(self, RPY_TRACKING, Status::Success);
         reply.u32(t.reference_id);
-        reply.ip(t.reference_address);
+        // An address, or none where the reference ID is a name (LOCL).
+        reply.ip(t.reference_name.parse().ok());
         reply.u16(u16::from(t.stratum));
-        reply.u16(t.leap_status);
+        let leap_status = match t.leap.as_str() {
+            "Normal" => 0,
+            "Insert second" => 1,
+            "Delete second" => 2,
+            _ => 3,
+        };
+        reply.u16(leap_status);
         reply.timespec(t.reference_time);
         for value in [
-            t.current_correction,
+            // chrony's correction: positive when the system clock is slow.
+            -t.system_time_offset,
             t.last_offset,
             t.rms_offset,
             t.frequency_ppm,
@@ -202,30 +215,42 @@ impl Request {
         reply.finish()
     }
 
-    pub fn source_data(&self, s: &SourceData) -> Vec<u8> {
+    pub fn source_data(&self, s: &SourceReport) -> Vec<u8> {
         let mut reply = Reply::new(self, RPY_SOURCE_DATA, Status::Success);
         reply.ip(Some(s.address));
-        reply.u16(s.poll as u16);
+        reply.u16(i16::from(s.poll) as u16);
         reply.u16(u16::from(s.stratum));
-        reply.u16(s.state);
+        // chrony's RPY_SD_ST_*: 0 '*', 1 '?', 2 'x', 3 '~', 4 '+', 5 '-'.
+        reply.u16(match s.state {
+            SourceState::Selected => 0,
+            SourceState::Unusable => 1,
+            SourceState::Falseticker => 2,
+            SourceState::TooVariable => 3,
+            SourceState::Combined => 4,
+            SourceState::NotCombined => 5,
+        });
         reply.u16(0); // mode: client
         reply.u16(0); // flags
         reply.u16(u16::from(s.reach));
-        reply.u32(s.since_sample);
+        reply.u32(s.last_rx.map_or(u32::MAX, |seconds| seconds as u32));
         reply.float(s.measured_offset);
         reply.float(s.adjusted_offset);
         reply.float(s.error);
         reply.finish()
     }
 
-    pub fn source_stats(&self, s: &SourceStats) -> Vec<u8> {
+    pub fn source_stats(&self, s: &SourceReport) -> Vec<u8> {
         let mut reply = Reply::new(self, RPY_SOURCESTATS, Status::Success);
-        reply.u32(s.reference_id);
+        // An NTP source's reference ID: its IPv4 address (0 for IPv6, which chronyc then names).
+        reply.u32(match s.address {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(_) => 0,
+        });
         reply.ip(Some(s.address));
-        reply.u32(s.samples);
-        reply.u32(s.runs);
-        reply.u32(s.span_seconds);
-        for value in [s.std_dev, s.frequency_ppm, s.skew_ppm, s.offset, s.offset_error] {
+        reply.u32(s.samples as u32);
+        reply.u32(s.runs as u32);
+        reply.u32(s.span as u32);
+        for value in [s.std_dev, s.frequency_ppm, s.skew_ppm, s.offset, s.std_dev] {
             reply.float(value);
         }
         reply.finish()
@@ -251,7 +276,7 @@ impl Request {
 
     /// `clients`: up to [`CLIENTS_PER_REPLY`] clients from `first_index`; `next_index` is where
     /// the next request starts, `indices` how many there may be (the table's capacity).
-    pub fn clients(&self, indices: u32, next_index: u32, clients: &[ClientAccess]) -> Vec<u8> {
+    pub fn clients(&self, indices: u32, next_index: u32, clients: &[ClientReport]) -> Vec<u8> {
         let mut reply = Reply::new(self, RPY_CLIENT_ACCESSES_BY_INDEX3, Status::Success);
         let clients = &clients[..clients.len().min(CLIENTS_PER_REPLY as usize)];
         reply.u32(indices);
@@ -263,7 +288,7 @@ impl Request {
                 continue;
             };
             reply.ip(Some(c.address));
-            for value in [c.ntp_hits, 0, 0, c.ntp_drops, 0, 0] {
+            for value in [c.ntp_requests, 0, 0, c.ntp_drops, 0, 0] {
                 reply.u32(value);
             }
             // Intervals (log2 s; 127: unknown): NTP, NTS-KE, command, NTP limited.
@@ -276,72 +301,6 @@ impl Request {
         }
         reply.finish()
     }
-}
-
-/// `tracking`'s fields as chronyc reads them (corrections and frequency with chrony's signs).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Tracking {
-    pub reference_id: u32,
-    /// None: the reference ID is a name (LOCL), not an address.
-    pub reference_address: Option<IpAddr>,
-    pub stratum: u8,
-    /// 0 normal, 1 insert, 2 delete, 3 unsynchronised.
-    pub leap_status: u16,
-    /// Unix seconds.
-    pub reference_time: f64,
-    /// Positive: the system clock is slow.
-    pub current_correction: f64,
-    pub last_offset: f64,
-    pub rms_offset: f64,
-    /// Positive: the system clock is fast.
-    pub frequency_ppm: f64,
-    pub residual_frequency_ppm: f64,
-    pub skew_ppm: f64,
-    pub root_delay: f64,
-    pub root_dispersion: f64,
-    pub update_interval: f64,
-}
-
-/// One source of `sources`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SourceData {
-    pub address: IpAddr,
-    pub poll: i16,
-    pub stratum: u8,
-    /// chrony's RPY_SD_ST_* code.
-    pub state: u16,
-    pub reach: u8,
-    /// Seconds since the last sample (`u32::MAX`: never).
-    pub since_sample: u32,
-    pub adjusted_offset: f64,
-    pub measured_offset: f64,
-    pub error: f64,
-}
-
-/// One source of `sourcestats`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SourceStats {
-    pub reference_id: u32,
-    pub address: IpAddr,
-    pub samples: u32,
-    pub runs: u32,
-    pub span_seconds: u32,
-    pub std_dev: f64,
-    pub frequency_ppm: f64,
-    pub skew_ppm: f64,
-    pub offset: f64,
-    pub offset_error: f64,
-}
-
-/// One client of `clients`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClientAccess {
-    pub address: IpAddr,
-    pub ntp_hits: u32,
-    pub ntp_drops: u32,
-    pub ntp_interval: i8,
-    pub ntp_interval_limited: i8,
-    pub last_ntp_ago: u32,
 }
 
 /// A reply being written.

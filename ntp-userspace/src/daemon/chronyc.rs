@@ -12,13 +12,10 @@ use anyhow::Context as _;
 
 use super::{ControlContext, client_report, server_stats, tracking};
 use crate::{
-    chronyc::{
-        self, CLIENTS_PER_REPLY, ClientAccess, Command, MAX_REQUEST, Request, SourceData,
-        SourceStats, Status,
-    },
-    client_table::Cursor,
+    chronyc::{CLIENTS_PER_REPLY, Command, MAX_REQUEST, Request, Status},
+    client_table::{ClientTable, Cursor},
     clock,
-    sync::{SourceReport, source::SourceState},
+    control::ClientReport,
 };
 
 /// chronyc's socket, removed when dropped.
@@ -130,15 +127,16 @@ fn answer(
         None => Vec::new(),
     };
     Ok(match command {
-        Command::Tracking => request
-            .tracking(&tracking_reply(&tracking(&context.server, context.upstream.as_deref()))),
+        Command::Tracking => {
+            request.tracking(&tracking(&context.server, context.upstream.as_deref()))
+        }
         Command::NumberOfSources => request.number_of_sources(sources().len() as u32),
         Command::SourceData { index } => match sources().get(index as usize) {
-            Some(source) => request.source_data(&source_data(source)),
+            Some(source) => request.source_data(source),
             None => request.status(Status::NoSuchSource),
         },
         Command::SourceStats { index } => match sources().get(index as usize) {
-            Some(source) => request.source_stats(&source_stats(source)),
+            Some(source) => request.source_stats(source),
             None => request.status(Status::NoSuchSource),
         },
         Command::Activity => request.activity(sources().len() as u32, 0),
@@ -183,7 +181,7 @@ struct ClientsWalk {
     /// The index of the first client in `pending`.
     next_index: u32,
     min_hits: u32,
-    pending: VecDeque<ClientAccess>,
+    pending: VecDeque<ClientReport>,
     /// Where the next batch starts; None once the table is read (or before the first batch).
     cursor: Option<Cursor>,
     done: bool,
@@ -192,10 +190,10 @@ struct ClientsWalk {
 impl ClientsWalk {
     fn take(
         &mut self,
-        table: &crate::client_table::ClientTable,
+        table: &ClientTable,
         first_index: u32,
         min_hits: u32,
-    ) -> anyhow::Result<Vec<ClientAccess>> {
+    ) -> anyhow::Result<Vec<ClientReport>> {
         if first_index != self.next_index || min_hits != self.min_hits || first_index == 0 {
             *self = Self { min_hits, ..Self::default() };
         }
@@ -208,7 +206,7 @@ impl ClientsWalk {
                 }
                 self.cursor = table.page(self.cursor, |client| {
                     if client.record.hits >= min_hits {
-                        self.pending.push_back(client_access(&client_report(&client, now)));
+                        self.pending.push_back(client_report(&client, now));
                     }
                 })?;
                 self.done = self.cursor.is_none();
@@ -221,80 +219,5 @@ impl ClientsWalk {
             self.next_index += 1;
         }
         Ok(clients)
-    }
-}
-
-fn client_access(report: &crate::control::ClientReport) -> ClientAccess {
-    ClientAccess {
-        address: report.address,
-        ntp_hits: report.ntp_requests,
-        ntp_drops: report.ntp_drops,
-        ntp_interval: report.ntp_interval,
-        ntp_interval_limited: report.ntp_interval_limited,
-        last_ntp_ago: report.last_ntp_ago,
-    }
-}
-
-fn tracking_reply(t: &crate::sync::Tracking) -> chronyc::Tracking {
-    chronyc::Tracking {
-        reference_id: t.reference_id,
-        reference_address: t.reference_name.parse().ok(),
-        stratum: t.stratum,
-        leap_status: match t.leap.as_str() {
-            "Normal" => 0,
-            "Insert second" => 1,
-            "Delete second" => 2,
-            _ => 3,
-        },
-        reference_time: t.reference_time,
-        current_correction: -t.system_time_offset,
-        last_offset: t.last_offset,
-        rms_offset: t.rms_offset,
-        frequency_ppm: t.frequency_ppm,
-        residual_frequency_ppm: t.residual_frequency_ppm,
-        skew_ppm: t.skew_ppm,
-        root_delay: t.root_delay,
-        root_dispersion: t.root_dispersion,
-        update_interval: t.update_interval,
-    }
-}
-
-fn source_data(s: &SourceReport) -> SourceData {
-    SourceData {
-        address: s.address,
-        poll: i16::from(s.poll),
-        stratum: s.stratum,
-        // chrony's RPY_SD_ST_*: 0 '*', 1 '?', 2 'x', 3 '~', 4 '+', 5 '-'.
-        state: match s.state {
-            SourceState::Selected => 0,
-            SourceState::Unusable => 1,
-            SourceState::Falseticker => 2,
-            SourceState::TooVariable => 3,
-            SourceState::Combined => 4,
-            SourceState::NotCombined => 5,
-        },
-        reach: s.reach,
-        since_sample: s.last_rx.map_or(u32::MAX, |seconds| seconds as u32),
-        adjusted_offset: s.adjusted_offset,
-        measured_offset: s.measured_offset,
-        error: s.error,
-    }
-}
-
-fn source_stats(s: &SourceReport) -> SourceStats {
-    SourceStats {
-        reference_id: match s.address {
-            std::net::IpAddr::V4(a) => u32::from(a),
-            std::net::IpAddr::V6(_) => 0,
-        },
-        address: s.address,
-        samples: s.samples as u32,
-        runs: s.runs as u32,
-        span_seconds: s.span as u32,
-        std_dev: s.std_dev,
-        frequency_ppm: s.frequency_ppm,
-        skew_ppm: s.skew_ppm,
-        offset: s.offset,
-        offset_error: s.std_dev,
     }
 }

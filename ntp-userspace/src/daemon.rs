@@ -35,7 +35,7 @@ use crate::{
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
     service,
     socket::NtpSocket,
-    sync::{Tracking, leap_name},
+    sync::{SourceReport, Tracking, leap_name},
     upstream::{self, Upstream},
 };
 
@@ -428,6 +428,16 @@ fn reload(context: &ControlContext) -> anyhow::Result<()> {
 }
 
 impl ControlContext {
+    /// `sources` and `sourcestats`' rows (none without upstream sources).
+    fn sources(&self) -> Vec<SourceReport> {
+        match &self.upstream {
+            Some(upstream) => {
+                upstream.sync.lock().expect("sync lock").sources(clock::realtime_ns() as i64)
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Asks the owner and waits for its answer. Blocks: call it off the runtime's workers.
     fn ask<T>(&self, ask: impl FnOnce(oneshot::Sender<T>) -> Ask) -> anyhow::Result<T> {
         let (done, outcome) = oneshot::channel();
@@ -629,15 +639,7 @@ fn respond(request: &Request, context: &ControlContext) -> anyhow::Result<Respon
         Request::Tracking => {
             Response::Tracking(Box::new(tracking(server, context.upstream.as_deref())))
         }
-        Request::Sources => {
-            let sources = match &context.upstream {
-                Some(upstream) => {
-                    upstream.sync.lock().expect("sync lock").sources(clock::realtime_ns() as i64)
-                }
-                None => Vec::new(),
-            };
-            Response::Sources { sources }
-        }
+        Request::Sources => Response::Sources { sources: context.sources() },
     })
 }
 

@@ -120,12 +120,7 @@ fn answer(
         Ok(command) => command,
         Err(status) => return Ok(request.status(status)),
     };
-    let sources = || match &context.upstream {
-        Some(upstream) => {
-            upstream.sync.lock().expect("sync lock").sources(clock::realtime_ns() as i64)
-        }
-        None => Vec::new(),
-    };
+    let sources = || context.sources();
     Ok(match command {
         Command::Tracking => {
             request.tracking(&tracking(&context.server, context.upstream.as_deref()))

@@ -20,13 +20,17 @@ use ntpx_tests::{
 use crate::{
     frames::Flow,
     programs::{Attached, Counter, Generator, Tally},
+    report::StepReport,
+    sweep::Sweep,
 };
 
 /// The servers the benchmark compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 pub enum ServerKind {
     /// ntpxd answering in XDP, with the access list and the client log on.
     NtpxdXdp,
+    /// The same with `noclientlog`.
+    NtpxdXdpNoClientLog,
     /// ntpxd without XDP: its socket path only.
     NtpxdSlowPath,
     /// chronyd 4.3 from Debian.
@@ -39,6 +43,7 @@ impl ServerKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::NtpxdXdp => "ntpxd (XDP)",
+            Self::NtpxdXdpNoClientLog => "ntpxd (XDP, noclientlog)",
             Self::NtpxdSlowPath => "ntpxd (slow path)",
             Self::Chronyd => "chronyd 4.3",
             Self::Reflector => "reflector (XDP)",
@@ -66,8 +71,22 @@ impl Clients {
     }
 }
 
-const SERVER_CPU: usize = 0;
-const LOAD_CPU: usize = 1;
+pub const SERVER_CPU: usize = 0;
+pub const LOAD_CPU: usize = 1;
+
+/// This machine's online CPUs (not the calling thread's share: the bench's threads are pinned).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(cpus).unwrap_or(1).max(1)
+}
+
+/// The CPUs `n` generators run on: the load CPU first, then the others from CPU 0.
+pub fn load_cpus(n: usize) -> Vec<usize> {
+    let cpus = online_cpus();
+    let others = (0..cpus).filter(|&cpu| cpu != LOAD_CPU % cpus);
+    std::iter::once(LOAD_CPU % cpus).chain(others).take(n).collect()
+}
 
 /// The server running, whatever it is.
 enum Running {
@@ -84,9 +103,11 @@ pub struct Bed {
     pub kind: ServerKind,
     server: Running,
     _socket_front: Option<Attached>,
-    generator: Generator,
+    /// One per load CPU, each with its share of the clients; the first runs on the bed's thread.
+    generators: Vec<Generator>,
+    load_cpus: Vec<usize>,
     counter: Counter,
-    _link: Link,
+    link: Link,
     flow: Flow,
 }
 
@@ -117,8 +138,14 @@ impl Step {
 }
 
 impl Bed {
-    /// Sets up `kind` on `link`, from a thread in the client's namespace (see [`Bed::run`]).
-    fn new(kind: ServerKind, clients: Clients, link: Link) -> anyhow::Result<Self> {
+    /// Sets up `kind` on `link`, from a thread in the client's namespace (see [`Bed::run`]),
+    /// with a generator for each of `load_cpus`.
+    fn new(
+        kind: ServerKind,
+        clients: Clients,
+        link: Link,
+        load_cpus: Vec<usize>,
+    ) -> anyhow::Result<Self> {
         let server_address = match link.server.v4 {
             std::net::IpAddr::V4(a) => a,
             std::net::IpAddr::V6(_) => bail!("the link's server has no IPv4 address"),
@@ -138,6 +165,10 @@ impl Bed {
             ServerKind::NtpxdXdp => Running::Ntpxd(Ntpxd::start(
                 &link.server_ns,
                 "local stratum 10\nallow 10.0.0.0/8\nclientlog entries 1000000\nxdp veth-srv native\n",
+            )),
+            ServerKind::NtpxdXdpNoClientLog => Running::Ntpxd(Ntpxd::start(
+                &link.server_ns,
+                "local stratum 10\nallow 10.0.0.0/8\nnoclientlog\nxdp veth-srv native\n",
             )),
             ServerKind::NtpxdSlowPath => Running::Ntpxd(Ntpxd::start(
                 &link.server_ns,
@@ -161,14 +192,19 @@ impl Bed {
         let counter_config = flow.counter_config(utc_minus_tai_ns, kind == ServerKind::Reflector);
         let counter = in_netns(&link.client_ns, || Counter::attach("veth-cli", &counter_config))?;
         let index = in_netns(&link.client_ns, || Ok(nix::net::if_::if_nametoindex("veth-cli")?))?;
-        let generator = Generator::new(&flow.generator_config(), flow.request(0, 0), index)?;
+        let generators = flow
+            .split(load_cpus.len() as u32)
+            .iter()
+            .map(|share| Generator::new(&share.generator_config(), share.request(0, 0), index))
+            .collect::<anyhow::Result<_>>()?;
         let bed = Self {
             kind,
             server,
             _socket_front: socket_front,
-            generator,
+            generators,
+            load_cpus,
             counter,
-            _link: link,
+            link,
             flow,
         };
         bed.place_on_cpus()?;
@@ -193,19 +229,57 @@ impl Bed {
     /// little for the last replies).
     pub fn step(&mut self, rate: f64, duration: Duration) -> anyhow::Result<Step> {
         let before = self.counter.tally()?;
-        let sent_before = self.generator.sent()?;
-        self.generator.set_rate(rate)?;
+        let sent_before = self.sent()?;
+        let share = rate / self.generators.len() as f64;
+        for generator in &mut self.generators {
+            generator.set_rate(share)?;
+        }
         let start = Instant::now();
-        self.generator.run_for(duration)?;
+        let (first, others) = self.generators.split_first_mut().expect("a generator");
+        let client_ns = self.link.client_ns.path();
+        std::thread::scope(|scope| {
+            let others: Vec<_> = others
+                .iter_mut()
+                .zip(&self.load_cpus[1..])
+                .map(|(generator, &cpu)| {
+                    let client_ns = &client_ns;
+                    scope.spawn(move || {
+                        enter_on_cpu(client_ns, cpu)?;
+                        generator.run_for(duration)
+                    })
+                })
+                .collect();
+            first.run_for(duration)?;
+            others.into_iter().try_for_each(|other| {
+                other.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))?
+            })
+        })?;
         let seconds = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(200));
-        let offered = self.generator.sent()? - sent_before;
+        let offered = self.sent()? - sent_before;
         let tally = self.counter.tally()?.since(&before)?;
         Ok(Step { target_rate: rate, offered, seconds, tally })
     }
 
+    /// Runs `sweep` on this bed, printing each step under `label`.
+    pub fn sweep(&mut self, sweep: &Sweep, label: &str) -> anyhow::Result<Vec<Step>> {
+        sweep.run(
+            |rate, duration| self.step(rate, duration),
+            |step| println!("{}", StepReport::of(step).line(label)),
+        )
+    }
+
+    fn sent(&self) -> anyhow::Result<u64> {
+        self.generators.iter().map(Generator::sent).sum()
+    }
+
     pub fn flow(&self) -> &Flow {
         &self.flow
+    }
+
+    /// The namespace of the generator and the counter, where the real client is.
+    pub fn client_netns(&self) -> &Netns {
+        &self.link.client_ns
     }
 
     /// Sets up `kind` and runs `work` on it, from a thread pinned to the load CPU inside the
@@ -223,15 +297,25 @@ impl Bed {
         clients: Clients,
         work: impl FnOnce(&mut Bed) -> anyhow::Result<T> + Send,
     ) -> anyhow::Result<T> {
-        let link = Link::without_client_program();
+        Self::run_on(kind, clients, 1, work)
+    }
+
+    /// As `run_with`, with the load on `cpus` CPUs: a generator on each, and as many queues on
+    /// the veth pair, so that each CPU's requests are answered on that CPU.
+    pub fn run_on<T: Send>(
+        kind: ServerKind,
+        clients: Clients,
+        cpus: usize,
+        work: impl FnOnce(&mut Bed) -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let _expedited = ExpeditedRcu::enable()?;
+        let link = Link::without_client_program_with_queues(cpus);
         let path = link.client_ns.path();
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    pin(0, LOAD_CPU)?;
-                    let file = std::fs::File::open(&path).context("the client namespace")?;
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                    let mut bed = Bed::new(kind, clients, link)?;
+                    enter_on_cpu(&path, LOAD_CPU)?;
+                    let mut bed = Bed::new(kind, clients, link, load_cpus(cpus))?;
                     work(&mut bed)
                 })
                 .join()
@@ -265,6 +349,33 @@ impl Bed {
     }
 }
 
+/// Expedited RCU grace periods while a bed runs, the setting before restored after. Each
+/// BPF_PROG_TEST_RUN call ends with synchronize_rcu; while another CPU runs its own test run,
+/// a normal grace period takes tens to hundreds of milliseconds, in which that generator sends
+/// nothing (with two generators each offered under half its share).
+struct ExpeditedRcu {
+    before: String,
+}
+
+impl ExpeditedRcu {
+    const SETTING: &str = "/sys/kernel/rcu_expedited";
+
+    fn enable() -> anyhow::Result<Self> {
+        let before = std::fs::read_to_string(Self::SETTING)
+            .with_context(|| format!("reading {}", Self::SETTING))?;
+        std::fs::write(Self::SETTING, "1").with_context(|| format!("writing {}", Self::SETTING))?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for ExpeditedRcu {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::write(Self::SETTING, self.before.trim()) {
+            eprintln!("bench: could not restore {}: {error}", Self::SETTING);
+        }
+    }
+}
+
 /// Runs `f` on a thread in `netns` (programs attach to the interfaces of the caller's
 /// namespace).
 fn in_netns<T: Send>(
@@ -274,9 +385,18 @@ fn in_netns<T: Send>(
     netns.enter(f)
 }
 
+/// Moves the calling thread into the namespace at `netns` (where the generators send from)
+/// and onto `cpu`.
+fn enter_on_cpu(netns: &str, cpu: usize) -> anyhow::Result<()> {
+    pin(0, cpu)?;
+    let file = std::fs::File::open(netns).context("the client namespace")?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
+}
+
 /// Pins a thread (0: the calling one) to one CPU.
-fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+pub fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
+    let cpus = online_cpus();
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu % cpus)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)

@@ -4,6 +4,7 @@
 use std::{net::IpAddr, time::Instant};
 
 use ntp_common::{
+    maps::client_key_v4,
     responder,
     state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
     wire::NtpHeader,
@@ -19,9 +20,9 @@ use ntp_userspace::{
 use ntpx_bench_ebpf::FRAME_LEN;
 use ntpx_tests::frame::{Frame, UdpChecksum};
 
-use crate::programs::CostProbe;
+use crate::programs::{CostProbe, STAGES};
 
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Costs {
     /// A request answered with XDP_TX (client log on).
     pub answered_ns: f64,
@@ -31,6 +32,33 @@ pub struct Costs {
     pub denied_ns: f64,
     /// `ntp_common::responder::respond`, in userspace.
     pub responder_ns: f64,
+    /// What the stages of an answer cost alone (the stage probes).
+    pub stages: Vec<StageCost>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StageCost {
+    pub stage: &'static str,
+    /// A stage of a returning client's answer.
+    pub in_answer: bool,
+    pub ns: f64,
+}
+
+impl Costs {
+    /// The stages' costs, and the rest of an answer (parsing, checks, the reply's writing).
+    pub fn stage_table(&self) -> String {
+        let mut table = String::from("\n| stage of an answer | ns |\n|---|---:|\n");
+        for stage in &self.stages {
+            table += &format!("| {} | {:.0} |\n", stage.stage, stage.ns);
+        }
+        let answer_stages: f64 = self.stages.iter().filter(|s| s.in_answer).map(|s| s.ns).sum();
+        table += &format!(
+            "| the rest (answer {:.0} ns less the stages above but new clients) | {:.0} |\n",
+            self.answered_ns,
+            self.answered_ns - answer_stages
+        );
+        table
+    }
 }
 
 const RUNS: u32 = 200_000;
@@ -46,7 +74,8 @@ pub fn measure() -> anyhow::Result<Costs> {
             subnet: Subnet::V4("10.66.0.0".parse()?, 16),
         },
     ];
-    dataplane.set_access(&AccessTable::from_rules(&rules))?;
+    let access = AccessTable::from_rules(&rules);
+    dataplane.set_access(&access)?;
     dataplane.set_local_addresses(&[server]);
     dataplane.set_client_log(ClientLogSettings {
         enabled: true,
@@ -69,11 +98,19 @@ pub fn measure() -> anyhow::Result<Costs> {
         dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS));
         probe.cost(dataplane.program_mut()?, frame, RUNS)
     };
+    let (answered_ns, passed_ns, denied_ns) = (cost(&answered)?, cost(&passed)?, cost(&denied)?);
+    let stage_ns = probe.stage_costs(&answered, &access, client_key_v4([10, 1, 2, 3]), RUNS)?;
+    let stages = STAGES.iter().zip(stage_ns).map(|(&(_, stage, in_answer), ns)| StageCost {
+        stage,
+        in_answer,
+        ns,
+    });
     Ok(Costs {
-        answered_ns: cost(&answered)?,
-        passed_ns: cost(&passed)?,
-        denied_ns: cost(&denied)?,
+        answered_ns,
+        passed_ns,
+        denied_ns,
         responder_ns: responder_cost(),
+        stages: stages.collect(),
     })
 }
 

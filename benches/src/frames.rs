@@ -71,6 +71,19 @@ impl Flow {
         frame
     }
 
+    /// The flow's clients in `n` equal shares (`n` a power of two), one for each generator, as
+    /// a NIC's receive hashing keeps a client on one queue.
+    pub fn split(&self, n: u32) -> Vec<Flow> {
+        let clients = self.clients / n;
+        (0..n)
+            .map(|i| Flow {
+                first_client: Ipv4Addr::from(u32::from(self.first_client) + i * clients),
+                clients,
+                ..*self
+            })
+            .collect()
+    }
+
     /// The generator program's settings: the constant parts of the frame's sums.
     pub fn generator_config(&self) -> GeneratorConfig {
         // A frame from address 0, port 0, sent at 0, without checksums: the sums of the rest.

@@ -5,8 +5,11 @@
 pub mod bed;
 pub mod cost;
 pub mod frames;
+pub mod nts_load;
 pub mod programs;
 pub mod report;
+pub mod response;
+pub mod scaling;
 pub mod soak;
 pub mod socket_load;
 pub mod sweep;

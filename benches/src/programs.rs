@@ -6,10 +6,12 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use hdrhistogram::Histogram;
+use ntp_common::ratelimit::ClientRecord;
+use ntp_userspace::access::AccessTable;
 use ntpx_bench_ebpf::{
     CounterConfig, FRAME_LEN, GeneratorConfig, GeneratorState, HISTOGRAM_BUCKETS, bucket_low, count,
 };
@@ -262,6 +264,19 @@ impl Attached {
 /// restoring program puts `frame` back, then tail-calls the program under measurement (each run
 /// sees `frame`, not what the previous run made of it); minus the same with a program that
 /// returns at once.
+/// The stage probes (`benches/ebpf/src/stages.rs`): program, what it measures, and whether it
+/// is a stage of a returning client's answer (the new-client probes are alternatives to the
+/// known-client one).
+pub const STAGES: [(&str, &str, bool); 7] = [
+    ("stage_clock", "two CLOCK_TAI reads", true),
+    ("stage_checksums", "two checksum sums (bpf_csum_diff)", true),
+    ("stage_access", "access trie lookup", true),
+    ("stage_client_known", "client log: known client", true),
+    ("stage_client_new", "client log: new client, full table (common LRU)", false),
+    ("stage_client_new_per_cpu_lru", "client log: new client, full table (per-CPU LRU)", false),
+    ("stage_counters", "two per-CPU counters", true),
+];
+
 pub struct CostProbe {
     ebpf: Ebpf,
 }
@@ -273,6 +288,37 @@ impl CostProbe {
             program(&mut ebpf, name)?.load()?;
         }
         Ok(Self { ebpf })
+    }
+
+    /// Nanoseconds per run of each stage probe on `frame`, in [`STAGES`]' order: the trie holds
+    /// `access`'s IPv4 rules, and the client log `known_client`.
+    pub fn stage_costs(
+        &mut self,
+        frame: &[u8; FRAME_LEN],
+        access: &AccessTable,
+        known_client: [u8; 16],
+        runs: u32,
+    ) -> anyhow::Result<Vec<f64>> {
+        let mut stages = load()?;
+        {
+            let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(
+                stages.map_mut("STAGE_ACCESS").ok_or_else(|| anyhow!("no STAGE_ACCESS"))?,
+            )?;
+            for (bits, address, access) in access.v4_prefixes() {
+                trie.insert(&Key::new(bits.into(), address), access.trie_value(), 0)?;
+            }
+            let mut clients: HashMap<_, [u8; 16], ClientRecord> = HashMap::try_from(
+                stages.map_mut("STAGE_CLIENTS").ok_or_else(|| anyhow!("no STAGE_CLIENTS"))?,
+            )?;
+            clients.insert(known_client, ClientRecord::default(), 0)?;
+        }
+        let mut costs = Vec::with_capacity(STAGES.len());
+        for (name, _, _) in STAGES {
+            let stage = program(&mut stages, name)?;
+            stage.load()?;
+            costs.push(self.cost(stage, frame, runs)?);
+        }
+        Ok(costs)
     }
 
     /// Nanoseconds per run of `target` on `frame` (which must be a FRAME_LEN-byte frame).

@@ -5,7 +5,13 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{bed::Step, cost::Costs, sweep};
+use crate::{
+    bed::Step,
+    cost::Costs,
+    response::ResponseTimes,
+    scaling::{self, ScalingRow},
+    sweep,
+};
 
 /// Latency or time error percentiles: p50, p99, p99.9.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -16,12 +22,28 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(histogram: &Histogram<u64>) -> Self {
-        Self {
+    /// None for a histogram with nothing in it (what was not measured).
+    fn of(histogram: &Histogram<u64>) -> Option<Self> {
+        (!histogram.is_empty()).then(|| Self {
             p50: histogram.value_at_quantile(0.5),
             p99: histogram.value_at_quantile(0.99),
             p999: histogram.value_at_quantile(0.999),
-        }
+        })
+    }
+
+    fn latency(percentiles: Option<Self>) -> String {
+        percentiles.map_or("-".into(), |p| {
+            format!(
+                "{:.1} / {:.1} / {:.1} us",
+                p.p50 as f64 / 1e3,
+                p.p99 as f64 / 1e3,
+                p.p999 as f64 / 1e3
+            )
+        })
+    }
+
+    fn time_error(percentiles: Option<Self>) -> String {
+        percentiles.map_or("-".into(), |p| format!("{} / {} ns", p.p50, p.p99))
     }
 }
 
@@ -33,9 +55,10 @@ pub struct StepReport {
     pub loss: f64,
     pub invalid: u64,
     pub kiss_of_death: u64,
-    pub latency_ns: Percentiles,
+    /// None where not measured (the NTS rows).
+    pub latency_ns: Option<Percentiles>,
     /// |NTP offset| of the replies: the served time's error.
-    pub time_error_ns: Percentiles,
+    pub time_error_ns: Option<Percentiles>,
 }
 
 impl StepReport {
@@ -56,16 +79,13 @@ impl StepReport {
     pub fn line(&self, server: &str) -> String {
         format!(
             "{server:<18} offered {:>10.0}/s answered {:>10.0}/s loss {:>6.2}% invalid {} \
-             latency p50/p99/p99.9 {:.1}/{:.1}/{:.1} us  time error p50/p99 {}/{} ns",
+             latency p50/p99/p99.9 {}  time error p50/p99 {}",
             self.offered_rate,
             self.answered_rate,
             self.loss * 100.0,
             self.invalid,
-            self.latency_ns.p50 as f64 / 1e3,
-            self.latency_ns.p99 as f64 / 1e3,
-            self.latency_ns.p999 as f64 / 1e3,
-            self.time_error_ns.p50,
-            self.time_error_ns.p99,
+            Percentiles::latency(self.latency_ns),
+            Percentiles::time_error(self.time_error_ns),
         )
     }
 }
@@ -99,9 +119,16 @@ pub struct Report {
     pub machine: String,
     pub costs: Option<Costs>,
     pub servers: Vec<ServerReport>,
+    pub response_times: Vec<ResponseTimes>,
+    pub scaling: Vec<ScalingRow>,
 }
 
 impl Report {
+    /// A report of sweeps alone.
+    pub fn of_servers(machine: String, servers: Vec<ServerReport>) -> Self {
+        Self { machine, costs: None, servers, response_times: Vec::new(), scaling: Vec::new() }
+    }
+
     fn rate_of(&self, server: &str) -> Option<f64> {
         self.servers.iter().find(|s| s.server.starts_with(server)).and_then(|s| s.max_rate)
     }
@@ -109,7 +136,10 @@ impl Report {
     /// The table: each server's maximum rate under 1% loss, its ratios to chrony and to the
     /// reflector, and its latencies and time error at that rate.
     pub fn table(&self) -> String {
-        let chrony = self.rate_of("chronyd");
+        // NTS rows are compared with chronyd's NTS row, and with no reflector.
+        let nts = |server: &ServerReport| server.server.ends_with("(NTS)");
+        let chrony_nts = self.servers.iter().find(|s| s.server.starts_with("chronyd") && nts(s));
+        let chrony_plain = self.servers.iter().find(|s| s.server.starts_with("chronyd") && !nts(s));
         let reflector = self.rate_of("reflector");
         let ratio = |rate: Option<f64>, base: Option<f64>| match (rate, base) {
             (Some(rate), Some(base)) if base > 0.0 => format!("{:.1}x", rate / base),
@@ -122,13 +152,8 @@ impl Report {
         for server in &self.servers {
             let (latency, error) = match &server.at_max_rate {
                 Some(step) => (
-                    format!(
-                        "{:.1} / {:.1} / {:.1} us",
-                        step.latency_ns.p50 as f64 / 1e3,
-                        step.latency_ns.p99 as f64 / 1e3,
-                        step.latency_ns.p999 as f64 / 1e3
-                    ),
-                    format!("{} / {} ns", step.time_error_ns.p50, step.time_error_ns.p99),
+                    Percentiles::latency(step.latency_ns),
+                    Percentiles::time_error(step.time_error_ns),
                 ),
                 None => ("-".into(), "-".into()),
             };
@@ -137,8 +162,11 @@ impl Report {
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 server.server,
                 server.max_rate.map_or("-".into(), |r| format!("{:.0}/s", r)),
-                ratio(server.max_rate, chrony),
-                ratio(server.max_rate, reflector),
+                ratio(
+                    server.max_rate,
+                    if nts(server) { chrony_nts } else { chrony_plain }.and_then(|s| s.max_rate)
+                ),
+                ratio(server.max_rate, if nts(server) { None } else { reflector }),
                 latency,
                 error,
                 server.invalid
@@ -151,6 +179,15 @@ impl Report {
                  denied {:.0} ns; userspace responder {:.0} ns.\n",
                 costs.answered_ns, costs.passed_ns, costs.denied_ns, costs.responder_ns
             );
+            table.push_str(&costs.stage_table());
+        }
+        if !self.scaling.is_empty() {
+            table += "\nAnswered/s under 1% loss with the load on 1, 2, ... CPUs:\n\n";
+            table += &scaling::table(&self.scaling);
+        }
+        if !self.response_times.is_empty() {
+            table += "\nResponse time (T3 - T2) a chronyd client polling once a second sees:\n\n";
+            table += &ResponseTimes::table(&self.response_times);
         }
         table
     }

@@ -24,7 +24,7 @@ use crate::{
     programs::Tally,
 };
 
-const BATCH: usize = 32;
+pub const BATCH: usize = 32;
 
 /// Offers `rate` requests a second to `server` for `duration`, and counts the replies.
 pub fn step(server: SocketAddr, rate: f64, duration: Duration) -> anyhow::Result<Step> {
@@ -38,45 +38,53 @@ pub fn step(server: SocketAddr, rate: f64, duration: Duration) -> anyhow::Result
         let (socket, done) = (socket.clone(), done.clone());
         std::thread::spawn(move || receive(&socket, &done, utc_minus_tai_ns))
     };
+    let target = SockaddrStorage::from(server);
+    let (offered, seconds) = paced(rate, duration, |count| {
+        let requests: Vec<[u8; HEADER_LEN]> = (0..count)
+            .map(|_| {
+                NtpHeader::client_request(4, 6, NtpTimestamp::from_fixed(clock::tai_ns()))
+                    .to_bytes()
+            })
+            .collect();
+        let slices: Vec<[IoSlice<'_>; 1]> = requests.iter().map(|r| [IoSlice::new(r)]).collect();
+        send_batch(&socket, target, &slices)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::Relaxed);
+    let tally = receiver.join().map_err(|_| anyhow::anyhow!("the receiver panicked"))??;
+    Ok(Step { target_rate: rate, offered, seconds, tally })
+}
+
+/// Paces batches of up to [`BATCH`] requests at `rate` a second for `duration`: `send(count)`
+/// sends `count` and says how many left. Returns how many left, and the seconds it took.
+pub fn paced(rate: f64, duration: Duration, mut send: impl FnMut(usize) -> usize) -> (u64, f64) {
     let start = Instant::now();
     let slice = Duration::from_millis(1);
     let (mut offered, mut due, mut next) = (0u64, 0.0, start);
-    let target = SockaddrStorage::from(server);
     while next < start + duration {
         due += rate * slice.as_secs_f64();
         while due >= 1.0 {
             let count = (due.floor() as usize).min(BATCH);
-            let requests: Vec<[u8; HEADER_LEN]> = (0..count)
-                .map(|_| {
-                    NtpHeader::client_request(4, 6, NtpTimestamp::from_fixed(clock::tai_ns()))
-                        .to_bytes()
-                })
-                .collect();
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                requests.iter().map(|r| [IoSlice::new(r)]).collect();
-            let addresses = vec![Some(target); count];
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(count, None);
-            let sent = sendmmsg(
-                socket.as_raw_fd(),
-                &mut headers,
-                &slices,
-                &addresses,
-                [],
-                MsgFlags::empty(),
-            )
-            .map(|results| results.count())
-            .unwrap_or(0);
-            offered += sent as u64;
+            offered += send(count) as u64;
             due -= count as f64;
         }
         next += slice;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    let seconds = start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(200));
-    done.store(true, Ordering::Relaxed);
-    let tally = receiver.join().map_err(|_| anyhow::anyhow!("the receiver panicked"))??;
-    Ok(Step { target_rate: rate, offered, seconds, tally })
+    (offered, start.elapsed().as_secs_f64())
+}
+
+/// Sends `requests` to `target` in one sendmmsg; how many left.
+pub fn send_batch(
+    socket: &UdpSocket,
+    target: SockaddrStorage,
+    requests: &[[IoSlice<'_>; 1]],
+) -> usize {
+    let addresses = vec![Some(target); requests.len()];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(requests.len(), None);
+    sendmmsg(socket.as_raw_fd(), &mut headers, requests, &addresses, [], MsgFlags::empty())
+        .map(|results| results.count())
+        .unwrap_or(0)
 }
 
 fn receive(socket: &UdpSocket, done: &AtomicBool, utc_minus_tai_ns: i64) -> anyhow::Result<Tally> {

@@ -2,14 +2,19 @@
 //! than itself (whatever reply its command gets, with every field filled).
 #![no_main]
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use ntp_userspace::{
     chronyc::{Command, Request, Status},
     control::ClientReport,
-    sync::{SourceReport, Tracking, source::SourceState},
+    sync::{
+        NtpData, SourceReport, Tracking,
+        regression::Sample,
+        source::{Exchanges, LastReply, SourceState},
+    },
 };
+use ntp_common::wire::NtpHeader;
 
 fuzz_target!(|data: &[u8]| {
     let Some(request) = Request::parse(data) else { return };
@@ -59,6 +64,24 @@ fuzz_target!(|data: &[u8]| {
             };
             request.clients(u32::MAX, 16, &vec![client; 16])
         }
+        Ok(Command::NtpData { .. }) => {
+            let data = NtpData {
+                remote: SocketAddr::new(address, 123),
+                exchanges: Exchanges { sent: u32::MAX, ..Exchanges::default() },
+                last_reply: Some(LastReply {
+                    header: NtpHeader::from_bytes(&[0xff; 48]),
+                    response_time: 1e9,
+                }),
+                sample: Some(Sample { time_ns: i64::MIN, offset: -1e9, delay: 0.0, dispersion: 1.0 }),
+            };
+            request.ntp_data(&data, Some(address))
+        }
+        Ok(Command::Null | Command::Reload | Command::Access { .. }) => {
+            request.status(Status::Success)
+        }
+        Ok(Command::AccessCheck { .. }) => request.status(Status::AccessDenied),
+        Ok(Command::SourceName { .. }) => request.source_name(&"n".repeat(300)),
+        Ok(Command::AuthData { .. }) => request.auth_data(Some(Default::default())),
         Ok(Command::Unsupported(_)) => request.status(Status::NotEnabled),
     };
     assert!(reply.len() <= data.len(), "a {}-byte reply to {} bytes", reply.len(), data.len());

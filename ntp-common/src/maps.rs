@@ -52,8 +52,13 @@ pub struct Published {
     pub local_v6_count: u16,
     /// 1: log clients in [`CLIENTS`] (and limit their rates); 0: `noclientlog`.
     pub client_log: u8,
-    /// Which access tries are in use: 0 the `_A` pair, 1 the `_B` pair.
-    pub access_slot: u8,
+    pub reserved: u8,
+    /// The access rules in use, counted from 1 at each change: their tries are the `_A` pair
+    /// when even, the `_B` pair when odd. A client's record remembers the generation it was
+    /// admitted under ([`crate::ratelimit::ClientRecord::access_generation`]).
+    pub access_generation: u32,
+    /// Keeps the addresses 8-aligned.
+    pub reserved_end: u32,
     /// IPv4 addresses as their four bytes in a native u32 (`u32::from_ne_bytes(octets)`).
     pub local_v4: [u32; MAX_LOCAL_V4],
     /// IPv6 addresses as their sixteen bytes in two native u64.
@@ -61,10 +66,16 @@ pub struct Published {
 }
 
 const _: () =
-    assert!(size_of::<Published>() == 64 + 8 + 8 + 8 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6);
+    assert!(size_of::<Published>() == 64 + 8 + 8 + 16 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6);
 const _: () = assert!(size_of::<ServerPage>() <= 4096);
 
 impl Published {
+    /// Which pair of access tries the rules in use are in (see [`access_slot`]).
+    #[inline(always)]
+    pub const fn access_slot(&self) -> usize {
+        access_slot(self.access_generation)
+    }
+
     /// Whether `address` (its bytes in a native u32) is one of the local IPv4 addresses.
     #[inline(always)]
     pub fn is_local_v4(&self, address: u32) -> bool {
@@ -94,10 +105,24 @@ impl Published {
 
 /// `LpmTrie<[u8; 4], u32>` and `LpmTrie<[u8; 16], u32>`, two of each: the access rules, value
 /// [`ACCESS_ALLOW`] or [`ACCESS_DENY`]; an address no rule covers is denied. The daemon fills
-/// the pair not in use, then switches [`Published::access_slot`], so new rules take effect at
-/// once for every address.
+/// the pair not in use, then publishes the next [`Published::access_generation`], so new rules
+/// take effect at once for every address (and every admission a record remembers lapses).
 pub const ACCESS_V4: [&str; 2] = ["ACCESS_V4_A", "ACCESS_V4_B"];
 pub const ACCESS_V6: [&str; 2] = ["ACCESS_V6_A", "ACCESS_V6_B"];
+/// Which pair of access tries the rules of `generation` are in: 0 the `_A` pair, 1 the `_B`.
+#[inline(always)]
+pub const fn access_slot(generation: u32) -> usize {
+    (generation & 1) as usize
+}
+
+/// The generation after `generation`, in the other pair of tries; never 0, which no rules have.
+pub const fn next_access_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 2,
+        next => next,
+    }
+}
+
 pub const ACCESS_DENY: u32 = 0;
 pub const ACCESS_ALLOW: u32 = 1;
 pub const MAX_ACCESS_RULES: u32 = 65_536;

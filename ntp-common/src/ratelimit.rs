@@ -139,9 +139,13 @@ pub struct ClientRecord {
     pub timeout_rate: i8,
     /// Whether the previous request was dropped (1) or not (0).
     pub dropped_last: u32,
+    /// The access rules' generation ([`crate::maps::Published::access_generation`]) under
+    /// which the XDP program last admitted this client: while it is the one in use, the
+    /// program skips the access trie. 0: never (a record the slow path made).
+    pub access_generation: u32,
 }
 
-const _: () = assert!(size_of::<ClientRecord>() == 24);
+const _: () = assert!(size_of::<ClientRecord>() == 28);
 
 impl ClientRecord {
     /// A client seen for the first time: a full bucket, nothing estimated yet.
@@ -155,6 +159,7 @@ impl ClientRecord {
             rate: INVALID_RATE,
             timeout_rate: INVALID_RATE,
             dropped_last: 0,
+            access_generation: 0,
         }
     }
 

@@ -83,14 +83,18 @@ pub fn respond(
 /// The RATE kiss-o'-death for a rate-limited client request: LI 3, stratum 0, reference ID
 /// "RATE", and no time of this server (receive and transmit repeat the client's transmit).
 pub fn kiss_of_death(request: &[u8], min_poll: i8) -> Result<[u8; HEADER_LEN], NoReply> {
+    kiss(request, ReferenceId::KISS_RATE, min_poll)
+}
+
+/// A kiss-o'-death with `code` as its reference ID, as [`kiss_of_death`] makes RATE's.
+pub fn kiss(request: &[u8], code: ReferenceId, min_poll: i8) -> Result<[u8; HEADER_LEN], NoReply> {
     let request = check_request(request)?;
     let (_, version, _) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
     let client_transmit = &request[offset::TRANSMIT_TIMESTAMP..offset::TRANSMIT_TIMESTAMP + 8];
     let mut reply = [0u8; HEADER_LEN];
     reply[offset::LI_VN_MODE] = wire::li_vn_mode(Leap::Unsynchronised, version, Mode::Server);
     reply[offset::POLL] = reply_poll(request[offset::POLL], min_poll);
-    reply[offset::REFERENCE_ID..offset::REFERENCE_ID + 4]
-        .copy_from_slice(&ReferenceId::KISS_RATE.to_bits());
+    reply[offset::REFERENCE_ID..offset::REFERENCE_ID + 4].copy_from_slice(&code.to_bits());
     for at in [offset::ORIGIN_TIMESTAMP, offset::RECEIVE_TIMESTAMP, offset::TRANSMIT_TIMESTAMP] {
         reply[at..at + 8].copy_from_slice(client_transmit);
     }

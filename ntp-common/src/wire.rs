@@ -196,6 +196,8 @@ impl ReferenceId {
     pub const LOCAL: Self = Self([0x7f, 0x7f, 0x01, 0x01]);
     /// Kiss-o'-death code asking the client to reduce its rate.
     pub const KISS_RATE: Self = Self(*b"RATE");
+    /// NTS: the server cannot open the cookie or verify the request (RFC 8915 5.7).
+    pub const KISS_NTS_NAK: Self = Self(*b"NTSN");
 
     pub const fn from_bits(bytes: [u8; 4]) -> Self {
         Self(bytes)

@@ -66,6 +66,8 @@ const NTP_WORDS: usize = wire::HEADER_LEN / 2;
 const DATAGRAM_WORDS: usize = UDP_WORDS + NTP_WORDS;
 const DATAGRAM_LEN: u16 = 2 * DATAGRAM_WORDS as u16;
 const IPPROTO_UDP: u8 = 17;
+/// Beyond every header this program reads (Ethernet, a tag, IPv4 with options, UDP, NTP).
+const MAX_PACKET_OFFSET: usize = 512;
 const REPLY_TTL: u8 = 64;
 
 /// A 16-bit word as it lies in the packet (network byte order), read as a native integer.
@@ -213,15 +215,17 @@ fn serve_ipv4(
         return Err(Counter::PassedChecksum);
     }
     let src_bytes = u32_of(src).to_ne_bytes();
-    let key = Key::new(32, src_bytes);
-    let access =
-        if published.access_slot == 0 { ACCESS_V4_A.get(&key) } else { ACCESS_V4_B.get(&key) };
-    if access != Some(&ACCESS_ALLOW) {
-        return Err(Counter::DroppedDenied);
-    }
-    // A stale state passes the request on before it is logged: the slow path logs it.
-    let (state, received) = fresh_state(published, receive_tai_ns)?;
-    let answer = log_client(published, &client_key_v4(src_bytes), receive_tai_ns)?;
+    let admitted_by_rules = || {
+        let key = Key::new(32, src_bytes);
+        let access = if published.access_slot() == 0 {
+            ACCESS_V4_A.get(&key)
+        } else {
+            ACCESS_V4_B.get(&key)
+        };
+        access == Some(&ACCESS_ALLOW)
+    };
+    let (state, received, answer) =
+        admit_and_log(published, &client_key_v4(src_bytes), receive_tai_ns, admitted_by_rules)?;
     let min_poll = snapshot.last_reads()?;
 
     let l2 = read_l2(ctx, l3)?;
@@ -317,14 +321,17 @@ fn serve_ipv6(
         return Err(Counter::PassedChecksum);
     }
     let src_bytes = bytes16(&src);
-    let key = Key::new(128, src_bytes);
-    let access =
-        if published.access_slot == 0 { ACCESS_V6_A.get(&key) } else { ACCESS_V6_B.get(&key) };
-    if access != Some(&ACCESS_ALLOW) {
-        return Err(Counter::DroppedDenied);
-    }
-    let (state, received) = fresh_state(published, receive_tai_ns)?;
-    let answer = log_client(published, &src_bytes, receive_tai_ns)?;
+    let admitted_by_rules = || {
+        let key = Key::new(128, src_bytes);
+        let access = if published.access_slot() == 0 {
+            ACCESS_V6_A.get(&key)
+        } else {
+            ACCESS_V6_B.get(&key)
+        };
+        access == Some(&ACCESS_ALLOW)
+    };
+    let (state, received, answer) =
+        admit_and_log(published, &src_bytes, receive_tai_ns, admitted_by_rules)?;
     let min_poll = snapshot.last_reads()?;
 
     let l2 = read_l2(ctx, l3)?;
@@ -418,11 +425,37 @@ enum Answer {
     KissOfDeath,
 }
 
-/// Logs the client (`key`) and applies its rate limit; `Err` when its request is to be dropped.
+/// Admits the client (`key`) by the access rules, then logs it and applies its rate limit:
+/// the state to answer with, the time since its anchor, and the answer. A client whose record
+/// says it was admitted under the rules in use skips the trie (`admitted_by_rules`); a new
+/// client is admitted before its record is made, so that denied sources never fill the log.
+/// A stale state passes the request on before it is logged: the slow path logs it.
+#[inline(always)]
+fn admit_and_log(
+    published: &Published,
+    key: &[u8; 16],
+    receive_tai_ns: u64,
+    admitted_by_rules: impl FnOnce() -> bool,
+) -> Result<(ServerState, u64, Answer), Refusal> {
+    let generation = published.access_generation;
+    let record = if published.client_log != 0 { CLIENTS.get_ptr_mut(key) } else { None };
+    // SAFETY: a map value, valid while the program runs.
+    let known = record.is_some_and(|record| unsafe { (*record).access_generation } == generation);
+    if !known && !admitted_by_rules() {
+        return Err(Counter::DroppedDenied);
+    }
+    let (state, received) = fresh_state(published, receive_tai_ns)?;
+    let answer = log_client(published, key, record, receive_tai_ns)?;
+    Ok((state, received, answer))
+}
+
+/// Logs the admitted client (`key`, its record if it has one) and applies its rate limit;
+/// `Err` when its request is to be dropped.
 #[inline(always)]
 fn log_client(
     published: &Published,
     key: &[u8; 16],
+    record: Option<*mut ClientRecord>,
     receive_tai_ns: u64,
 ) -> Result<Answer, Refusal> {
     if published.client_log == 0 {
@@ -430,7 +463,7 @@ fn log_client(
     }
     let limit = &published.limit;
     let now = ratelimit::timestamp(receive_tai_ns.wrapping_sub(published.client_log_epoch_tai_ns));
-    let record = match CLIENTS.get_ptr_mut(key) {
+    let record = match record {
         Some(record) => record,
         None => {
             // Another CPU may insert the same client meanwhile: then this insert fails and the
@@ -447,6 +480,7 @@ fn log_client(
     // SAFETY: a map value, valid while the program runs. Another CPU serving the same client at
     // the same instant may interleave its update with this one; the worst is a lost count.
     let record = unsafe { &mut *record };
+    record.access_generation = published.access_generation;
     record.log(now, limit);
     // SAFETY: a helper without arguments.
     match record.limit(limit, || unsafe { bpf_get_prandom_u32() }) {
@@ -705,8 +739,17 @@ fn count(counter: Counter) {
 /// 256-byte headroom) and every header length here is even, so `T` is at least 2-aligned.
 /// The end is read afresh (volatile) for every check: otherwise the compiler drops checks it
 /// can prove redundant from earlier ones at variable offsets, which the verifier cannot follow.
+///
+/// The offset is bounded first, by a check on a value the compiler cannot reason away: older
+/// verifiers (Linux 6.1) lose an offset's bounds across a spill to the stack and then refuse to
+/// add it to the packet pointer.
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    // SAFETY: a read of a local.
+    let offset = unsafe { read_volatile(&offset) };
+    if offset > MAX_PACKET_OFFSET {
+        return Err(());
+    }
     let start = ctx.data();
     // SAFETY: ctx.ctx points to the program's context for the whole run.
     let end = unsafe { read_volatile(&(*ctx.ctx).data_end) } as usize;

@@ -61,6 +61,16 @@ pub enum Access {
     Deny,
 }
 
+impl Access {
+    /// The value of an access trie's entry (`ntp_common::maps::ACCESS_*`).
+    pub const fn trie_value(self) -> u32 {
+        match self {
+            Access::Allow => ntp_common::maps::ACCESS_ALLOW,
+            Access::Deny => ntp_common::maps::ACCESS_DENY,
+        }
+    }
+}
+
 /// One `allow` or `deny` line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccessRule {

@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 
 use crate::{
-    control::ClientReport,
-    sync::{SourceReport, Tracking, source::SourceState},
+    control::{ClientReport, NtsAuthData},
+    sync::{NtpData, SourceReport, Tracking, source::SourceState},
 };
 
 pub const PROTO_VERSION: u8 = 6;
@@ -30,13 +30,23 @@ pub const MAX_REQUEST: usize = REPLY_HEADER + CLIENTS_PER_REPLY as usize * CLIEN
 const COMMANDS: u16 = 72;
 
 /// Request codes.
+const REQ_NULL: u16 = 0;
 const REQ_N_SOURCES: u16 = 14;
 const REQ_SOURCE_DATA: u16 = 15;
+const REQ_ALLOW: u16 = 17;
+const REQ_ALLOWALL: u16 = 18;
+const REQ_DENY: u16 = 19;
+const REQ_DENYALL: u16 = 20;
+const REQ_ACCHECK: u16 = 25;
 const REQ_TRACKING: u16 = 33;
 const REQ_SOURCESTATS: u16 = 34;
 const REQ_ACTIVITY: u16 = 44;
 const REQ_SERVER_STATS: u16 = 54;
+const REQ_NTP_DATA: u16 = 57;
+const REQ_NTP_SOURCE_NAME: u16 = 65;
+const REQ_AUTH_DATA: u16 = 67;
 const REQ_CLIENT_ACCESSES_BY_INDEX3: u16 = 68;
+const REQ_RELOAD_SOURCES: u16 = 70;
 
 /// Reply codes.
 const RPY_NULL: u16 = 1;
@@ -45,6 +55,9 @@ const RPY_SOURCE_DATA: u16 = 3;
 const RPY_TRACKING: u16 = 5;
 const RPY_SOURCESTATS: u16 = 6;
 const RPY_ACTIVITY: u16 = 12;
+const RPY_NTP_DATA: u16 = 16;
+const RPY_NTP_SOURCE_NAME: u16 = 19;
+const RPY_AUTH_DATA: u16 = 20;
 const RPY_CLIENT_ACCESSES_BY_INDEX3: u16 = 21;
 const RPY_SERVER_STATS3: u16 = 24;
 
@@ -55,12 +68,19 @@ pub enum Status {
     Success = 0,
     /// "500 Failure".
     Failed = 1,
+    /// "501 Not authorised": a command that needs chronyc's Unix socket.
+    Unauthorised = 2,
     /// "502 Invalid command".
     Invalid = 3,
     /// "503 No such source".
     NoSuchSource = 4,
     /// "505 Facility not enabled in daemon": what ntpxd does not implement.
     NotEnabled = 6,
+    /// "507 Bad subnet".
+    BadSubnet = 7,
+    /// "208 Access allowed" / "209 Access denied": `accheck`'s answers.
+    AccessAllowed = 8,
+    AccessDenied = 9,
     /// "515 Client logging is not active in the daemon".
     Inactive = 15,
     BadPacketVersion = 18,
@@ -77,6 +97,8 @@ const CLIENT_LEN: usize = IP_LEN + 6 * 4 + 4 + 3 * 4;
 /// What a request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// Nothing (chronyc's reachability probe).
+    Null,
     Tracking,
     NumberOfSources,
     SourceData {
@@ -92,6 +114,30 @@ pub enum Command {
         min_hits: u32,
         reset: bool,
     },
+    /// `ntpdata ADDRESS` (None: an address of no family, which no source has).
+    NtpData {
+        address: Option<IpAddr>,
+    },
+    /// `allow`/`deny [all] [SUBNET]`: `subnet` None is every address.
+    Access {
+        allow: bool,
+        all: bool,
+        subnet: Option<(IpAddr, u32)>,
+    },
+    /// `accheck ADDRESS`.
+    AccessCheck {
+        address: Option<IpAddr>,
+    },
+    /// `reload sources`.
+    Reload,
+    /// A source's configured name (`-N`).
+    SourceName {
+        address: Option<IpAddr>,
+    },
+    /// `authdata`: a source's authentication.
+    AuthData {
+        address: Option<IpAddr>,
+    },
     /// A command ntpxd does not answer (`NotEnabled`).
     Unsupported(u16),
 }
@@ -100,7 +146,9 @@ impl Command {
     /// The request's length without padding, and its reply's length.
     fn lengths(self) -> (usize, usize) {
         let null = REQUEST_HEADER;
+        let null_reply = REPLY_HEADER;
         match self {
+            Self::Null | Self::Reload | Self::Unsupported(_) => (null, null_reply),
             Self::Tracking => (null, REPLY_HEADER + 4 + IP_LEN + 4 + 12 + 9 * 4),
             Self::NumberOfSources => (null, REPLY_HEADER + 4),
             Self::SourceData { .. } => (null + 4, REPLY_HEADER + IP_LEN + 6 * 2 + 4 + 3 * 4),
@@ -108,10 +156,40 @@ impl Command {
             Self::Activity => (null, REPLY_HEADER + 5 * 4),
             Self::ServerStats => (null, REPLY_HEADER + 11 * 4),
             Self::Clients { .. } => (null + 16, MAX_REQUEST),
-            Self::Unsupported(_) => (null, REPLY_HEADER),
+            Self::NtpData { .. } => (null + IP_LEN, REPLY_HEADER + NTP_DATA_LEN),
+            Self::Access { .. } => (null + IP_LEN + 4, null_reply),
+            Self::AccessCheck { .. } => (null + IP_LEN, null_reply),
+            Self::SourceName { .. } => (null + IP_LEN, REPLY_HEADER + SOURCE_NAME_LEN),
+            Self::AuthData { .. } => (null + IP_LEN, REPLY_HEADER + AUTH_DATA_LEN),
         }
     }
+
+    /// Whether chronyd answers it on its UDP port (PERMIT_OPEN): what only reads the
+    /// synchronisation. Everything else needs its Unix socket, whose directory only root and
+    /// its user can enter.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            Self::Null
+                | Self::Tracking
+                | Self::NumberOfSources
+                | Self::SourceData { .. }
+                | Self::SourceStats { .. }
+                | Self::Activity
+                | Self::SourceName { .. }
+        )
+    }
 }
+
+/// RPY_NTPSourceName: a NUL-terminated name.
+const SOURCE_NAME_LEN: usize = 256;
+/// RPY_AuthData: mode, key type, key ID, key length, attempts, last exchange, cookies, cookie
+/// length, NAKs, padding.
+const AUTH_DATA_LEN: usize = 2 + 2 + 4 + 2 + 2 + 4 + 2 + 2 + 2 + 2;
+
+/// RPY_NTPData: two IPAddrs, port, six bytes of header, two Floats, reference ID and time,
+/// five Floats, flags, two timestamping characters, four counts, three reserved words.
+const NTP_DATA_LEN: usize = 2 * IP_LEN + 2 + 6 + 2 * 4 + 4 + 12 + 5 * 4 + 4 + 4 * 4 + 3 * 4;
 
 /// A request that deserves a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,11 +213,20 @@ impl Request {
             return None;
         }
         let command_code = u16::from_be_bytes([datagram[4], datagram[5]]);
-        let sequence = datagram[8..12].try_into().expect("4 bytes");
         let word = |at: usize| {
             datagram.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
         };
         let data = REQUEST_HEADER;
+        // An IPAddr, None for family 0 (unspecified), Err for a family chrony does not have.
+        let ip = |at: usize| -> Result<Option<IpAddr>, ()> {
+            let Some(field) = datagram.get(at..at + IP_LEN) else { return Ok(None) };
+            match u16::from_be_bytes([field[16], field[17]]) {
+                0 => Ok(None),
+                1 => Ok(Some(IpAddr::from(<[u8; 4]>::try_from(&field[..4]).expect("4 bytes")))),
+                2 => Ok(Some(IpAddr::from(<[u8; 16]>::try_from(&field[..16]).expect("16")))),
+                _ => Err(()),
+            }
+        };
         let command = if datagram[0] != PROTO_VERSION {
             // chronyd answers versions it can still talk to, and ignores older ones.
             if datagram[0] < 5 {
@@ -150,6 +237,7 @@ impl Request {
             Err(Status::Invalid)
         } else {
             let command = match command_code {
+                REQ_NULL => Command::Null,
                 REQ_TRACKING => Command::Tracking,
                 REQ_N_SOURCES => Command::NumberOfSources,
                 REQ_SOURCE_DATA => Command::SourceData { index: word(data).unwrap_or(0) },
@@ -161,6 +249,20 @@ impl Request {
                     min_hits: word(data + 8).unwrap_or(0),
                     reset: word(data + 12).unwrap_or(0) != 0,
                 },
+                REQ_NTP_DATA => Command::NtpData { address: ip(data).unwrap_or(None) },
+                REQ_ALLOW | REQ_ALLOWALL | REQ_DENY | REQ_DENYALL => Command::Access {
+                    allow: matches!(command_code, REQ_ALLOW | REQ_ALLOWALL),
+                    all: matches!(command_code, REQ_ALLOWALL | REQ_DENYALL),
+                    subnet: match ip(data) {
+                        Ok(address) => address.map(|a| (a, word(data + IP_LEN).unwrap_or(0))),
+                        // Never read as "every address".
+                        Err(()) => return Some(Self::judged(datagram, Err(Status::BadSubnet))),
+                    },
+                },
+                REQ_ACCHECK => Command::AccessCheck { address: ip(data).unwrap_or(None) },
+                REQ_RELOAD_SOURCES => Command::Reload,
+                REQ_NTP_SOURCE_NAME => Command::SourceName { address: ip(data).unwrap_or(None) },
+                REQ_AUTH_DATA => Command::AuthData { address: ip(data).unwrap_or(None) },
                 other => Command::Unsupported(other),
             };
             let (request, reply) = command.lengths();
@@ -170,7 +272,13 @@ impl Request {
                 Ok(command)
             }
         };
-        Some(Self { command_code, sequence, length: datagram.len(), command })
+        Some(Self::judged(datagram, command))
+    }
+
+    fn judged(datagram: &[u8], command: Result<Command, Status>) -> Self {
+        let command_code = u16::from_be_bytes([datagram[4], datagram[5]]);
+        let sequence = datagram[8..12].try_into().expect("4 bytes");
+        Self { command_code, sequence, length: datagram.len(), command }
     }
 
     /// A reply with only a status.
@@ -270,6 +378,93 @@ impl Request {
         let mut reply = Reply::new(self, RPY_SERVER_STATS3, Status::Success);
         for value in counters {
             reply.u32(value);
+        }
+        reply.finish()
+    }
+
+    /// `ntpdata`: a source's last reply and counts; `local` the address its requests leave
+    /// from.
+    pub fn ntp_data(&self, data: &NtpData, local: Option<IpAddr>) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_NTP_DATA, Status::Success);
+        reply.ip(Some(data.remote.ip()));
+        reply.ip(local);
+        reply.u16(data.remote.port());
+        let header = data.last_reply.map(|last| last.header);
+        let (leap, version, stratum, poll, precision) = header
+            .map_or((3, 0, 0, 0, 0), |h| (h.leap as u8, h.version, h.stratum, h.poll, h.precision));
+        const MODE_SERVER: u8 = 4;
+        reply.bytes.extend_from_slice(&[
+            leap,
+            version,
+            MODE_SERVER,
+            stratum,
+            poll as u8,
+            precision as u8,
+        ]);
+        reply.float(header.map_or(0.0, |h| h.root_delay.to_seconds()));
+        reply.float(header.map_or(0.0, |h| h.root_dispersion.to_seconds()));
+        reply.u32(header.map_or(0, |h| u32::from_be_bytes(h.reference_id.to_bits())));
+        // The reference time in the era of the measurement (both were set by one reply).
+        let measured_at = data.sample.map_or(0, |sample| sample.time_ns);
+        reply.timespec(
+            header.map_or(0.0, |h| {
+                h.reference_timestamp.to_unix_nanos_near(measured_at) as f64 / 1e9
+            }),
+        );
+        let (offset, delay, dispersion) =
+            data.sample.map_or((0.0, 0.0, 0.0), |s| (s.offset, s.delay, s.dispersion));
+        reply.float(offset);
+        reply.float(delay);
+        reply.float(dispersion);
+        reply.float(data.last_reply.map_or(0.0, |last| last.response_time));
+        // The asymmetry of the path's jitter, which ntpxd does not estimate: chrony's
+        // "none known".
+        reply.float(0.0);
+        reply.u16(data.exchanges.tests);
+        // Timestamps from the kernel, both ways ('K').
+        reply.bytes.extend_from_slice(b"KK");
+        let counts = data.exchanges;
+        for value in [counts.sent, counts.received, counts.valid, counts.good] {
+            reply.u32(value);
+        }
+        // chronyd fills the reserved words with ones.
+        for _ in 0..3 {
+            reply.u32(u32::MAX);
+        }
+        reply.finish()
+    }
+
+    /// A source's name, cut to what the reply holds (NUL-terminated).
+    pub fn source_name(&self, name: &str) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_NTP_SOURCE_NAME, Status::Success);
+        let name = &name.as_bytes()[..name.len().min(SOURCE_NAME_LEN - 1)];
+        reply.bytes.extend_from_slice(name);
+        reply.zeroes(SOURCE_NAME_LEN - name.len());
+        reply.finish()
+    }
+
+    /// `authdata`: NTS (AES-SIV-CMAC-256, 256-bit keys) or none.
+    pub fn auth_data(&self, nts: Option<NtsAuthData>) -> Vec<u8> {
+        let mut reply = Reply::new(self, RPY_AUTH_DATA, Status::Success);
+        const MODE_NONE: u16 = 0;
+        const MODE_NTS: u16 = 2;
+        match nts {
+            None => {
+                reply.u16(MODE_NONE);
+                reply.zeroes(AUTH_DATA_LEN - 2);
+            }
+            Some(auth) => {
+                reply.u16(MODE_NTS);
+                reply.u16(crate::nts::AEAD_AES_SIV_CMAC_256);
+                reply.u32(0); // key ID: none for NTS
+                reply.u16((crate::nts::KEY_LEN * 8) as u16);
+                reply.u16(auth.attempts);
+                reply.u32(auth.last_exchange_ago.unwrap_or(u32::MAX));
+                reply.u16(auth.cookies);
+                reply.u16(auth.cookie_length);
+                reply.u16(auth.naks);
+                reply.u16(0);
+            }
         }
         reply.finish()
     }
@@ -479,7 +674,7 @@ mod tests {
         old[0] = 5;
         assert_eq!(Request::parse(&old).unwrap().command, Err(Status::BadPacketVersion));
         assert_eq!(Request::parse(&request(COMMANDS, 104)).unwrap().command, Err(Status::Invalid));
-        assert_eq!(Request::parse(&request(17, 28)).unwrap().command, Ok(Command::Unsupported(17)));
+        assert_eq!(Request::parse(&request(16, 28)).unwrap().command, Ok(Command::Unsupported(16)));
         let clients = request(REQ_CLIENT_ACCESSES_BY_INDEX3, MAX_REQUEST);
         assert_eq!(MAX_REQUEST, 520, "CLIENT_ACCESSES_BY_INDEX3's reply, as chronyd pads to");
         assert!(matches!(Request::parse(&clients).unwrap().command, Ok(Command::Clients { .. })));
@@ -495,9 +690,80 @@ mod tests {
         assert_eq!(&reply[16..20], &[1, 2, 3, 4], "the sequence number");
         let clients = Request::parse(&request(REQ_CLIENT_ACCESSES_BY_INDEX3, 520)).unwrap();
         assert_eq!(clients.clients(8, 0, &[]).len(), 520);
-        for command in [REQ_N_SOURCES, REQ_ACTIVITY, REQ_SERVER_STATS, 17] {
+        for command in [REQ_N_SOURCES, REQ_ACTIVITY, REQ_SERVER_STATS, 16] {
             let parsed = Request::parse(&request(command, REPLY_HEADER)).unwrap();
             assert!(parsed.status(Status::NotEnabled).len() <= REPLY_HEADER);
+        }
+    }
+
+    /// A request carrying an IPAddr (as chronyc writes one) and a word after it.
+    fn with_address(
+        command: u16,
+        length: usize,
+        family: u16,
+        address: &[u8],
+        word: u32,
+    ) -> Vec<u8> {
+        let mut bytes = request(command, length);
+        let at = REQUEST_HEADER;
+        bytes[at..at + address.len()].copy_from_slice(address);
+        bytes[at + 16..at + 18].copy_from_slice(&family.to_be_bytes());
+        bytes[at + IP_LEN..at + IP_LEN + 4].copy_from_slice(&word.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn addresses_and_subnets_are_read_as_chronyc_writes_them() {
+        let deny = with_address(REQ_DENY, 48, 1, &[10, 77, 0, 0], 24);
+        assert_eq!(
+            Request::parse(&deny).unwrap().command,
+            Ok(Command::Access {
+                allow: false,
+                all: false,
+                subnet: Some(("10.77.0.0".parse().unwrap(), 24))
+            })
+        );
+        // `allow all` without a subnet: family 0, every address.
+        let allow_all = with_address(REQ_ALLOWALL, 48, 0, &[], 0);
+        assert_eq!(
+            Request::parse(&allow_all).unwrap().command,
+            Ok(Command::Access { allow: true, all: true, subnet: None })
+        );
+        // A family chrony does not have is never "every address".
+        let strange = with_address(REQ_ALLOW, 48, 7, &[], 0);
+        assert_eq!(Request::parse(&strange).unwrap().command, Err(Status::BadSubnet));
+        let v6: Vec<u8> = "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+        let check = with_address(REQ_ACCHECK, 48, 2, &v6, 0);
+        assert_eq!(
+            Request::parse(&check).unwrap().command,
+            Ok(Command::AccessCheck { address: Some("fd00::1".parse().unwrap()) })
+        );
+        // ntpdata's reply is 152 bytes: a shorter request gets BADPKTLENGTH.
+        let ntpdata = with_address(REQ_NTP_DATA, 152, 1, &[192, 0, 2, 1], 0);
+        assert_eq!(
+            Request::parse(&ntpdata).unwrap().command,
+            Ok(Command::NtpData { address: Some("192.0.2.1".parse().unwrap()) })
+        );
+        assert_eq!(Request::parse(&ntpdata[..151]).unwrap().command, Err(Status::BadPacketLength));
+    }
+
+    #[test]
+    fn only_what_reads_the_synchronisation_is_open_to_udp() {
+        let open = [
+            REQ_NULL,
+            REQ_TRACKING,
+            REQ_N_SOURCES,
+            REQ_SOURCE_DATA,
+            REQ_SOURCESTATS,
+            REQ_NTP_SOURCE_NAME,
+        ];
+        for code in 0..COMMANDS {
+            let Some(Ok(command)) = Request::parse(&request(code, MAX_REQUEST)).map(|r| r.command)
+            else {
+                panic!("command {code} not parsed");
+            };
+            let expected = open.contains(&code) || code == REQ_ACTIVITY;
+            assert_eq!(command.is_open(), expected, "command {code}");
         }
     }
 }

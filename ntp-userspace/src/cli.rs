@@ -113,5 +113,7 @@ pub mod ntpxc {
             #[arg(short = 'v')]
             verbose: bool,
         },
+        /// The upstream sources' authentication: NTS key exchanges, NAKs, cookies.
+        Authdata,
     }
 }

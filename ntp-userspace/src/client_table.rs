@@ -61,7 +61,10 @@ pub type Cursor = u64;
 
 /// The kernel's client table.
 pub struct ClientTable {
-    map: Mutex<HashMap<MapData, [u8; 16], ClientRecord>>,
+    /// Handles of the one table (each its own descriptor), a client's updates always through
+    /// the same one: the slow path's threads log different clients at once, and one client's
+    /// read-modify-write is never interleaved with another thread's.
+    stripes: Vec<Mutex<HashMap<MapData, [u8; 16], ClientRecord>>>,
     settings: RwLock<ClientLogSettings>,
     capacity: u32,
 }
@@ -74,10 +77,31 @@ pub struct Client {
 }
 
 impl ClientTable {
-    pub fn new(map: MapData, settings: ClientLogSettings, capacity: u32) -> anyhow::Result<Self> {
-        let map = HashMap::try_from(aya::maps::Map::LruHashMap(map))
-            .context("the client table has an unexpected type")?;
-        Ok(Self { map: Mutex::new(map), settings: RwLock::new(settings), capacity })
+    /// The table `map`, with `stripes` handles for the threads that log clients.
+    pub fn new(
+        map: MapData,
+        settings: ClientLogSettings,
+        capacity: u32,
+        stripes: usize,
+    ) -> anyhow::Result<Self> {
+        let handle = |map: MapData| {
+            HashMap::try_from(aya::maps::Map::LruHashMap(map))
+                .map(Mutex::new)
+                .context("the client table has an unexpected type")
+        };
+        let mut handles = Vec::with_capacity(stripes.max(1));
+        for _ in 1..stripes.max(1) {
+            let fd = map.fd().as_fd().try_clone_to_owned().context("duplicating the table's fd")?;
+            handles.push(handle(MapData::from_fd(fd)?)?);
+        }
+        handles.insert(0, handle(map)?);
+        Ok(Self { stripes: handles, settings: RwLock::new(settings), capacity })
+    }
+
+    /// The handle for `key`'s updates; the first for walks.
+    fn stripe(&self, key: &[u8; 16]) -> &Mutex<HashMap<MapData, [u8; 16], ClientRecord>> {
+        let hash = key.iter().fold(0usize, |hash, &byte| hash.wrapping_mul(31) ^ usize::from(byte));
+        &self.stripes[hash % self.stripes.len()]
     }
 
     pub fn settings(&self) -> ClientLogSettings {
@@ -175,12 +199,12 @@ impl ClientTable {
 
     /// The map's descriptor, valid as long as the table.
     fn fd(&self) -> i32 {
-        map_fd(&self.map.lock().expect("client table lock"))
+        map_fd(&self.stripes[0].lock().expect("client table lock"))
     }
 
     /// The kernel's own account of the table's memory (its `memlock`), in bytes.
     pub fn memory(&self) -> Option<u64> {
-        let map = self.map.lock().expect("client table lock");
+        let map = self.stripes[0].lock().expect("client table lock");
         let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map_fd(&map))).ok()?;
         fdinfo.lines().find_map(|line| line.strip_prefix("memlock:")?.trim().parse().ok())
     }
@@ -193,7 +217,7 @@ impl ClientLog for ClientTable {
             return Limit::Answer;
         }
         let key = key_of(client);
-        let mut map = self.map.lock().expect("client table lock");
+        let mut map = self.stripe(&key).lock().expect("client table lock");
         let mut record = map.get(&key, 0).unwrap_or_else(|_| ClientRecord::new(&settings.limit));
         record.log(settings.timestamp(received_tai_ns), &settings.limit);
         let limit = record.limit(&settings.limit, rand_u32);

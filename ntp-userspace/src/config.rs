@@ -7,7 +7,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
 };
 
@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/ntpx/ntpx.conf";
 pub const DEFAULT_COMMAND_SOCKET: &str = "/run/ntpx/ntpxd.sock";
 /// Where Debian's chronyc looks for chronyd, and so for ntpxd.
 pub const DEFAULT_CHRONYC_SOCKET: &str = "/run/chrony/chronyd.sock";
+/// chronyd's command port.
+pub const DEFAULT_CHRONYC_PORT: u16 = 323;
 pub const DEFAULT_PIDFILE: &str = "/run/ntpx/ntpxd.pid";
 pub const DEFAULT_NTP_PORT: u16 = 123;
 
@@ -108,9 +110,9 @@ impl Default for ClientLogSize {
 
 impl ClientLogSize {
     /// The kernel's memory for one client: the LRU hash element (48-byte header, 16-byte key,
-    /// 24-byte record) and its share of the bucket array (16-byte buckets, as many as entries
-    /// rounded up to a power of two). Measured: 104,778,112 bytes for 1,000,000 entries.
-    pub const BYTES_PER_CLIENT: u64 = 105;
+    /// 28-byte record in 32) and its share of the bucket array (16-byte buckets, as many as
+    /// entries rounded up to a power of two). Measured: 112,778,176 bytes for 1,000,000 entries.
+    pub const BYTES_PER_CLIENT: u64 = 113;
     /// The most clients `clientloglimit` gives, as chrony caps it (2^24 records, about 1.7 GiB
     /// here); `clientlog entries` may ask for more explicitly.
     pub const MAX_ENTRIES_BY_LIMIT: u32 = 1 << 24;
@@ -155,6 +157,8 @@ pub struct SourceConfig {
     pub name: String,
     pub port: u16,
     pub poll: PollSettings,
+    /// `nts`: keys and cookies from NTS-KE on the name, and only authenticated replies used.
+    pub nts: bool,
 }
 
 /// Where leap seconds come from.
@@ -178,6 +182,10 @@ pub struct SyncConfig {
     pub driftfile: Option<PathBuf>,
     pub rtcsync: bool,
     pub leap_seconds: Option<LeapSecondSource>,
+    /// `ntstrustedcerts`: CA certificates (PEM) NTS sources' certificates are checked against,
+    /// beside the system's unless `nosystemcert`.
+    pub nts_trusted_certs: Vec<PathBuf>,
+    pub nts_system_certs: bool,
 }
 
 impl Default for SyncConfig {
@@ -190,6 +198,8 @@ impl Default for SyncConfig {
             driftfile: None,
             rtcsync: false,
             leap_seconds: None,
+            nts_trusted_certs: Vec::new(),
+            nts_system_certs: true,
         }
     }
 }
@@ -199,6 +209,69 @@ impl Default for SyncConfig {
 pub struct XdpInterface {
     pub interface: String,
     pub mode: AttachMode,
+}
+
+/// Where chronyc's command protocol is answered, and to whom over UDP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChronycConfig {
+    /// `chronycsocket`: the Unix socket, which answers everything (None: none).
+    pub socket: Option<PathBuf>,
+    /// `cmdport`: the UDP port, which answers monitoring only (0: none).
+    pub port: u16,
+    /// `bindcmdaddress ADDR`: the UDP port's addresses, loopback unless given.
+    pub bind_v4: Ipv4Addr,
+    pub bind_v6: Ipv6Addr,
+    /// `cmdallow` / `cmddeny` lines in order; the loopback addresses are always allowed.
+    pub access: Vec<AccessRule>,
+}
+
+impl Default for ChronycConfig {
+    fn default() -> Self {
+        Self {
+            socket: Some(PathBuf::from(DEFAULT_CHRONYC_SOCKET)),
+            port: DEFAULT_CHRONYC_PORT,
+            bind_v4: Ipv4Addr::LOCALHOST,
+            bind_v6: Ipv6Addr::LOCALHOST,
+            access: Vec::new(),
+        }
+    }
+}
+
+/// NTS's server side: on when `ntsservercert` and `ntsserverkey` are given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NtsServerConfig {
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// `ntsport`: NTS-KE's TCP port.
+    pub port: u16,
+    /// `ntsdumpdir`: where the server keys are kept (None: new keys at each start).
+    pub dump_dir: Option<PathBuf>,
+    /// `ntsrotate`: seconds between server keys (0: never rotated, as for a shared key file).
+    pub rotate_s: u64,
+    /// `ntsntpserver`: the NTP server NTS-KE names to clients (None: this one).
+    pub ntp_server: Option<String>,
+    /// `maxntsconnections`: NTS-KE sessions at once.
+    pub max_connections: usize,
+}
+
+impl Default for NtsServerConfig {
+    fn default() -> Self {
+        Self {
+            certificate: None,
+            key: None,
+            port: 4460,
+            dump_dir: None,
+            rotate_s: 604_800,
+            ntp_server: None,
+            max_connections: 100,
+        }
+    }
+}
+
+impl NtsServerConfig {
+    pub fn enabled(&self) -> bool {
+        self.certificate.is_some() && self.key.is_some()
+    }
 }
 
 /// The configuration ntpxd acts on.
@@ -212,8 +285,10 @@ pub struct Config {
     pub bind_v4: Option<Ipv4Addr>,
     pub bind_v6: Option<Ipv6Addr>,
     pub command_socket: PathBuf,
-    /// `chronycsocket`: where chronyc's command protocol is answered (None: nowhere).
-    pub chronyc_socket: Option<PathBuf>,
+    pub chronyc: ChronycConfig,
+    /// `metricsaddress`: where `/metrics` is served over HTTP (None: nowhere).
+    pub metrics: Option<SocketAddr>,
+    pub nts: NtsServerConfig,
     pub pidfile: PathBuf,
     /// `user`: whom ntpxd runs as once started (default `_ntpx` when it exists).
     pub user: Option<String>,
@@ -232,7 +307,9 @@ impl Default for Config {
             bind_v4: None,
             bind_v6: None,
             command_socket: PathBuf::from(DEFAULT_COMMAND_SOCKET),
-            chronyc_socket: Some(PathBuf::from(DEFAULT_CHRONYC_SOCKET)),
+            chronyc: ChronycConfig::default(),
+            metrics: None,
+            nts: NtsServerConfig::default(),
             pidfile: PathBuf::from(DEFAULT_PIDFILE),
             user: None,
             xdp: Vec::new(),
@@ -254,7 +331,9 @@ impl fmt::Display for Config {
             bind_v4,
             bind_v6,
             command_socket,
-            chronyc_socket,
+            chronyc,
+            metrics,
+            nts,
             pidfile,
             user,
             xdp,
@@ -265,17 +344,25 @@ impl fmt::Display for Config {
         if let Some(LocalReference { stratum, distance }) = local {
             writeln!(f, "local stratum {stratum} distance {distance}")?;
         }
-        for AccessRule { access, all, subnet } in access {
-            let directive = match access {
-                Access::Allow => "allow",
-                Access::Deny => "deny",
-            };
-            let all = if *all { " all" } else { "" };
-            match subnet {
-                Subnet::Everything => writeln!(f, "{directive}{all}")?,
-                subnet => writeln!(f, "{directive}{all} {subnet}")?,
+        fn write_rules(
+            f: &mut fmt::Formatter<'_>,
+            rules: &[AccessRule],
+            prefix: &str,
+        ) -> fmt::Result {
+            for AccessRule { access, all, subnet } in rules {
+                let directive = match access {
+                    Access::Allow => "allow",
+                    Access::Deny => "deny",
+                };
+                let all = if *all { " all" } else { "" };
+                match subnet {
+                    Subnet::Everything => writeln!(f, "{prefix}{directive}{all}")?,
+                    subnet => writeln!(f, "{prefix}{directive}{all} {subnet}")?,
+                }
             }
+            Ok(())
         }
+        write_rules(f, access, "")?;
         writeln!(f, "port {port}")?;
         if let Some(address) = bind_v4 {
             writeln!(f, "bindaddress {address}")?;
@@ -284,10 +371,43 @@ impl fmt::Display for Config {
             writeln!(f, "bindaddress {address}")?;
         }
         writeln!(f, "bindcmdaddress {}", command_socket.display())?;
-        match chronyc_socket {
+        let ChronycConfig { socket, port, bind_v4, bind_v6, access } = chronyc;
+        match socket {
             Some(path) => writeln!(f, "chronycsocket {}", path.display())?,
             None => writeln!(f, "chronycsocket none")?,
         }
+        writeln!(f, "cmdport {port}")?;
+        writeln!(f, "bindcmdaddress {bind_v4}")?;
+        writeln!(f, "bindcmdaddress {bind_v6}")?;
+        write_rules(f, access, "cmd")?;
+        match metrics {
+            Some(address) => writeln!(f, "metricsaddress {address}")?,
+            None => writeln!(f, "metricsaddress none")?,
+        }
+        let NtsServerConfig {
+            certificate,
+            key,
+            port,
+            dump_dir,
+            rotate_s,
+            ntp_server,
+            max_connections,
+        } = nts;
+        if let Some(path) = certificate {
+            writeln!(f, "ntsservercert {}", path.display())?;
+        }
+        if let Some(path) = key {
+            writeln!(f, "ntsserverkey {}", path.display())?;
+        }
+        writeln!(f, "ntsport {port}")?;
+        if let Some(dir) = dump_dir {
+            writeln!(f, "ntsdumpdir {}", dir.display())?;
+        }
+        writeln!(f, "ntsrotate {rotate_s}")?;
+        if let Some(name) = ntp_server {
+            writeln!(f, "ntsntpserver {name}")?;
+        }
+        writeln!(f, "maxntsconnections {max_connections}")?;
         writeln!(f, "pidfile {}", pidfile.display())?;
         if let Some(user) = user {
             writeln!(f, "user {user}")?;
@@ -321,8 +441,10 @@ impl fmt::Display for SyncConfig {
             driftfile,
             rtcsync,
             leap_seconds,
+            nts_trusted_certs,
+            nts_system_certs,
         } = self;
-        for SourceConfig { kind, name, port, poll } in sources {
+        for SourceConfig { kind, name, port, poll, nts } in sources {
             let PollSettings { minpoll, maxpoll, iburst, prefer, noselect, maxdelay } = poll;
             match kind {
                 SourceKind::Server => write!(f, "server {name}")?,
@@ -331,7 +453,9 @@ impl fmt::Display for SyncConfig {
                 }
             }
             write!(f, " port {port} minpoll {minpoll} maxpoll {maxpoll} maxdelay {maxdelay}")?;
-            for (flag, on) in [("iburst", iburst), ("prefer", prefer), ("noselect", noselect)] {
+            let flags =
+                [("iburst", iburst), ("prefer", prefer), ("noselect", noselect), ("nts", nts)];
+            for (flag, on) in flags {
                 if *on {
                     write!(f, " {flag}")?;
                 }
@@ -353,6 +477,12 @@ impl fmt::Display for SyncConfig {
             Some(LeapSecondSource::TimeZone(zone)) => writeln!(f, "leapsectz {zone}")?,
             Some(LeapSecondSource::List(path)) => writeln!(f, "leapseclist {}", path.display())?,
             None => {}
+        }
+        for path in nts_trusted_certs {
+            writeln!(f, "ntstrustedcerts {}", path.display())?;
+        }
+        if !nts_system_certs {
+            writeln!(f, "nosystemcert")?;
         }
         Ok(())
     }
@@ -383,17 +513,13 @@ fn unsupported(directive: &str) -> Option<Unsupported> {
         | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
         | "clockprecision" | "hwtimestamp" | "hwtstimeout" | "acquisitionport"
         | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual"
-        | "refresh" => NotYet,
-        "cmdallow" | "cmddeny" | "cmdport" | "cmdratelimit" | "bindcmddevice" => {
-            NoEffect("ntpxd's control socket is a Unix socket: access is by file permissions")
-        }
-        "keyfile" | "nocerttimecheck" | "ntpsigndsocket" | "ntsdumpdir" | "ntsntpserver"
-        | "ntsport" | "ntsprocesses" | "maxntsconnections" | "ntsratelimit" | "ntsrefresh"
-        | "ntsrotate" | "ntsservercert" | "ntsserverkey" | "ntstrustedcerts" | "ptpport" => {
-            NoEffect(
-                "authentication (symmetric keys, NTS) is not supported: such requests get no reply",
-            )
-        }
+        | "refresh" | "cmdratelimit" => NotYet,
+        "bindcmddevice" => NoEffect("bindcmdaddress names the addresses chronyc is answered on"),
+        "ntsprocesses" | "ntsratelimit" => NotYet,
+        "nocerttimecheck" | "ntsrefresh" => NotYet,
+        "keyfile" | "ntpsigndsocket" | "ptpport" => NoEffect(
+            "symmetric keys, MS-SNTP and PTP are not supported: such requests get no reply",
+        ),
         "dumpdir" | "hwclockfile" | "lock_all" | "log" | "logbanner" | "logchange" | "logdir"
         | "mailonchange" | "rtcautotrim" | "rtcdevice" | "rtcfile" | "rtconutc"
         | "sched_priority" => NoEffect("ntpxd does not use it"),
@@ -426,6 +552,8 @@ struct Parser {
     /// Where `ratelimit` and `noclientlog` were given, to report their conflict.
     rate_limit_at: Option<Location>,
     no_client_log_at: Option<Location>,
+    /// Where the last of `ntsservercert` and `ntsserverkey` was given.
+    nts_at: Option<Location>,
 }
 
 /// Nesting limit for `include` and `confdir`, against include loops.
@@ -434,6 +562,14 @@ const MAX_INCLUDE_DEPTH: usize = 10;
 impl Parser {
     /// Checks the configuration as a whole.
     fn finish(self) -> Result<Loaded, ConfigError> {
+        if let Some(location) = &self.nts_at
+            && !self.config.nts.enabled()
+        {
+            return Err(ConfigError {
+                location: location.clone(),
+                message: "NTS needs both ntsservercert and ntsserverkey".into(),
+            });
+        }
         if let (Some(rate_limit), Some(no_client_log)) =
             (&self.rate_limit_at, &self.no_client_log_at)
         {
@@ -493,12 +629,11 @@ impl Parser {
                 let address = one(args)?;
                 if address.starts_with('/') {
                     config.command_socket = PathBuf::from(address);
-                } else if address.parse::<IpAddr>().is_ok() {
-                    self.warn(
-                        location,
-                        "ntpxd's control socket is a Unix socket; an IP \
-                        bindcmdaddress has no effect",
-                    );
+                } else if let Ok(address) = address.parse::<IpAddr>() {
+                    match address {
+                        IpAddr::V4(a) => config.chronyc.bind_v4 = a,
+                        IpAddr::V6(a) => config.chronyc.bind_v6 = a,
+                    }
                 } else {
                     return Err(format!(
                         "bindcmdaddress needs a socket path or an IP address, not {address:?}"
@@ -506,7 +641,7 @@ impl Parser {
                 }
             }
             "chronycsocket" => {
-                config.chronyc_socket = match one(args)? {
+                config.chronyc.socket = match one(args)? {
                     "none" => None,
                     path if path.starts_with('/') => Some(PathBuf::from(path)),
                     other => {
@@ -515,6 +650,46 @@ impl Parser {
                         ));
                     }
                 }
+            }
+            "metricsaddress" => {
+                config.metrics = match one(args)? {
+                    "none" => None,
+                    address => Some(address.parse().map_err(|_| {
+                        format!(
+                            "metricsaddress needs ADDRESS:PORT ([ADDRESS]:PORT for IPv6) or none, \
+                             not {address:?}"
+                        )
+                    })?),
+                }
+            }
+            "ntsservercert" => {
+                config.nts.certificate = Some(PathBuf::from(one(args)?));
+                self.nts_at = Some(location.clone());
+            }
+            "ntsserverkey" => {
+                config.nts.key = Some(PathBuf::from(one(args)?));
+                self.nts_at = Some(location.clone());
+            }
+            "ntstrustedcerts" => {
+                config.sync.nts_trusted_certs.push(PathBuf::from(one(args)?));
+            }
+            "nosystemcert" => {
+                if !args.is_empty() {
+                    return Err("nosystemcert takes no value".into());
+                }
+                config.sync.nts_system_certs = false;
+            }
+            "ntsport" => config.nts.port = parse_number(one(args)?, "a TCP port")?,
+            "ntsdumpdir" => config.nts.dump_dir = Some(PathBuf::from(one(args)?)),
+            "ntsrotate" => config.nts.rotate_s = parse_number(one(args)?, "seconds")?,
+            "ntsntpserver" => config.nts.ntp_server = Some(one(args)?.to_owned()),
+            "maxntsconnections" => {
+                config.nts.max_connections = parse_number(one(args)?, "a number of connections")?
+            }
+            "cmdport" => config.chronyc.port = parse_number(one(args)?, "a UDP port")?,
+            "cmdallow" | "cmddeny" => {
+                let access = if directive == "cmdallow" { Access::Allow } else { Access::Deny };
+                config.chronyc.access.push(parse_access(access, args)?);
             }
             "pidfile" => config.pidfile = PathBuf::from(one(args)?),
             "user" => config.user = Some(one(args)?.to_owned()),
@@ -705,6 +880,7 @@ fn parse_source(directive: &str, args: &[&str]) -> Result<(SourceConfig, Vec<Str
     let mut poll = PollSettings::default();
     let mut port = DEFAULT_NTP_PORT;
     let mut max_sources = None;
+    let mut nts = false;
     let mut ignored = Vec::new();
     while let Some((option, rest)) = options.split_first() {
         options = rest;
@@ -729,9 +905,10 @@ fn parse_source(directive: &str, args: &[&str]) -> Result<(SourceConfig, Vec<Str
                 }
                 max_sources = Some(count);
             }
-            "key" | "nts" | "certset" => {
+            "nts" => nts = true,
+            "key" | "certset" => {
                 return Err(format!(
-                    "`{option}`: authenticated sources are not supported by ntpxd"
+                    "`{option}`: symmetric keys and certificate sets are not supported by ntpxd"
                 ));
             }
             other => match IGNORED_SOURCE_OPTIONS.iter().find(|(name, _)| *name == other) {
@@ -753,7 +930,7 @@ fn parse_source(directive: &str, args: &[&str]) -> Result<(SourceConfig, Vec<Str
         (_, Some(_)) => return Err("maxsources is an option of pool".into()),
         _ => SourceKind::Server,
     };
-    Ok((SourceConfig { kind, name: (*name).to_owned(), port, poll }, ignored))
+    Ok((SourceConfig { kind, name: (*name).to_owned(), port, poll, nts }, ignored))
 }
 
 fn parse_poll(word: &str) -> Result<i8, String> {
@@ -1041,8 +1218,8 @@ mod tests {
         assert_eq!(config.client_log.entries(), 1_000_000);
         let config = parse_text("ratelimit\nclientloglimit 1048576\n").unwrap().config;
         assert_eq!(config.rate_limit, Some(RateLimitConfig::default()));
-        assert_eq!(config.client_log.entries(), 9986);
-        assert_eq!(ClientLogSize::default().entries(), 4993, "chrony's default budget");
+        assert_eq!(config.client_log.entries(), 9279);
+        assert_eq!(ClientLogSize::default().entries(), 4639, "chrony's default budget");
         let huge = parse_text("clientloglimit 10000000000000\n").unwrap().config;
         assert_eq!(huge.client_log.entries(), 1 << 24, "capped as chrony caps it");
         let explicit = parse_text("clientlog entries 20000000\n").unwrap().config;
@@ -1106,8 +1283,13 @@ mod tests {
             port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nuser _ntpx\nxdp eth0\nxdp eth1 generic\n\
             ratelimit interval 2 kod 1\nclientlog entries 77\n\
             server 192.0.2.1 iburst minpoll 2\npool p.example maxsources 2 noselect\n\
-            makestep 1 3\nmaxdistance 2\ndriftfile /tmp/drift\nrtcsync\nleapsectz right/UTC\n";
+            makestep 1 3\nmaxdistance 2\ndriftfile /tmp/drift\nrtcsync\nleapsectz right/UTC\n\
+            bindcmdaddress 0.0.0.0\ncmdport 1323\ncmdallow 192.0.2.0/24\ncmddeny all 192.0.2.7\n\
+            chronycsocket none\nmetricsaddress [::1]:9975\nntsservercert /c.pem\nntsserverkey /k.pem\n\
+            ntsport 4461\nntsdumpdir /var/lib/ntpx\nntsrotate 0\nntsntpserver ntp.example\n\
+            maxntsconnections 7\n";
         let config = parse_text(text).unwrap().config;
+        assert!(config.nts.enabled() && config.chronyc.access.len() == 2);
         let printed = config.to_string();
         assert_eq!(parse_text(&printed).unwrap().config, config, "{printed}");
     }
@@ -1126,6 +1308,14 @@ mod tests {
     }
 
     #[test]
+    fn nts_needs_a_certificate_and_a_key() {
+        let error = error_of("allow\nntsservercert /c.pem\n");
+        assert_eq!(error, "test.conf:2: NTS needs both ntsservercert and ntsserverkey");
+        let error = error_of("metricsaddress localhost\n");
+        assert!(error.starts_with("test.conf:1: metricsaddress needs ADDRESS:PORT"), "{error}");
+    }
+
+    #[test]
     fn debians_chrony_conf_is_accepted() {
         let debian = "confdir /nonexistent/conf.d\n\
             pool 2.debian.pool.ntp.org iburst\n\
@@ -1140,8 +1330,11 @@ mod tests {
             makestep 1 3\n\
             leapsectz right/UTC\n";
         let loaded = parse_text(debian).unwrap();
-        // sourcedir twice, keyfile, ntsdumpdir, logdir, maxupdateskew.
-        assert_eq!(loaded.warnings.len(), 6, "{:?}", loaded.warnings);
+        // sourcedir twice, keyfile, logdir, maxupdateskew (ntsdumpdir is NTS's, used once
+        // ntsservercert and ntsserverkey turn NTS on).
+        assert_eq!(loaded.warnings.len(), 5, "{:?}", loaded.warnings);
+        assert_eq!(loaded.config.nts.dump_dir, Some(PathBuf::from("/var/lib/chrony")));
+        assert!(!loaded.config.nts.enabled());
         let sync = loaded.config.sync;
         assert_eq!(sync.sources[0].kind, SourceKind::Pool { max_sources: 4 });
         assert!(sync.sources[0].poll.iburst);
@@ -1200,7 +1393,7 @@ mod tests {
             ("server", "usage: server NAME"),
             ("server 192.0.2.1 minpoll 30", "a poll exponent is -7 to 24"),
             ("server 192.0.2.1 minpoll", "minpoll needs a poll exponent"),
-            ("server 192.0.2.1 key 1", "authenticated sources are not supported"),
+            ("server 192.0.2.1 key 1", "symmetric keys and certificate sets are not supported"),
             ("server 192.0.2.1 maxsources 2", "maxsources is an option of pool"),
             ("pool p.example maxsources 17", "maxsources must be 1 to 16"),
             ("server 192.0.2.1 fast", "unknown server option `fast`"),

@@ -51,6 +51,8 @@ pub enum Request {
     Tracking,
     /// Each source: state, reach, last sample and statistics (`sources`, `sourcestats`).
     Sources,
+    /// Each source's authentication (`authdata`).
+    AuthData,
 }
 
 impl Request {
@@ -59,7 +61,11 @@ impl Request {
         match self {
             Self::Clients { reset, .. } => *reset,
             Self::Access { .. } | Self::Reload => true,
-            Self::ServerStats | Self::AccessCheck { .. } | Self::Tracking | Self::Sources => false,
+            Self::ServerStats
+            | Self::AccessCheck { .. }
+            | Self::Tracking
+            | Self::Sources
+            | Self::AuthData => false,
         }
     }
 }
@@ -80,6 +86,9 @@ pub enum Response {
     Tracking(Box<Tracking>),
     Sources {
         sources: Vec<SourceReport>,
+    },
+    AuthData {
+        sources: Vec<AuthData>,
     },
     Error {
         message: String,
@@ -123,6 +132,27 @@ pub struct ServerStats {
     /// How many clients the client log holds at most (0: off), and its memory in the kernel.
     pub client_log_capacity: u32,
     pub client_log_bytes: u64,
+}
+
+/// One source's authentication, as `chronyc authdata` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthData {
+    pub name: String,
+    pub address: IpAddr,
+    /// None: not authenticated.
+    pub nts: Option<NtsAuthData>,
+}
+
+/// An NTS source's key exchanges and cookies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NtsAuthData {
+    /// Key exchanges tried since the last that succeeded.
+    pub attempts: u16,
+    /// Seconds since the last key exchange (None: none yet).
+    pub last_exchange_ago: Option<u32>,
+    pub naks: u16,
+    pub cookies: u16,
+    pub cookie_length: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +217,17 @@ pub struct SlowPathCounters {
     pub rate_limited: u64,
     /// Datagrams from clients the access rules deny.
     pub denied: u64,
+    /// NTS: requests answered authenticated, and NAKs (cookies the server cannot open).
+    #[serde(default)]
+    pub authenticated: u64,
+    #[serde(default)]
+    pub nts_naks: u64,
+    /// NTS-KE connections that got keys and cookies, and those that did not (TLS failed, a bad
+    /// request, a timeout, too many at once).
+    #[serde(default)]
+    pub nts_ke_accepted: u64,
+    #[serde(default)]
+    pub nts_ke_dropped: u64,
 }
 
 /// Sends one request to the daemon at `socket` and waits for its response.

@@ -21,13 +21,17 @@ use tokio::{
 use ntp_common::ratelimit::{self, RateLimit};
 
 mod chronyc;
+mod metrics;
+mod nts_ke;
 
 use crate::{
     access::{AccessRule, AccessTable, Subnet},
     client_table::{Client, ClientLog, ClientLogSettings, ClientTable, NoClientLog},
     clock::{self, KernelClock},
     config::{self, ClientLogSize, Config},
-    control::{ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment},
+    control::{
+        AuthData, ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment,
+    },
     dataplane::Dataplane,
     files::Pidfile,
     privileges,
@@ -62,8 +66,17 @@ struct Owner {
 enum Ask {
     AddRule(AccessRule, oneshot::Sender<anyhow::Result<()>>),
     Reload(Box<config::Loaded>, oneshot::Sender<anyhow::Result<()>>),
-    /// The kernel's counters and attachments, for `serverstats`.
-    KernelView(oneshot::Sender<anyhow::Result<(KernelCounters, Vec<XdpAttachment>)>>),
+    /// The kernel's counters and attachments, for `serverstats` and metrics.
+    KernelView(oneshot::Sender<anyhow::Result<KernelView>>),
+}
+
+/// What the owner reads of the kernel for a report.
+#[derive(Default)]
+struct KernelView {
+    counters: KernelCounters,
+    attachments: Vec<XdpAttachment>,
+    /// The CLOCK_TAI instant the state the program serves was computed for (None: no program).
+    published_tai_ns: Option<u64>,
 }
 
 /// What a control connection works with; the owner is reached through `owner`.
@@ -89,7 +102,9 @@ pub struct Prepared {
     upstream: Option<Arc<Upstream>>,
     ntp_sockets: Vec<std::net::UdpSocket>,
     control: ControlSocket,
-    chronyc: Option<chronyc::ChronycSocket>,
+    chronyc: chronyc::ChronycSockets,
+    metrics: Option<metrics::MetricsListener>,
+    nts_ke: Option<nts_ke::NtsKeListener>,
     created_directories: Vec<PathBuf>,
 }
 
@@ -165,14 +180,24 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
     }
     let mut ntp_sockets = Vec::new();
     if config.port != 0 {
+        // A socket per CPU and address: what the program passes on (NTS above all) is answered
+        // on every core.
         for address in bind_addresses(&config) {
-            let socket = NtpSocket::bind_std(address)
-                .with_context(|| format!("binding the NTP socket to {address}"))?;
-            ntp_sockets.push(socket);
+            for _ in 0..slow_path_threads() {
+                let socket = NtpSocket::bind_std(address)
+                    .with_context(|| format!("binding the NTP socket to {address}"))?;
+                ntp_sockets.push(socket);
+            }
         }
     }
     let control = ControlSocket::bind(&config.command_socket)?;
-    let chronyc = config.chronyc_socket.as_deref().and_then(chronyc::ChronycSocket::bind);
+    let chronyc = chronyc::ChronycSockets::bind(&config.chronyc);
+    let metrics = config.metrics.map(metrics::MetricsListener::bind).transpose()?;
+    let nts_ke = config
+        .nts
+        .enabled()
+        .then(|| nts_ke::NtsKeListener::bind(&config.nts, &bind_addresses(&config)))
+        .transpose()?;
     Ok(Prepared {
         config_file,
         config,
@@ -183,8 +208,15 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         ntp_sockets,
         control,
         chronyc,
+        metrics,
+        nts_ke,
         created_directories,
     })
+}
+
+/// The slow path's threads, and the runtime's: one a CPU, at least two.
+pub fn slow_path_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -199,6 +231,8 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         ntp_sockets,
         control,
         chronyc,
+        metrics,
+        nts_ke,
         created_directories: _,
     } = prepared;
     if let Some(upstream) = &upstream {
@@ -217,8 +251,12 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         config_file,
         owner: owner_sender,
     });
-    if let Some(chronyc) = &chronyc {
-        chronyc.serve_in_background(context.clone())?;
+    chronyc.serve_in_background(context.clone())?;
+    if let Some(metrics) = &metrics {
+        metrics.serve_in_background(context.clone())?;
+    }
+    if let Some(nts_ke) = nts_ke {
+        nts_ke.serve(server.clone(), config.port)?;
     }
     let rules = config.access.clone();
     let mut owner = Owner { dataplane, config, rules };
@@ -345,16 +383,17 @@ impl Owner {
         Ok(())
     }
 
-    fn kernel_view(&mut self) -> anyhow::Result<(KernelCounters, Vec<XdpAttachment>)> {
+    fn kernel_view(&mut self) -> anyhow::Result<KernelView> {
         let Some(dataplane) = self.dataplane.as_mut() else {
-            return Ok(Default::default());
+            return Ok(KernelView::default());
         };
         let counters = KernelCounters::from_array(&dataplane.counters()?);
         let attachments = dataplane
             .attachments()
             .map(|(interface, mode)| XdpAttachment { interface: interface.to_owned(), mode })
             .collect();
-        Ok((counters, attachments))
+        let published_tai_ns = Some(dataplane.published().state.base_tai_ns);
+        Ok(KernelView { counters, attachments, published_tai_ns })
     }
 }
 
@@ -428,6 +467,22 @@ fn reload(context: &ControlContext) -> anyhow::Result<()> {
 }
 
 impl ControlContext {
+    /// `authdata`'s rows: each source, and its NTS association if it has one.
+    fn auth_data(&self) -> Vec<AuthData> {
+        let associations = self.upstream.as_ref().map(|u| u.nts.lock().expect("NTS lock"));
+        self.sources()
+            .into_iter()
+            .map(|source| {
+                let nts = associations.as_ref().and_then(|associations| {
+                    let (_, association) =
+                        associations.iter().find(|(a, _)| a.ip() == source.address)?;
+                    Some(association.report())
+                });
+                AuthData { name: source.name, address: source.address, nts }
+            })
+            .collect()
+    }
+
     /// `sources` and `sourcestats`' rows (none without upstream sources).
     fn sources(&self) -> Vec<SourceReport> {
         match &self.upstream {
@@ -461,7 +516,19 @@ fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     keep("bindaddress", &mut new.bind_v4, &old.bind_v4, &mut kept);
     keep("bindaddress", &mut new.bind_v6, &old.bind_v6, &mut kept);
     keep("bindcmdaddress", &mut new.command_socket, &old.command_socket, &mut kept);
-    keep("chronycsocket", &mut new.chronyc_socket, &old.chronyc_socket, &mut kept);
+    keep(
+        "chronyc's sockets (chronycsocket, cmdport, bindcmdaddress, cmdallow, cmddeny)",
+        &mut new.chronyc,
+        &old.chronyc,
+        &mut kept,
+    );
+    keep("metricsaddress", &mut new.metrics, &old.metrics, &mut kept);
+    keep(
+        "NTS (ntsservercert, ntsserverkey, ntsport, ntsdumpdir, ...)",
+        &mut new.nts,
+        &old.nts,
+        &mut kept,
+    );
     keep("pidfile", &mut new.pidfile, &old.pidfile, &mut kept);
     keep("user", &mut new.user, &old.user, &mut kept);
     keep("xdp", &mut new.xdp, &old.xdp, &mut kept);
@@ -528,7 +595,8 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
         match server.handle_datagram(request, datagram.source, destination, received, clock::tai_ns)
         {
             Ok(reply) => {
-                if let Err(error) = socket.send(&reply, datagram.source, datagram.destination).await
+                let reply = reply.bytes();
+                if let Err(error) = socket.send(reply, datagram.source, datagram.destination).await
                 {
                     tracing::debug!(%error, client = %datagram.source, "sending a reply");
                 }
@@ -640,6 +708,7 @@ fn respond(request: &Request, context: &ControlContext) -> anyhow::Result<Respon
             Response::Tracking(Box::new(tracking(server, context.upstream.as_deref())))
         }
         Request::Sources => Response::Sources { sources: context.sources() },
+        Request::AuthData => Response::AuthData { sources: context.auth_data() },
     })
 }
 
@@ -713,8 +782,12 @@ fn client_report(client: &Client, now: u32) -> ClientReport {
 }
 
 fn server_stats(context: &ControlContext) -> anyhow::Result<ServerStats> {
+    Ok(server_stats_from(context, context.ask(Ask::KernelView)??))
+}
+
+fn server_stats_from(context: &ControlContext, view: KernelView) -> ServerStats {
     let slow_path = context.server.slow_path_counters();
-    let (kernel, xdp) = context.ask(Ask::KernelView)??;
+    let KernelView { counters: kernel, attachments: xdp, .. } = view;
     let mut stats = ServerStats {
         command_packets_received: context.server.commands(),
         slow_path,
@@ -739,7 +812,10 @@ fn server_stats(context: &ControlContext) -> anyhow::Result<ServerStats> {
         + kernel.dropped_rate_limit
         + slow_path.received;
     stats.ntp_packets_dropped = kernel.dropped_rate_limit + slow_path.rate_limited;
-    Ok(stats)
+    stats.authenticated_ntp_packets = slow_path.authenticated;
+    stats.nts_ke_connections_accepted = slow_path.nts_ke_accepted;
+    stats.nts_ke_connections_dropped = slow_path.nts_ke_dropped;
+    stats
 }
 
 /// The control socket, removed when dropped.

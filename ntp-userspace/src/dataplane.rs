@@ -14,9 +14,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use ntp_common::{
-    maps::{
-        self, ACCESS_ALLOW, ACCESS_DENY, Counter, MAX_LOCAL_V4, MAX_LOCAL_V6, Published, ServerPage,
-    },
+    maps::{self, Counter, MAX_LOCAL_V4, MAX_LOCAL_V6, Published, ServerPage},
     ratelimit::RateLimit,
     state::ServerState,
 };
@@ -104,7 +102,12 @@ impl Dataplane {
         };
         let settings =
             ClientLogSettings { enabled: false, limit: RateLimit::DISABLED, epoch_tai_ns: 0 };
-        let clients = Arc::new(ClientTable::new(clients, settings, client_log_entries)?);
+        let clients = Arc::new(ClientTable::new(
+            clients,
+            settings,
+            client_log_entries,
+            crate::daemon::slow_path_threads(),
+        )?);
         let mut published = Box::new(<Published as bytemuck::Zeroable>::zeroed());
         published.port = port;
         let mut dataplane = Self { ebpf, page, published, clients, attachments: Vec::new() };
@@ -277,12 +280,13 @@ impl Dataplane {
 
     /// Fills the access tries not in use with `table` and marks them for the next switch.
     fn fill_access(&mut self, table: &AccessTable) -> anyhow::Result<()> {
-        let next = usize::from(1 - (self.published.access_slot & 1));
+        let generation = maps::next_access_generation(self.published.access_generation);
+        let next = maps::access_slot(generation);
         let mut v4: LpmTrie<_, [u8; 4], u32> = map(&mut self.ebpf, maps::ACCESS_V4[next])?;
         replace_prefixes(&mut v4, table.v4_prefixes())?;
         let mut v6: LpmTrie<_, [u8; 16], u32> = map(&mut self.ebpf, maps::ACCESS_V6[next])?;
         replace_prefixes(&mut v6, table.v6_prefixes())?;
-        self.published.access_slot = next as u8;
+        self.published.access_generation = generation;
         Ok(())
     }
 
@@ -384,11 +388,7 @@ fn replace_prefixes<const N: usize>(
 ) -> anyhow::Result<()> {
     let wanted: Vec<(u8, [u8; N])> = prefixes
         .map(|(len, address, access)| {
-            let value = match access {
-                Access::Allow => ACCESS_ALLOW,
-                Access::Deny => ACCESS_DENY,
-            };
-            trie.insert(&Key::new(u32::from(len), address), value, 0)
+            trie.insert(&Key::new(u32::from(len), address), access.trie_value(), 0)
                 .context("inserting an access rule")?;
             Ok((len, address))
         })

@@ -15,6 +15,15 @@ use nix::fcntl::{Flock, FlockArg};
 /// new one, never half of one. The temporary file is created new (never opened through a link
 /// someone left there), and the rename replaces a link at `path` rather than following it.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomically_with_mode(path, contents, 0o644)
+}
+
+/// As [`write_atomically`], readable by its owner alone (keys).
+pub fn write_secret_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomically_with_mode(path, contents, 0o600)
+}
+
+fn write_atomically_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| io::Error::other("not a file name"))?;
     let mut temporary_name = std::ffi::OsString::from(".");
     temporary_name.push(name);
@@ -25,7 +34,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o644)
+            .mode(mode)
             .open(&temporary)
     };
     let mut file = match create() {

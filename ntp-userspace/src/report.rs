@@ -1,7 +1,7 @@
 //! ntpxc's reports, in chronyc's layouts: text, `-c` CSV, and JSON.
 
 use crate::{
-    control::{ClientReport, ServerStats},
+    control::{AuthData, ClientReport, ServerStats},
     sync::leap::civil_date,
     sync::{SourceReport, Tracking},
 };
@@ -56,6 +56,7 @@ fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
         ("Slow path received", slow_path.received),
         ("Slow path denied", slow_path.denied),
         ("Slow path rate limited", slow_path.rate_limited),
+        ("NTS NAKs", slow_path.nts_naks),
     ]
 }
 
@@ -243,6 +244,38 @@ pub fn sources_text(sources: &[SourceReport], verbose: bool) -> String {
             signed_duration(s.measured_offset),
             duration(s.error)
         ));
+    }
+    text
+}
+
+/// chronyc's `authdata`.
+pub fn authdata_text(sources: &[AuthData]) -> String {
+    let mut text = String::from(
+        "Name/IP address             Mode KeyID Type KLen Last Atmp  NAK Cook CLen\n\
+         =========================================================================\n",
+    );
+    for source in sources {
+        let row = match source.nts {
+            None => format!(
+                "{:<27} {:>4} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4}",
+                source.name, "-", 0, 0, 0, "-", 0, 0, 0, 0
+            ),
+            Some(nts) => format!(
+                "{:<27} {:>4} {:>5} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4} {:>4}",
+                source.name,
+                "NTS",
+                0,
+                crate::nts::AEAD_AES_SIV_CMAC_256,
+                crate::nts::KEY_LEN * 8,
+                ago(nts.last_exchange_ago.unwrap_or(u32::MAX)),
+                nts.attempts,
+                nts.naks,
+                nts.cookies,
+                nts.cookie_length
+            ),
+        };
+        text.push_str(&row);
+        text.push('\n');
     }
     text
 }

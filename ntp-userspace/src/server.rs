@@ -14,7 +14,7 @@ use ntp_common::{
     ratelimit::Limit,
     responder::{self, NoReply},
     state::{MAX_STATE_AGE_NS, ServerState},
-    wire::HEADER_LEN,
+    wire::{HEADER_LEN, ReferenceId},
 };
 
 use crate::{
@@ -22,6 +22,10 @@ use crate::{
     client_table::ClientLog,
     config::LocalReference,
     control::SlowPathCounters,
+    nts::{
+        cookie::KeyRing,
+        packet::{self, Rejected},
+    },
     reference::{Reference, TaiReading},
     sync::Served,
 };
@@ -45,6 +49,26 @@ pub enum Unanswered {
     Address(AddressRefusal),
 }
 
+/// A reply of the slow path: a plain header, or one with NTS's extension fields after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Plain([u8; HEADER_LEN]),
+    Nts(Vec<u8>),
+}
+
+impl Reply {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Plain(header) => header,
+            Self::Nts(bytes) => bytes,
+        }
+    }
+
+    pub fn header(&self) -> &[u8; HEADER_LEN] {
+        self.bytes()[..HEADER_LEN].try_into().expect("a reply starts with a header")
+    }
+}
+
 /// The state shared by the daemon's tasks.
 pub struct Server {
     reference: RwLock<Reference>,
@@ -58,6 +82,12 @@ pub struct Server {
     rate_limited: AtomicU64,
     denied: AtomicU64,
     commands: AtomicU64,
+    /// The NTS server keys, when NTS is served.
+    nts_keys: RwLock<Option<KeyRing>>,
+    authenticated: AtomicU64,
+    nts_naks: AtomicU64,
+    nts_ke_accepted: AtomicU64,
+    nts_ke_dropped: AtomicU64,
 }
 
 impl Server {
@@ -73,7 +103,27 @@ impl Server {
             rate_limited: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            nts_keys: RwLock::new(None),
+            authenticated: AtomicU64::new(0),
+            nts_naks: AtomicU64::new(0),
+            nts_ke_accepted: AtomicU64::new(0),
+            nts_ke_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// The NTS server keys from now on (at start, and at each rotation).
+    pub fn set_nts_keys(&self, keys: KeyRing) {
+        *self.nts_keys.write().expect("NTS keys lock") = Some(keys);
+    }
+
+    pub fn nts_keys(&self) -> Option<KeyRing> {
+        self.nts_keys.read().expect("NTS keys lock").clone()
+    }
+
+    /// An NTS-KE connection that got its keys and cookies, or one that did not.
+    pub fn count_nts_ke(&self, accepted: bool) {
+        let counter = if accepted { &self.nts_ke_accepted } else { &self.nts_ke_dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A new `local` setting (a reloaded configuration).
@@ -117,7 +167,7 @@ impl Server {
         (destination, interface): (IpAddr, u32),
         received: TaiReading,
         transmit_tai_ns: impl FnOnce() -> u64,
-    ) -> Result<[u8; HEADER_LEN], Unanswered> {
+    ) -> Result<Reply, Unanswered> {
         // The XDP program's rule, on the same addresses: what it passed for its addresses, the
         // slow path does not answer either.
         let addressing = Addressing {
@@ -135,30 +185,65 @@ impl Server {
             self.denied.fetch_add(1, Ordering::Relaxed);
             return Err(Unanswered::Denied);
         }
+        let keys = self.nts_keys.read().expect("NTS keys lock");
+        // Extension fields are answered only as NTS; everything else is a plain header.
+        let nts = match keys.as_ref() {
+            Some(keys) if request.len() > HEADER_LEN => match packet::open(request, keys) {
+                Ok(authenticated) => Some(Ok(authenticated)),
+                Err(Rejected::Nak { unique_id }) => Some(Err(unique_id)),
+                Err(Rejected::NotNts | Rejected::Malformed) => None,
+            },
+            _ => None,
+        };
+        let header = if nts.is_some() { &request[..HEADER_LEN] } else { request };
         // Only requests the server would answer are logged, as chrony logs them.
-        responder::check_request(request).map_err(Unanswered::NotServed)?;
+        responder::check_request(header).map_err(Unanswered::NotServed)?;
         self.received.fetch_add(1, Ordering::Relaxed);
         let min_poll = self.client_log.min_poll();
         match self.client_log.log(source, received.tai_ns) {
             Limit::Answer => {}
-            Limit::Drop => {
+            Limit::KissOfDeath if nts.is_none() => {
+                self.kiss_of_death.fetch_add(1, Ordering::Relaxed);
+                return responder::kiss_of_death(request, min_poll)
+                    .map(Reply::Plain)
+                    .map_err(Unanswered::NotServed);
+            }
+            // An NTS client would not believe an unauthenticated kiss: dropped instead.
+            Limit::Drop | Limit::KissOfDeath => {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(Unanswered::RateLimited);
             }
-            Limit::KissOfDeath => {
-                self.kiss_of_death.fetch_add(1, Ordering::Relaxed);
-                return responder::kiss_of_death(request, min_poll).map_err(Unanswered::NotServed);
-            }
         }
+        let nts = match (nts, keys.as_ref()) {
+            (Some(Ok(authenticated)), Some(keys)) => {
+                // Sealed before the transmit timestamp is read.
+                let cookies = packet::cookies_for(&authenticated, request.len(), keys);
+                Some((authenticated, cookies))
+            }
+            (Some(Err(unique_id)), _) => {
+                self.nts_naks.fetch_add(1, Ordering::Relaxed);
+                let kiss = responder::kiss(header, ReferenceId::KISS_NTS_NAK, min_poll)
+                    .map_err(Unanswered::NotServed)?;
+                return Ok(Reply::Nts(packet::nak(&kiss, unique_id)));
+            }
+            _ => None,
+        };
+        drop(keys);
         // Anchored at the receive instant: however long the request waited in the socket, the
         // time model of the daemon, not the kernel's freshness window, decides.
         let state =
             self.reference.read().expect("reference lock").state_at(received, MAX_STATE_AGE_NS);
         let reply =
-            responder::respond(request, &state, received.tai_ns, transmit_tai_ns(), min_poll)
+            responder::respond(header, &state, received.tai_ns, transmit_tai_ns(), min_poll)
                 .map_err(Unanswered::NotServed)?;
         self.answered.fetch_add(1, Ordering::Relaxed);
-        Ok(reply)
+        Ok(match nts {
+            Some((authenticated, cookies)) => {
+                self.authenticated.fetch_add(1, Ordering::Relaxed);
+                Reply::Nts(packet::seal_reply(&reply, &authenticated, cookies, request.len()))
+            }
+            None => Reply::Plain(reply),
+        })
     }
 
     pub fn count_command(&self) {
@@ -176,6 +261,10 @@ impl Server {
             kiss_of_death: self.kiss_of_death.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             denied: self.denied.load(Ordering::Relaxed),
+            authenticated: self.authenticated.load(Ordering::Relaxed),
+            nts_naks: self.nts_naks.load(Ordering::Relaxed),
+            nts_ke_accepted: self.nts_ke_accepted.load(Ordering::Relaxed),
+            nts_ke_dropped: self.nts_ke_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -246,7 +335,9 @@ mod tests {
     ) -> Result<[u8; HEADER_LEN], Unanswered> {
         let source = SocketAddr::new(source.parse().unwrap(), 40_000);
         let destination = (destination.unwrap_or(SERVER).parse().unwrap(), NIC);
-        server.handle_datagram(request, source, destination, RECEIVED, || RECEIVED_TAI + 20_000)
+        server
+            .handle_datagram(request, source, destination, RECEIVED, || RECEIVED_TAI + 20_000)
+            .map(|reply| *reply.header())
     }
 
     #[test]
@@ -288,7 +379,7 @@ mod tests {
         let transmit = received.tai_ns + 20_000;
         let reply =
             server.handle_datagram(&request(), from_client(), to_server(), received, || transmit);
-        let reply = NtpHeader::from_bytes(&reply.unwrap());
+        let reply = NtpHeader::from_bytes(reply.unwrap().header());
         let served = |t: NtpTimestamp| t.to_unix_nanos_near(utc as i64) - utc as i64;
         assert_eq!(served(reply.receive_timestamp), 0);
         assert_eq!(served(reply.transmit_timestamp), 20_000);
@@ -339,5 +430,42 @@ mod tests {
         let kod = NtpHeader::from_bytes(&handle(&kissing, &request(), CLIENT, None).unwrap());
         assert_eq!((kod.stratum, kod.reference_id), (0, ReferenceId::KISS_RATE));
         assert_eq!(kissing.slow_path_counters().kiss_of_death, 1);
+    }
+
+    #[test]
+    fn nts_requests_are_answered_authenticated_naked_or_dropped_never_kissed() {
+        use crate::nts::{KEY_LEN, SessionKeys, packet};
+        let keys = SessionKeys { c2s: [1; KEY_LEN], s2c: [2; KEY_LEN] };
+        let ring = KeyRing::generate();
+        let (protected, unique_id) = packet::protect(&request(), &ring.seal(&keys), 3, &keys);
+        let server = server();
+        // Without NTS keys, extension fields are not answered.
+        let unanswered = handle(&server, &protected, CLIENT, None);
+        assert_eq!(unanswered, Err(Unanswered::NotServed(NoReply::Length(protected.len()))));
+        server.set_nts_keys(ring.clone());
+        let reply = server
+            .handle_datagram(&protected, from_client(), to_server(), RECEIVED, || RECEIVED_TAI)
+            .unwrap();
+        assert_eq!(reply.bytes().len(), protected.len());
+        let cookies = packet::verify_reply(reply.bytes(), &unique_id, &keys).unwrap();
+        assert_eq!(cookies.len(), 4);
+        assert_eq!(NtpHeader::from_bytes(reply.header()).stratum, 7);
+        // A cookie of other keys: a NAK, echoing the identifier.
+        let (foreign, unique_id) =
+            packet::protect(&request(), &KeyRing::generate().seal(&keys), 0, &keys);
+        let nak = server
+            .handle_datagram(&foreign, from_client(), to_server(), RECEIVED, || RECEIVED_TAI)
+            .unwrap();
+        assert_eq!(
+            packet::verify_reply(nak.bytes(), &unique_id, &keys),
+            Err(packet::ReplyError::Nak)
+        );
+        let counters = server.slow_path_counters();
+        assert_eq!((counters.authenticated, counters.nts_naks), (1, 1));
+        // Over the rate limit with kiss-o'-death on: a plain request is kissed, NTS dropped.
+        let limiting = server_limiting(Limit::KissOfDeath);
+        limiting.set_nts_keys(ring);
+        assert!(handle(&limiting, &request(), CLIENT, None).is_ok());
+        assert_eq!(handle(&limiting, &protected, CLIENT, None), Err(Unanswered::RateLimited));
     }
 }

@@ -4,7 +4,7 @@
 use std::{
     io::{self, IoSlice, IoSliceMut},
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _},
+    os::fd::{AsRawFd as _, OwnedFd},
 };
 
 use nix::sys::socket::{
@@ -12,6 +12,44 @@ use nix::sys::socket::{
     SockaddrIn, SockaddrIn6, SockaddrStorage, TimestampingFlag, sockopt,
 };
 use tokio::io::Interest;
+
+/// A UDP socket bound to `address`, after `configure` set its options. An IPv6 one is
+/// IPv6-only, so that IPv4 can have a socket of its own on the same port.
+pub fn bind_udp(
+    address: SocketAddr,
+    configure: impl FnOnce(&OwnedFd) -> nix::Result<()>,
+) -> io::Result<std::net::UdpSocket> {
+    Ok(std::net::UdpSocket::from(bound(address, SockType::Datagram, configure)?))
+}
+
+/// A listening TCP socket on `address`, IPv6-only as [`bind_udp`]'s.
+pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let fd =
+        bound(address, SockType::Stream, |fd| socket::setsockopt(fd, sockopt::ReuseAddr, &true))?;
+    socket::listen(&fd, socket::Backlog::new(128)?)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn bound(
+    address: SocketAddr,
+    kind: SockType,
+    configure: impl FnOnce(&OwnedFd) -> nix::Result<()>,
+) -> io::Result<OwnedFd> {
+    let family = match address {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, kind, SockFlag::SOCK_CLOEXEC, None)?;
+    configure(&fd)?;
+    match address {
+        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => {
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+        }
+    }
+    Ok(fd)
+}
 
 /// A received datagram.
 pub struct Datagram {
@@ -35,31 +73,19 @@ impl NtpSocket {
 
     /// Binds `address` as `bind` does, before the runtime exists (a privileged port is bound
     /// before privileges are dropped, and the runtime's threads started).
+    /// Several bound to one address share its datagrams (SO_REUSEPORT, spread by the kernel
+    /// by the client's address and port), one for each thread of the slow path.
     pub fn bind_std(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        let family = match address {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let fd = socket::socket(
-            family,
-            SockType::Datagram,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        socket::setsockopt(&fd, sockopt::ReceiveTimestampns, &true)?;
-        match address {
-            SocketAddr::V4(a) => {
-                socket::setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
-                socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+        let socket = bind_udp(address, |fd| {
+            socket::setsockopt(fd, sockopt::ReusePort, &true)?;
+            socket::setsockopt(fd, sockopt::ReceiveTimestampns, &true)?;
+            match address {
+                SocketAddr::V4(_) => socket::setsockopt(fd, sockopt::Ipv4PacketInfo, &true),
+                SocketAddr::V6(_) => socket::setsockopt(fd, sockopt::Ipv6RecvPacketInfo, &true),
             }
-            SocketAddr::V6(a) => {
-                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-                socket::setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
-                socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
-            }
-        }
-        // SAFETY: `fd` is an open, bound, non-blocking UDP socket we own.
-        Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd.into_raw_fd()) })
+        })?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
     }
 
     /// A socket from `bind_std`, in the runtime.

@@ -4,6 +4,7 @@
 //! `sync`.
 
 use std::{
+    collections::{HashMap, VecDeque},
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -11,13 +12,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use tokio::sync::{Notify, mpsc};
+use anyhow::{Context as _, bail};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::{Notify, mpsc},
+};
 
 use crate::{
     clock,
     config::{LeapSecondSource, SourceConfig, SourceKind, SyncConfig},
+    control::NtsAuthData,
     files,
+    nts::{
+        ALPN, COOKIES, SessionKeys,
+        ke::{self, Granted},
+        packet::{self, ReplyError},
+    },
     socket::NtpSocket,
     sync::{
         SourceId, SyncSettings, Synchroniser,
@@ -33,6 +44,12 @@ const DRIFT_WRITE_INTERVAL: Duration = Duration::from_secs(3600);
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 /// The longest the poll timer sleeps: new sources are noticed within it.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+/// NTS-KE's port, and how long a key exchange may take.
+const NTS_KE_PORT: u16 = 4460;
+const NTS_KE_TIMEOUT: Duration = Duration::from_secs(5);
+const NTS_KE_MAX_BACKOFF: Duration = Duration::from_secs(1024);
+/// Where Debian keeps the system's CA certificates.
+const SYSTEM_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The synchroniser, shared by the polling task, the publishing tick and the control socket.
 pub struct Upstream {
@@ -41,6 +58,10 @@ pub struct Upstream {
     pub clock_stepped: Notify,
     driftfile: Option<PathBuf>,
     drift_written: Mutex<Instant>,
+    /// NTS-KE's TLS, when a source has `nts`.
+    nts_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The NTS sources' associations, by address (for `chronyc authdata` too).
+    pub nts: Mutex<HashMap<SocketAddr, NtsAssociation>>,
 }
 
 impl Upstream {
@@ -84,11 +105,20 @@ impl Upstream {
             rtcsync: config.rtcsync,
             precision,
         };
+        let nts_tls = config
+            .sources
+            .iter()
+            .any(|source| source.nts)
+            .then(|| nts_client_tls(&config.nts_trusted_certs, config.nts_system_certs))
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
             sync: Mutex::new(Synchroniser::new(settings, discipline, leap_table, now)),
             clock_stepped: Notify::new(),
             driftfile: config.driftfile.clone(),
             drift_written: Mutex::new(Instant::now()),
+            nts_tls,
+            nts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -110,6 +140,30 @@ impl Upstream {
         }
         *written = Instant::now();
     }
+}
+
+/// NTS-KE's TLS as a client: TLS 1.3, ALPN `ntske/1`, the server's certificate checked
+/// against `trusted` (`ntstrustedcerts`) and, with `system` (no `nosystemcert`), the system's
+/// CAs.
+pub fn nts_client_tls(trusted: &[PathBuf], system: bool) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = system.then(|| PathBuf::from(SYSTEM_CERTIFICATES));
+    for path in trusted.iter().cloned().chain(system) {
+        let certificates = CertificateDer::pem_file_iter(&path)
+            .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("reading the CA certificates in {}", path.display()))?;
+        let (added, _) = roots.add_parsable_certificates(certificates);
+        if added == 0 {
+            bail!("no CA certificate in {}", path.display());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
 }
 
 fn read_leap_table(path: &Path) -> anyhow::Result<LeapTable> {
@@ -142,10 +196,51 @@ fn write_driftfile(path: &Path, frequency_ppm: f64, skew_ppm: f64) -> io::Result
 
 /// What the polling task hears from its helpers.
 enum Event {
-    /// The outcome of one request: when it left and, if one came, the reply.
-    Exchange { source: SourceId, request: Request, sent_ns: i64, reply: Option<Reply> },
+    /// The outcome of one request: when it left and, if one came, the reply; for an NTS
+    /// source, the keys and identifier that protected it.
+    Exchange {
+        source: SourceId,
+        request: Request,
+        protection: Option<Protection>,
+        sent_ns: i64,
+        reply: Option<Reply>,
+    },
     /// A lookup of configured source `index`.
     Resolved { index: usize, addresses: Vec<SocketAddr> },
+    /// The outcome of an NTS-KE for the source at `address`.
+    KeyExchange { address: SocketAddr, outcome: anyhow::Result<(SessionKeys, Granted)> },
+}
+
+/// What protected an NTS request, to check its reply with.
+struct Protection {
+    keys: SessionKeys,
+    unique_id: [u8; 32],
+}
+
+/// An NTS source's association: the keys and cookies NTS-KE gave (and replies renewed).
+#[derive(Default)]
+pub struct NtsAssociation {
+    keys: Option<SessionKeys>,
+    cookies: VecDeque<Vec<u8>>,
+    exchanging_keys: bool,
+    /// Key exchanges tried since the last that succeeded, and when that was.
+    attempts: u16,
+    last_exchange: Option<Instant>,
+    /// After a failed key exchange, none before this (doubling, up to [`NTS_KE_MAX_BACKOFF`]).
+    retry_at: Option<Instant>,
+    naks: u16,
+}
+
+impl NtsAssociation {
+    pub fn report(&self) -> NtsAuthData {
+        NtsAuthData {
+            attempts: self.attempts,
+            last_exchange_ago: self.last_exchange.map(|at| at.elapsed().as_secs() as u32),
+            naks: self.naks,
+            cookies: self.cookies.len() as u16,
+            cookie_length: self.cookies.front().map_or(0, |c| c.len() as u16),
+        }
+    }
 }
 
 struct Reply {
@@ -181,7 +276,34 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                     }).collect()
                 };
                 for (source, request, timeout) in exchanges {
-                    tokio::spawn(exchange(source, request, timeout, events_tx.clone()));
+                    let config = &sources[origins[source]];
+                    let (Some(tls), true) = (&upstream.nts_tls, config.nts) else {
+                        let wire = request.bytes.to_vec();
+                        tokio::spawn(exchange(source, request, wire, None, timeout, events_tx.clone()));
+                        continue;
+                    };
+                    let mut associations = upstream.nts.lock().expect("NTS lock");
+                    let association = associations.entry(request.to).or_default();
+                    // Without keys and a cookie, no request: a key exchange first.
+                    let (Some(keys), Some(cookie)) =
+                        (association.keys.clone(), association.cookies.pop_front())
+                    else {
+                        let waiting = association.retry_at.is_some_and(|at| Instant::now() < at);
+                        if !association.exchanging_keys && !waiting {
+                            association.exchanging_keys = true;
+                            association.attempts = association.attempts.saturating_add(1);
+                            let (name, tls) = (config.name.clone(), tls.clone());
+                            tokio::spawn(key_exchange(request.to, name, tls, events_tx.clone()));
+                        }
+                        continue;
+                    };
+                    // As many placeholders as bring the cookies back to eight.
+                    let placeholders = COOKIES.saturating_sub(association.cookies.len() + 1);
+                    let (wire, unique_id) =
+                        packet::protect(&request.bytes, &cookie, placeholders, &keys);
+                    let protection = Some(Protection { keys, unique_id });
+                    drop(associations);
+                    tokio::spawn(exchange(source, request, wire, protection, timeout, events_tx.clone()));
                 }
             }
             _ = lookups.tick() => {
@@ -198,13 +320,46 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                 }
             }
             Some(event) = events.recv() => match event {
-                Event::Exchange { source, request, sent_ns, reply } => {
+                Event::Exchange { source, request, protection, sent_ns, reply } => {
+                    let reply = match (reply, protection) {
+                        (Some(reply), Some(protection)) => {
+                            let mut associations = upstream.nts.lock().expect("NTS lock");
+                            let association = associations.entry(request.to).or_default();
+                            authenticated(reply, &protection, association)
+                        }
+                        (reply, _) => reply,
+                    };
                     let mut sync = upstream.sync.lock().expect("sync lock");
                     sync.transmitted(source, &request, sent_ns);
                     if let Some(Reply { bytes, from, received_ns }) = reply
                         && let Some(Action::Stepped(_)) = sync.receive(source, &bytes, from, received_ns)
                     {
                         upstream.clock_stepped.notify_one();
+                    }
+                }
+                Event::KeyExchange { address, outcome } => {
+                    let mut associations = upstream.nts.lock().expect("NTS lock");
+                    let association = associations.entry(address).or_default();
+                    association.exchanging_keys = false;
+                    let name = address.ip().to_string();
+                    match outcome {
+                        Ok((keys, granted)) => {
+                            if granted.ntp_server != ke::NtpServer::default() {
+                                tracing::warn!(name, server = ?granted.ntp_server, "NTS-KE names another NTP server, which ntpxd does not follow yet: polling the NTS-KE server");
+                            }
+                            tracing::info!(name, cookies = granted.cookies.len(), "NTS-KE done");
+                            association.keys = Some(keys);
+                            association.cookies = granted.cookies.into();
+                            association.attempts = 0;
+                            association.last_exchange = Some(Instant::now());
+                            association.retry_at = None;
+                        }
+                        Err(error) => {
+                            let backoff = Duration::from_secs(1 << association.attempts.min(10))
+                                .min(NTS_KE_MAX_BACKOFF);
+                            association.retry_at = Some(Instant::now() + backoff);
+                            tracing::warn!(name, error = format!("{error:#}"), ?backoff, "NTS-KE failed; trying again later");
+                        }
                     }
                 }
                 Event::Resolved { index, addresses } => {
@@ -271,10 +426,91 @@ async fn look_up(index: usize, source: SourceConfig, events: mpsc::Sender<Event>
     let _ = events.send(Event::Resolved { index, addresses }).await;
 }
 
-/// Sends one request from a new socket (a random source port) and waits for its reply.
+/// An NTS reply's header if its authenticator checks out (its cookies kept); None if not, as
+/// if it never came. A NAK ends the association: the next poll exchanges keys again.
+fn authenticated(
+    reply: Reply,
+    protection: &Protection,
+    association: &mut NtsAssociation,
+) -> Option<Reply> {
+    match packet::verify_reply(&reply.bytes, &protection.unique_id, &protection.keys) {
+        Ok(cookies) => {
+            association.cookies.extend(cookies);
+            association.cookies.truncate(COOKIES);
+            Some(Reply { bytes: reply.bytes[..ntp_common::wire::HEADER_LEN].to_vec(), ..reply })
+        }
+        Err(ReplyError::Nak) => {
+            tracing::info!(from = %reply.from, "NTS NAK: keys and cookies dropped");
+            association.keys = None;
+            association.cookies.clear();
+            association.naks = association.naks.saturating_add(1);
+            None
+        }
+        Err(ReplyError::Invalid) => {
+            tracing::debug!(from = %reply.from, "an NTS reply that is not authentic: not used");
+            None
+        }
+    }
+}
+
+/// NTS-KE with `name` (port 4460) for the source at `address`: the keys exported from the
+/// session and what it granted.
+async fn key_exchange(
+    address: SocketAddr,
+    name: String,
+    tls: Arc<rustls::ClientConfig>,
+    events: mpsc::Sender<Event>,
+) {
+    let outcome = tokio::time::timeout(NTS_KE_TIMEOUT, nts_key_exchange(address, &name, tls))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+    let _ = events.send(Event::KeyExchange { address, outcome }).await;
+}
+
+/// One NTS-KE with the server at `address` (port 4460), whose certificate must name `name`
+/// (a pool's members are all checked against the pool's name, as chronyd checks them): the
+/// keys exported from the session and what the server granted.
+pub async fn nts_key_exchange(
+    address: SocketAddr,
+    name: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(SessionKeys, Granted)> {
+    let ke_address = SocketAddr::new(address.ip(), NTS_KE_PORT);
+    let stream = tokio::net::TcpStream::connect(ke_address)
+        .await
+        .with_context(|| format!("connecting to {ke_address}"))?;
+    let server_name = ServerName::try_from(name.to_owned())?;
+    let mut session =
+        tokio_rustls::TlsConnector::from(tls).connect(server_name, stream).await.context("TLS")?;
+    if session.get_ref().1.alpn_protocol() != Some(ALPN) {
+        bail!("the server did not agree to ntske/1");
+    }
+    session.write_all(&ke::client_request()).await?;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let granted = loop {
+        let read = session.read(&mut buffer).await?;
+        if read == 0 {
+            bail!("the connection ended inside the response");
+        }
+        response.extend_from_slice(&buffer[..read]);
+        if response.len() > 64 * 1024 {
+            bail!("a response longer than 64 KiB");
+        }
+        if let Some(outcome) = ke::read_response(&response) {
+            break outcome.map_err(anyhow::Error::msg)?;
+        }
+    };
+    Ok((SessionKeys::exported(session.get_ref().1)?, granted))
+}
+
+/// Sends one request (`wire`: its bytes, NTS fields included) from a new socket (a random
+/// source port) and waits for its reply.
 async fn exchange(
     source: SourceId,
     request: Request,
+    wire: Vec<u8>,
+    protection: Option<Protection>,
     timeout: Duration,
     events: mpsc::Sender<Event>,
 ) {
@@ -292,14 +528,14 @@ async fn exchange(
     if let Err(error) = socket.enable_transmit_timestamps() {
         tracing::debug!(%error, "no kernel transmit timestamps: the send time is read before");
     }
-    let sent_ns = match socket.send_now(&request.bytes, request.to).await {
+    let sent_ns = match socket.send_now(&wire, request.to).await {
         Ok(sent) => sent as i64,
         Err(error) => {
             tracing::debug!(to = %request.to, %error, "sending a request");
             return;
         }
     };
-    let mut buffer = [0u8; 1024];
+    let mut buffer = [0u8; 2048];
     let receive = async {
         loop {
             match socket.recv(&mut buffer).await {
@@ -329,16 +565,12 @@ async fn exchange(
         }),
         _ => None,
     };
-    let _ = events.send(Event::Exchange { source, request, sent_ns, reply }).await;
+    let _ = events.send(Event::Exchange { source, request, protection, sent_ns, reply }).await;
 }
 
 /// 64 unpredictable bits for a request's transmit timestamp.
 fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: `bytes` is valid for 8 bytes of writing.
-    let written = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(written, 8, "getrandom failed");
-    u64::from_ne_bytes(bytes)
+    u64::from_ne_bytes(crate::random::bytes())
 }
 
 #[cfg(test)]
@@ -367,6 +599,7 @@ mod tests {
             name: "pool.example".into(),
             port: 123,
             poll: Default::default(),
+            nts: false,
         };
         let [a, b, c]: [SocketAddr; 3] =
             ["192.0.2.1:123", "192.0.2.2:123", "192.0.2.3:123"].map(|a| a.parse().unwrap());

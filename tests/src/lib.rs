@@ -6,6 +6,7 @@ pub mod frame;
 pub mod guest;
 pub mod netns;
 pub mod peers;
+pub mod pki;
 pub mod upstream;
 
 /// Fails a privileged test loudly when it cannot run. Those tests are `#[ignore = "needs root"]`:

@@ -142,17 +142,33 @@ impl Link {
     /// A link whose client end runs no XDP program yet: the caller attaches its own (which it
     /// must, for XDP_TX replies to arrive at once).
     pub fn without_client_program() -> Self {
+        Self::without_client_program_with_queues(1)
+    }
+
+    /// As [`Link::without_client_program`], with `queues` receive and transmit queues on each
+    /// end: a veth delivers a frame sent on CPU c to queue c mod `queues`, whose NAPI runs on c,
+    /// so that senders on different CPUs are served by XDP on their own CPUs.
+    pub fn without_client_program_with_queues(queues: usize) -> Self {
         let server_ns = Netns::new("server");
         let client_ns = Netns::new("client");
+        let queues = queues.to_string();
         server_ns.ip(&[
             "link",
             "add",
             "veth-srv",
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "type",
             "veth",
             "peer",
             "name",
             "veth-cli",
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "netns",
             client_ns.name(),
         ]);

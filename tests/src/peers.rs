@@ -14,15 +14,15 @@ use ntp_userspace::control::{self, Request, Response, ServerStats};
 use crate::netns::Netns;
 
 /// Where the workspace's binaries are: `NTPX_BIN_DIR` (set by `cargo xtask test`) or the
-/// workspace's debug target directory.
+/// workspace's release target directory (the tests run the daemon as it ships).
 pub fn binary(name: &str) -> PathBuf {
     let dir = std::env::var_os("NTPX_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build it first (cargo build --bins, or use cargo xtask test)",
+        "{} is missing: build it first (cargo build --release --bins, or use cargo xtask test)",
         path.display()
     );
     path
@@ -199,16 +199,9 @@ impl Ntpxd {
     /// Runs Debian's chronyc against this daemon (`chronyc -h SOCKET -n ARGS`): its output
     /// (standard output and error), and whether it succeeded.
     pub fn chronyc(&self, args: &[&str]) -> (String, bool) {
-        let output = std::process::Command::new("chronyc")
-            .arg("-h")
-            .arg(Self::chronyc_socket(&self.socket))
-            .arg("-n")
-            .args(args)
-            .output()
-            .expect("chronyc");
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        (text, output.status.success())
+        let mut command = std::process::Command::new("chronyc");
+        command.arg("-h").arg(Self::chronyc_socket(&self.socket));
+        chronyc_output(command.arg("-n").args(args))
     }
 
     /// Replaces the configuration file (to be reread on SIGHUP or `ntpxc reload`).
@@ -238,6 +231,26 @@ impl Ntpxd {
             other => panic!("unexpected response {other:?}"),
         }
     }
+}
+
+/// Runs Debian's chronyc in `netns` against `host`'s UDP command port (`chronyc -h HOST -n
+/// ARGS`), as [`Ntpxd::chronyc`].
+pub fn chronyc_over_udp(netns: &Netns, host: &str, args: &[&str]) -> (String, bool) {
+    chronyc_output(netns.command("chronyc").args(["-h", host, "-n"]).args(args))
+}
+
+/// What chronyc printed, and whether it succeeded; the exchange is logged for the test's
+/// output.
+fn chronyc_output(command: &mut std::process::Command) -> (String, bool) {
+    let output = command.output().expect("chronyc");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let words: Vec<_> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy())
+        .collect();
+    eprintln!("$ {} ({})\n{text}", words.join(" "), output.status);
+    (text, output.status.success())
 }
 
 /// chronyd in a namespace with `-x` (never touching the clock), as a client or a server.
@@ -287,6 +300,27 @@ impl Chronyd {
         let target = self.valid_replies(address) + more;
         let arrived = wait_for(timeout, || self.valid_replies(address) >= target);
         assert!(arrived, "chronyd had no {more} more replies from {address} in {timeout:?}");
+    }
+
+    /// The median of the offsets chronyd measures to server `address` over its next `samples`
+    /// valid replies (`ntpdata`'s Offset, one per reply). One sample can carry a scheduling
+    /// delay of this shared machine; the median of several is the server's own error.
+    pub fn median_offset(&self, address: &str, samples: usize) -> f64 {
+        self.median_of(address, "Offset", samples)
+    }
+
+    /// The median of an `ntpdata` figure in seconds (Offset, Response time, ...) over the next
+    /// `samples` valid replies from `address`.
+    pub fn median_of(&self, address: &str, label: &str, samples: usize) -> f64 {
+        let mut values = Vec::with_capacity(samples);
+        while values.len() < samples {
+            self.wait_for_replies(address, 1, Duration::from_secs(30));
+            let ntpdata = self.chronyc(&["-n", "ntpdata", address]);
+            values.push(report_seconds(&ntpdata, label).expect("the figure in ntpdata"));
+        }
+        eprintln!("{label} of the replies from {address}: {values:?}");
+        values.sort_by(f64::total_cmp);
+        values[samples / 2]
     }
 
     /// Whether chronyd has `address` as its selected source (`*`).

@@ -2,11 +2,16 @@
 //! field by field, and what ntpxd does not implement or cannot read gets chronyc's own
 //! statuses.
 
-use std::{net::SocketAddr, os::unix::net::UnixDatagram, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    os::unix::net::UnixDatagram,
+    time::Duration,
+};
 
 use ntpx_tests::{
     client,
-    netns::{Link, UPSTREAM_V4, Upstreams},
+    netns::{CLIENT_V4, Link, SERVER_V4, SERVER_V6, UPSTREAM_SIDE_V4, UPSTREAM_V4, Upstreams},
     peers::{self, Ntpxd},
     require_root,
     upstream::OffsetServer,
@@ -52,7 +57,8 @@ fn chronyc_reads_what_ntpxc_reads() {
     let ntpxd = Ntpxd::start(
         &link.server_ns,
         &format!(
-            "server {} iburst minpoll 0 maxpoll 0\nallow 10.77.0.0/24\nxdp veth-srv native\n",
+            "server {} iburst minpoll 0 maxpoll 0\nallow 10.77.0.0/24\nxdp veth-srv native\n\
+             bindcmdaddress 0.0.0.0\ncmdallow {CLIENT_V4}\n",
             UPSTREAM_V4[0]
         ),
     );
@@ -71,7 +77,6 @@ fn chronyc_reads_what_ntpxc_reads() {
     // tracking: the same lines, numbers equal within a float's precision.
     let (tracking, ok) = ntpxd.chronyc(&["tracking"]);
     assert!(ok, "{tracking}");
-    eprintln!("chronyc tracking:\n{tracking}");
     let expected = fields(&ntpxd.ntpxc(&["tracking"]).unwrap());
     let got = fields(&tracking);
     assert_eq!(got.len(), 13, "{tracking}");
@@ -147,15 +152,115 @@ fn chronyc_reads_what_ntpxc_reads() {
     // clients: the kernel's client log.
     let (clients, ok) = ntpxd.chronyc(&["clients"]);
     assert!(ok, "{clients}");
-    eprintln!("chronyc sources, serverstats, clients:\n{sources}\n{serverstats}\n{clients}");
     let got = columns(rows(&clients), 5);
     assert_eq!(got, columns(rows(&ntpxd.ntpxc(&["clients"]).unwrap()), 5), "{clients}");
     assert_eq!(got.len(), 1, "{clients}");
     assert_eq!(got[0][..3], [link.client.v4.to_string(), "3".into(), "0".into()], "{clients}");
+    // -p: at least N requests; -c: CSV; -r: the counts zeroed after the listing.
+    let (busy, ok) = ntpxd.chronyc(&["clients", "-p", "4"]);
+    assert!(ok && rows(&busy).is_empty(), "{busy}");
+    let (csv, ok) = ntpxd.chronyc(&["-c", "clients"]);
+    let values: Vec<&str> = csv.trim().split(',').collect();
+    assert!(ok && values[..3] == [CLIENT_V4, "3", "0"], "{csv}");
+    let (reset, ok) = ntpxd.chronyc(&["clients", "-r"]);
+    assert!(ok && rows(&reset)[0][1] == "3", "{reset}");
+    let (after_reset, ok) = ntpxd.chronyc(&["clients"]);
+    assert!(ok && rows(&after_reset)[0][1] == "0", "{after_reset}");
+
+    // sources -v, sourcestats -v and CSV: the same rows as without.
+    let (verbose, ok) = ntpxd.chronyc(&["sources", "-v"]);
+    assert!(ok && verbose.contains("Source mode"), "{verbose}");
+    assert_eq!(columns(rows(&verbose), 5), columns(rows(&sources), 5), "{verbose}");
+    let (verbose, ok) = ntpxd.chronyc(&["sourcestats", "-v"]);
+    assert!(ok && verbose.contains("Number of sample points"), "{verbose}");
+    assert_eq!(columns(rows(&verbose), 1), columns(rows(&sourcestats), 1), "{verbose}");
+    let (csv, ok) = ntpxd.chronyc(&["-c", "sources"]);
+    let expected = ntpxd.ntpxc(&["-c", "sources"]).unwrap();
+    let first = |csv: &str, n: usize| csv.split(',').take(n).collect::<Vec<_>>().join(",");
+    assert!(ok && first(&csv, 6) == first(&expected, 6), "{csv} vs {expected}");
+
+    // ntpdata: the upstream's last reply, as chronyd reports its sources'.
+    let (ntpdata, ok) = ntpxd.chronyc(&["ntpdata"]);
+    assert!(ok, "{ntpdata}");
+    let data: HashMap<String, String> = fields(&ntpdata).into_iter().collect();
+    let starts = |label: &str, prefix: &str| {
+        assert!(data[label].starts_with(prefix), "{label}: {ntpdata}");
+    };
+    starts("Remote address", UPSTREAM_V4[0]);
+    starts("Local address", UPSTREAM_SIDE_V4);
+    for (label, value) in [
+        ("Remote port", "123"),
+        ("Leap status", "Normal"),
+        ("Version", "4"),
+        ("Mode", "Server"),
+        ("Stratum", "1"),
+        ("Reference ID", "54455354 (TEST)"),
+        ("NTP tests", "111 111 1111"),
+    ] {
+        assert_eq!(data[label], value, "{label}: {ntpdata}");
+    }
+    starts("Precision", "-24");
+    assert!(number(&data["Offset"]).abs() < 1e-3, "{ntpdata}");
+    assert!((0.0..1e-3).contains(&number(&data["Response time"])), "{ntpdata}");
+    let counts =
+        ["Total TX", "Total RX", "Total valid RX", "Total good RX"].map(|l| number(&data[l]));
+    assert!(counts[3] >= 1.0 && counts.windows(2).all(|w| w[0] >= w[1]), "{ntpdata}");
+    let (by_address, ok) = ntpxd.chronyc(&["ntpdata", UPSTREAM_V4[0]]);
+    assert!(ok && by_address.contains("Mode            : Server"), "{by_address}");
+    let (unknown, ok) = ntpxd.chronyc(&["ntpdata", "192.0.2.99"]);
+    assert!(!ok && unknown.contains("503 No such source"), "{unknown}");
+
+    // waitsync: synchronised already.
+    let (waitsync, ok) = ntpxd.chronyc(&["waitsync", "3"]);
+    assert!(ok, "{waitsync}");
+
+    // accheck, deny and allow: the same rules ntpxc and the kernel path see.
+    let query = || {
+        let server = SocketAddr::new(link.server.v4, 123);
+        let source = SocketAddr::new(link.client.v4, 0);
+        link.client_ns.enter(|| client::query(source, server, Duration::from_secs(1)).is_some())
+    };
+    let (accheck, ok) = ntpxd.chronyc(&["accheck", CLIENT_V4]);
+    assert!(ok && accheck.contains("208 Access allowed"), "{accheck}");
+    // (chronyc's exit status is 0 for either answer.)
+    let (accheck, _) = ntpxd.chronyc(&["accheck", "192.0.2.1"]);
+    assert!(accheck.contains("209 Access denied"), "{accheck}");
+    let (deny, ok) = ntpxd.chronyc(&["deny", CLIENT_V4]);
+    assert!(ok && deny.contains("200 OK"), "{deny}");
+    assert_eq!(ntpxd.ntpxc(&["accheck", CLIENT_V4]).unwrap(), "209 Access denied\n");
+    assert!(!query(), "a denied client was answered");
+    // The more specific rule wins, as in chrony: a wider allow leaves the deny in force.
+    let (allow, ok) = ntpxd.chronyc(&["allow", "10.77.0.0/24"]);
+    assert!(ok && allow.contains("200 OK"), "{allow}");
+    assert!(!query(), "a wider allow overrode a narrower deny");
+    ntpxd.chronyc(&["allow", CLIENT_V4]);
+    assert!(query(), "an allowed client was not answered");
+    let (bad, ok) = ntpxd.chronyc(&["allow", "10.77.0.0/40"]);
+    assert!(!ok && bad.contains("507 Bad subnet"), "{bad}");
+
+    // reload sources: the configuration reread (as SIGHUP), which takes back the deny above.
+    ntpxd.chronyc(&["deny", "all"]);
+    assert!(!query(), "a client was answered under deny all");
+    let (reload, ok) = ntpxd.chronyc(&["reload", "sources"]);
+    assert!(ok && reload.contains("200 OK"), "{reload}");
+    assert!(query(), "the configuration's allow did not come back");
 
     // What ntpxd does not implement: chronyc's "not enabled".
-    let (cyclelogs, ok) = ntpxd.chronyc(&["cyclelogs"]);
-    assert!(!ok && cyclelogs.contains("505 Facility not enabled in daemon"), "{cyclelogs}");
+    for command in ["cyclelogs", "rekey"] {
+        let (output, ok) = ntpxd.chronyc(&[command]);
+        assert!(!ok && output.contains("505 Facility not enabled in daemon"), "{output}");
+    }
+
+    // Over UDP, from the cmdallow'ed client: monitoring is answered, the rest not authorised.
+    let (tracking, ok) = peers::chronyc_over_udp(&link.client_ns, SERVER_V4, &["tracking"]);
+    assert!(ok && tracking.contains("Stratum         : 2"), "{tracking}");
+    let (sources, ok) = peers::chronyc_over_udp(&link.client_ns, SERVER_V4, &["sources"]);
+    assert!(ok && sources.contains(&format!("^* {}", UPSTREAM_V4[0])), "{sources}");
+    for command in [&["clients"][..], &["serverstats"], &["deny", "all"], &["ntpdata"]] {
+        let (output, ok) = peers::chronyc_over_udp(&link.client_ns, SERVER_V4, command);
+        assert!(!ok && output.contains("501 Not authorised"), "{command:?}: {output}");
+    }
+    assert!(query(), "a refused deny over UDP changed the rules");
 }
 
 #[test]
@@ -163,7 +268,11 @@ fn chronyc_reads_what_ntpxc_reads() {
 fn malformed_chronyc_requests_get_chronyds_outcomes_and_never_a_longer_reply() {
     require_root();
     let link = Link::new();
-    let ntpxd = Ntpxd::start(&link.server_ns, "local stratum 3\nallow\n");
+    // Both wildcards: the IPv6 socket must not take IPv4's port too.
+    let ntpxd = Ntpxd::start(
+        &link.server_ns,
+        "local stratum 3\nallow\nbindcmdaddress 0.0.0.0\nbindcmdaddress ::\n",
+    );
     let dir = tempfile::tempdir().unwrap();
     let client = UnixDatagram::bind(dir.path().join("client.sock")).unwrap();
     client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
@@ -201,4 +310,22 @@ fn malformed_chronyc_requests_get_chronyds_outcomes_and_never_a_longer_reply() {
     assert_eq!((status(&reply), reply.len()), (0, 104));
     let (report, ok) = ntpxd.chronyc(&["tracking"]);
     assert!(ok && report.contains("Stratum         : 3"), "{report}");
+
+    // UDP (on every address here, no cmdallow): loopback is answered, never with more than
+    // it sent; another host hears nothing.
+    let udp_exchange_with = |server: &str, source: &str, request: &[u8]| -> Option<Vec<u8>> {
+        let socket = UdpSocket::bind((source, 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        socket.send_to(request, (server, 323)).unwrap();
+        let mut reply = [0u8; 1024];
+        socket.recv(&mut reply).ok().map(|n| reply[..n].to_vec())
+    };
+    let udp_exchange = |source: &str, request: &[u8]| udp_exchange_with(SERVER_V4, source, request);
+    let over_v6 = link.server_ns.enter(|| udp_exchange_with(SERVER_V6, "::1", &tracking));
+    assert_eq!(over_v6.map(|r| (status(&r), r.len())), Some((0, 104)));
+    let from_loopback = link.server_ns.enter(|| udp_exchange("127.0.0.1", &tracking));
+    assert_eq!(from_loopback.map(|r| (status(&r), r.len())), Some((0, 104)));
+    let short = link.server_ns.enter(|| udp_exchange("127.0.0.1", &tracking[..60]));
+    assert_eq!(short.map(|r| (status(&r), r.len())), Some((19, 28)));
+    assert_eq!(link.client_ns.enter(|| udp_exchange(CLIENT_V4, &tracking)), None);
 }

@@ -115,8 +115,10 @@ fn a_burst_is_answered_and_the_rest_dropped() {
         let mut dataplane = dataplane(RateLimit::new(4, 8, 4, 0), 1024);
         let mut tally = Tally::default();
         send(&mut dataplane, client, 40, &mut tally);
-        // 8 answered from the bucket; of the 32 others 1 in 16 leaks.
-        assert!((8..=12).contains(&tally.answered), "{client}: {tally:?}");
+        // 8 answered from the bucket; of the 32 others 1 in 16 leaks, at random: 2 expected,
+        // more than 11 with a probability of 2e-6 (the bound used to be 4, which 5% of runs
+        // pass, and one here did not).
+        assert!((8..=19).contains(&tally.answered), "{client}: {tally:?}");
         assert_eq!(tally.kiss_of_death, 0);
         let record = record_of(&dataplane, client);
         assert_eq!((record.hits, record.drops), (40, tally.dropped), "{client}");
@@ -141,8 +143,9 @@ fn a_sustained_rate_gets_one_answer_per_interval() {
         let next = start + Duration::from_millis(50 * i);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    // 1 + 8 intervals, plus leaks (about 2 of the 31 others).
-    assert!((8..=15).contains(&tally.answered), "{tally:?}");
+    // 1 + 8 intervals, plus leaks (about 2 of the 31 others; more than 10 with a probability
+    // of 1e-5).
+    assert!((8..=19).contains(&tally.answered), "{tally:?}");
 }
 
 #[test]
@@ -152,8 +155,8 @@ fn the_leak_answers_a_quarter_of_limited_requests_with_leak_2() {
     let mut dataplane = dataplane(RateLimit::new(4, 1, 2, 0), 1024);
     let mut tally = Tally::default();
     send(&mut dataplane, "198.51.100.7".parse().unwrap(), 2000, &mut tally);
-    // 1 from the bucket, then 1 in 4 of 1999: 500 ± 3σ (σ ≈ 19).
-    assert!((440..=560).contains(&tally.answered), "{tally:?}");
+    // 1 from the bucket, then 1 in 4 of 1999: 500 ± 5σ (σ ≈ 19; 3σ failed 1 run in 370).
+    assert!((405..=595).contains(&tally.answered), "{tally:?}");
 }
 
 #[test]
@@ -164,8 +167,8 @@ fn kod_answers_its_share_of_limited_requests_with_rate() {
     let client: IpAddr = "2001:db8:2::7".parse().unwrap();
     let mut tally = Tally::default();
     send(&mut dataplane, client, 2000, &mut tally);
-    // Of the ~1874 not leaked, half get a kiss-o'-death: 937 ± 3σ (σ ≈ 22).
-    assert!((870..=1005).contains(&tally.kiss_of_death), "{tally:?}");
+    // Of the ~1874 not leaked, half get a kiss-o'-death: 937 ± 5σ (σ ≈ 22).
+    assert!((827..=1047).contains(&tally.kiss_of_death), "{tally:?}");
     let counters = dataplane.counters().unwrap();
     assert_eq!(counters[Counter::AnsweredKissOfDeath as usize], u64::from(tally.kiss_of_death));
     let record = record_of(&dataplane, client);

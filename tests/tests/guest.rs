@@ -241,7 +241,7 @@ mod in_guest {
             &guest,
             &format!(
                 "server {HOST_FROM_GUEST} iburst minpoll 2 maxpoll 3\nmakestep 1 -1\n\
-                 allow 10.0.2.0/24\nxdp eth0\n"
+                 allow 10.0.2.0/24\nxdp eth0\nmetricsaddress 127.0.0.1:9975\n"
             ),
         );
 
@@ -283,6 +283,22 @@ mod in_guest {
         assert!(tracking.contains("Stratum         : 2"), "{tracking}");
         let clients = guest.run("chronyc -n clients");
         assert!(clients.contains(HOST_FROM_GUEST), "{clients}");
+        // A user other than root: chronyc cannot open its socket beside chronyd's, and goes to
+        // UDP port 323 on loopback, as with chronyd.
+        let tracking =
+            guest.run("setpriv --reuid=nobody --regid=nogroup --clear-groups chronyc -n tracking");
+        assert!(tracking.contains("Stratum         : 2"), "{tracking}");
+        // Prometheus' scrape, from the hardened unit.
+        let metrics = guest.run(
+            "exec 3<>/dev/tcp/127.0.0.1/9975; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        );
+        let answered = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"ntpx_kernel_packets_total{outcome="answered",reason="time"} "#)
+            })
+            .and_then(|count| count.trim().parse::<u64>().ok());
+        assert!(answered.is_some_and(|count| count > 0), "{metrics}");
 
         // As its own user it still reloads, and still disciplines the clock.
         guest.run("systemctl reload ntpxd");

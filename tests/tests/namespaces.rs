@@ -56,20 +56,23 @@ fn chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times() {
     );
     chronyd.wait_for_replies(netns::SERVER_V4, 3, Duration::from_secs(10));
     let busy = chronyd.chronyc(&["ntpdata", netns::SERVER_V4]);
+    // One reply's figures can carry a stall of this shared VM (32 us once, between the
+    // program's two clock reads): the medians of five are the server's.
+    let busy_offset = chronyd.median_of(netns::SERVER_V4, "Offset", 5);
+    let busy_response = chronyd.median_of(netns::SERVER_V4, "Response time", 5);
     let load_replies = load.stop();
     let seconds = |report: &str, label: &str| peers::report_seconds(report, label).expect(label);
     eprintln!(
         "chronyd's view of ntpxd: idle: offset {:+.9} s, response time {:.9} s; \
-         busy ({load_replies} other replies): offset {:+.9} s, response time {:.9} s",
+         busy ({load_replies} other replies): median offset {busy_offset:+.9} s, median \
+         response time {busy_response:.9} s",
         seconds(&idle, "Offset"),
         seconds(&idle, "Response time"),
-        seconds(&busy, "Offset"),
-        seconds(&busy, "Response time"),
     );
     assert!(load_replies > 1000, "the background load got only {load_replies} replies");
     assert!(seconds(&idle, "Offset").abs() < 10e-6, "{idle}");
-    assert!(seconds(&busy, "Offset").abs() < 10e-6, "{busy}");
-    assert!(seconds(&busy, "Response time") < 1e-6, "{busy}");
+    assert!(busy_offset.abs() < 10e-6, "median offset {busy_offset}:\n{busy}");
+    assert!(busy_response < 1e-6, "median response time {busy_response}:\n{busy}");
     assert_eq!(seconds(&busy, "Stratum"), 10.0);
     let stats = ntpxd.serverstats();
     assert!(

@@ -130,6 +130,12 @@ impl Fixture {
         }
     }
 
+    /// New access rules, for the program and the oracle.
+    fn set_rules(&mut self, rules: &[AccessRule]) {
+        self.access = AccessTable::from_rules(rules);
+        self.dataplane.set_access(&self.access).unwrap();
+    }
+
     fn publish(&mut self, state: ServerState) {
         self.dataplane.publish(&state);
         self.state = state;
@@ -512,6 +518,34 @@ fn a_stale_state_is_passed_to_the_slow_path() {
     fixture.check("fresh again", &v4(CLIENT_V4).build());
     fixture.publish(ServerState::default());
     fixture.check("never published", &v6(CLIENT_V6).build());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_known_client_is_judged_by_the_rules_in_use_not_those_it_was_admitted_under() {
+    require_root();
+    let mut fixture = Fixture::new();
+    let (v4_client, v6_client) = (v4(CLIENT_V4).build(), v6(CLIENT_V6).build());
+    // Admitted, their records made; then admitted by their records (the trie skipped).
+    for round in ["first", "again"] {
+        fixture.check(&format!("v4 {round}"), &v4_client);
+        fixture.check(&format!("v6 {round}"), &v6_client);
+    }
+    // New rules deny both: the admissions their records remember lapse with the old rules.
+    let deny = [
+        AccessRule { access: Access::Allow, all: false, subnet: Subnet::Everything },
+        AccessRule { access: Access::Deny, all: false, subnet: Subnet::V4(CLIENT_V4, 32) },
+        AccessRule { access: Access::Deny, all: false, subnet: Subnet::V6(CLIENT_V6, 128) },
+    ];
+    fixture.set_rules(&deny);
+    for round in ["denied", "denied again"] {
+        fixture.check(&format!("v4 {round}"), &v4_client);
+        fixture.check(&format!("v6 {round}"), &v6_client);
+    }
+    // And admitted again when the rules allow them.
+    fixture.set_rules(&deny[..1]);
+    fixture.check("v4 readmitted", &v4_client);
+    fixture.check("v6 readmitted", &v6_client);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! - the nightly toolchain's rust-src (the eBPF crate builds `core` for the BPF target);
 //! - bpf-linker, built against Debian's LLVM of the same major version as nightly rustc's;
 //! - the Debian packages the tests run: chrony, ntpsec-ntpdate (ntpdig), iproute2, ethtool,
-//!   and debootstrap for the guest VM's image;
+//!   prometheus (promtool, which checks /metrics), and debootstrap for the guest VM's image;
 //! - cargo-deb, which builds the .deb, and cargo-fuzz, which runs the fuzz targets;
 //! - qemu, unpacked from Debian's packages into target/vm/qemu (see `guest`).
 //!
@@ -19,7 +19,8 @@ use anyhow::{Context as _, bail};
 use crate::{command_output, guest, is_root, run};
 
 /// Debian packages the tests and the demo run (tzdata: the leap seconds list; util-linux:
-/// setpriv, to act as an unprivileged user).
+/// setpriv, to act as an unprivileged user; prometheus: promtool, installed without starting
+/// its server).
 const TEST_PACKAGES: &[&str] = &[
     "chrony",
     "ntpsec-ntpdate",
@@ -29,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "tzdata",
     "util-linux",
+    "prometheus",
 ];
 
 /// cargo-deb, pinned: newer releases may need a newer rustc than these machines have.

@@ -67,6 +67,15 @@ pub mod count {
     pub const COUNT: u32 = 4;
 }
 
+/// The stage probes' maps.
+pub mod stages {
+    /// Entries of the probes' client logs (new clients evict from the first full table on).
+    pub const CLIENT_LOG_CAPACITY: u32 = 1 << 16;
+    /// `STAGE_COUNTERS` entries: results kept so that no stage is optimised away, and (the
+    /// last) the sequence numbering new clients.
+    pub const COUNTERS: u32 = 4;
+}
+
 /// An IPv4 NTP request frame: Ethernet, IPv4 without options, UDP, 48 bytes of NTP.
 pub const FRAME_LEN: usize = 90;
 

@@ -12,10 +12,13 @@
 //! - `ntpx_restore_and_call` restores a request in the frame, then tail-calls the program under
 //!   measurement, so that every run of a repeated BPF_PROG_TEST_RUN sees a request.
 //! - `ntpx_tx` answers XDP_TX at once: the baseline of the tail call.
+//! - `stage_*` (in `stages`): one stage of ntpx's answer each, for the cost probe.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+mod stages;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},

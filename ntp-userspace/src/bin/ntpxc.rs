@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         Command::Reload => Ok(Request::Reload),
         Command::Tracking => Ok(Request::Tracking),
         Command::Sources { .. } | Command::Sourcestats { .. } => Ok(Request::Sources),
+        Command::Authdata => Ok(Request::AuthData),
     };
     let request = match request {
         Ok(request) => request,
@@ -114,6 +115,7 @@ fn main() -> ExitCode {
                 (Command::Sources { verbose }, false) => report::sources_text(sources, *verbose),
                 _ => unreachable!("only sources and sourcestats ask for sources"),
             },
+            (Response::AuthData { sources }, _) => report::authdata_text(sources),
             (Response::AccessCheck { allowed: true }, _) => "208 Access allowed\n".into(),
             (Response::AccessCheck { allowed: false }, _) => "209 Access denied\n".into(),
             (Response::Ok, _) => "200 OK\n".into(),

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         .and_then(|prepared| {
             // Only now, with privileges dropped, the runtime's threads.
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(daemon::slow_path_threads())
                 .enable_all()
                 .build()?;
             runtime.block_on(daemon::serve(prepared))

@@ -1,8 +1,11 @@
-//! chronyc's socket: the reports of [`crate::chronyc`] answered from what ntpxc's control
-//! connections read, on a thread of its own (one datagram at a time, as chronyd does).
+//! chronyc's sockets: the reports of [`crate::chronyc`] answered from what ntpxc's control
+//! connections read, each socket on a thread of its own (one datagram at a time, as chronyd
+//! does). The Unix socket answers everything; the UDP port, as chronyd's, only what reads the
+//! synchronisation, and only to loopback and `cmdallow`ed addresses.
 
 use std::{
     collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
     path::{Path, PathBuf},
     sync::Arc,
@@ -10,105 +13,177 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{ControlContext, client_report, server_stats, tracking};
+use super::{ControlContext, client_report, reload, server_stats, tracking};
 use crate::{
+    access::{Access, AccessRule, AccessTable, Subnet},
     chronyc::{CLIENTS_PER_REPLY, Command, MAX_REQUEST, Request, Status},
     client_table::{ClientTable, Cursor},
     clock,
+    config::{self, ChronycConfig},
     control::ClientReport,
+    socket,
 };
 
-/// chronyc's socket, removed when dropped.
-pub struct ChronycSocket {
-    socket: UnixDatagram,
-    path: PathBuf,
+/// chronyc's sockets; the Unix socket's file is removed when dropped.
+pub struct ChronycSockets {
+    unix: Option<(UnixDatagram, PathBuf)>,
+    udp: Vec<UdpSocket>,
+    /// `cmdallow` / `cmddeny`, for the UDP port.
+    access: Arc<AccessTable>,
 }
 
-impl ChronycSocket {
-    /// Binds `path` (as chronyd does, in a directory only root and ntpxd's user can enter);
-    /// None, with a warning, where that cannot be done (a running chronyd holds it): chronyc
-    /// is a convenience, never a reason not to serve time.
-    pub fn bind(path: &Path) -> Option<Self> {
-        match Self::try_bind(path) {
-            Ok(socket) => socket,
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "no socket for chronyc: chronyc will not reach ntpxd"
-                );
-                None
-            }
-        }
+impl ChronycSockets {
+    /// Binds what `config` names. A socket that cannot be bound (a running chronyd holds it)
+    /// is left out with a warning: chronyc is a convenience, never a reason not to serve time.
+    pub fn bind(config: &ChronycConfig) -> Self {
+        let unix = config.socket.as_deref().and_then(|path| {
+            warn_unless_bound(bind_unix(path).map(|socket| socket.map(|s| (s, path.to_owned()))))
+        });
+        let addresses: [IpAddr; 2] = [config.bind_v4.into(), config.bind_v6.into()];
+        let udp = match config.port {
+            0 => Vec::new(),
+            port => addresses
+                .into_iter()
+                .filter_map(|address| {
+                    let address = SocketAddr::new(address, port);
+                    warn_unless_bound(
+                        socket::bind_udp(address, |_| Ok(()))
+                            .map(Some)
+                            .with_context(|| format!("binding chronyc's UDP port on {address}")),
+                    )
+                })
+                .collect(),
+        };
+        Self { unix, udp, access: Arc::new(AccessTable::from_rules(&config.access)) }
     }
 
-    fn try_bind(path: &Path) -> anyhow::Result<Option<Self>> {
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
-        }
-        if path.exists() {
-            if UnixDatagram::unbound()?.connect(path).is_ok() {
-                tracing::warn!(
-                    path = %path.display(),
-                    "chronyc's socket is in use (a running chronyd?): chronyc will not reach ntpxd"
-                );
-                return Ok(None);
-            }
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing the stale {}", path.display()))?;
-        }
-        let socket = UnixDatagram::bind(path)
-            .with_context(|| format!("binding chronyc's socket {}", path.display()))?;
-        // The directory decides who may talk to it, as with chronyd's.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-        Ok(Some(Self { socket, path: path.to_owned() }))
-    }
-
-    /// Answers chronyc on a thread of its own until the process ends (the socket's file goes
-    /// when `self` is dropped).
+    /// Answers chronyc on a thread per socket until the process ends.
     pub fn serve_in_background(&self, context: Arc<ControlContext>) -> anyhow::Result<()> {
-        let socket = self.socket.try_clone()?;
-        std::thread::Builder::new()
-            .name("chronyc".into())
-            .spawn(move || serve(&socket, &context))?;
+        if let Some((socket, _)) = &self.unix {
+            let socket = socket.try_clone()?;
+            let context = context.clone();
+            spawn("chronyc", move || {
+                let mut buffer = [0u8; MAX_REQUEST + 1];
+                let mut walk = ClientsWalk::default();
+                loop {
+                    let Some((length, peer)) = received(socket.recv_from(&mut buffer)) else {
+                        continue;
+                    };
+                    let Some(request) = Request::parse(&buffer[..length]) else { continue };
+                    let reply = respond(&request, Trust::Everything, &context, &mut walk);
+                    if let Some(peer) = peer.as_pathname()
+                        && let Err(error) = socket.send_to(&reply, peer)
+                    {
+                        tracing::debug!(%error, "replying to chronyc");
+                    }
+                }
+            })?;
+        }
+        for socket in &self.udp {
+            let socket = socket.try_clone()?;
+            let (context, access) = (context.clone(), self.access.clone());
+            spawn("chronyc-udp", move || {
+                let mut buffer = [0u8; MAX_REQUEST + 1];
+                let mut walk = ClientsWalk::default();
+                loop {
+                    let Some((length, peer)) = received(socket.recv_from(&mut buffer)) else {
+                        continue;
+                    };
+                    // As chronyd: others than loopback and cmdallow'ed hosts hear nothing.
+                    if !(is_loopback(peer.ip()) || access.is_allowed(peer.ip())) {
+                        continue;
+                    }
+                    let Some(request) = Request::parse(&buffer[..length]) else { continue };
+                    let reply = respond(&request, Trust::Monitoring, &context, &mut walk);
+                    if let Err(error) = socket.send_to(&reply, peer) {
+                        tracing::debug!(%error, %peer, "replying to chronyc");
+                    }
+                }
+            })?;
+        }
         Ok(())
     }
 }
 
-impl Drop for ChronycSocket {
+impl Drop for ChronycSockets {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some((_, path)) = &self.unix {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
-fn serve(socket: &UnixDatagram, context: &ControlContext) {
-    let mut buffer = [0u8; MAX_REQUEST + 1];
-    let mut walk = ClientsWalk::default();
-    loop {
-        let (length, peer) = match socket.recv_from(&mut buffer) {
-            Ok(received) => received,
-            Err(error) => {
-                tracing::warn!(%error, "receiving on chronyc's socket");
-                continue;
-            }
-        };
-        let Some(request) = Request::parse(&buffer[..length]) else {
-            continue;
-        };
-        context.server.count_command();
-        let reply = answer(&request, context, &mut walk).unwrap_or_else(|error| {
-            tracing::warn!(error = format!("{error:#}"), "answering chronyc");
-            request.status(Status::Failed)
-        });
-        let Some(peer) = peer.as_pathname() else {
-            continue;
-        };
-        if let Err(error) = socket.send_to(&reply, peer) {
-            tracing::debug!(%error, "replying to chronyc");
-        }
+fn warn_unless_bound<T>(bound: anyhow::Result<Option<T>>) -> Option<T> {
+    bound.unwrap_or_else(|error| {
+        tracing::warn!(error = format!("{error:#}"), "chronyc will not reach ntpxd there");
+        None
+    })
+}
+
+/// Binds `path` (as chronyd does, in a directory only root and ntpxd's user can enter); None
+/// where a running chronyd holds it.
+fn bind_unix(path: &Path) -> anyhow::Result<Option<UnixDatagram>> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     }
+    if path.exists() {
+        if UnixDatagram::unbound()?.connect(path).is_ok() {
+            tracing::warn!(
+                path = %path.display(),
+                "chronyc's socket is in use (a running chronyd?): chronyc will not reach ntpxd"
+            );
+            return Ok(None);
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    let socket = UnixDatagram::bind(path)
+        .with_context(|| format!("binding chronyc's socket {}", path.display()))?;
+    // The directory decides who may talk to it, as with chronyd's.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(Some(socket))
+}
+
+fn spawn(name: &str, serve: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    std::thread::Builder::new().name(name.into()).spawn(serve)?;
+    Ok(())
+}
+
+fn received<T>(outcome: std::io::Result<T>) -> Option<T> {
+    outcome.inspect_err(|error| tracing::warn!(%error, "receiving on chronyc's socket")).ok()
+}
+
+/// chronyd's "localhost": the loopback address of either family.
+fn is_loopback(address: IpAddr) -> bool {
+    address == IpAddr::V4(Ipv4Addr::LOCALHOST) || address == IpAddr::V6(Ipv6Addr::LOCALHOST)
+}
+
+/// What a socket's peers may ask.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// The Unix socket: root and ntpxd's user.
+    Everything,
+    /// UDP: chronyd's open commands.
+    Monitoring,
+}
+
+fn respond(
+    request: &Request,
+    trust: Trust,
+    context: &ControlContext,
+    walk: &mut ClientsWalk,
+) -> Vec<u8> {
+    context.server.count_command();
+    if trust == Trust::Monitoring && request.command.is_ok_and(|command| !command.is_open()) {
+        return request.status(Status::Unauthorised);
+    }
+    answer(request, context, walk).unwrap_or_else(|error| {
+        tracing::warn!(error = format!("{error:#}"), "answering chronyc");
+        request.status(Status::Failed)
+    })
 }
 
 fn answer(
@@ -120,21 +195,21 @@ fn answer(
         Ok(command) => command,
         Err(status) => return Ok(request.status(status)),
     };
-    let sources = || context.sources();
     Ok(match command {
+        Command::Null => request.status(Status::Success),
         Command::Tracking => {
             request.tracking(&tracking(&context.server, context.upstream.as_deref()))
         }
-        Command::NumberOfSources => request.number_of_sources(sources().len() as u32),
-        Command::SourceData { index } => match sources().get(index as usize) {
+        Command::NumberOfSources => request.number_of_sources(context.sources().len() as u32),
+        Command::SourceData { index } => match context.sources().get(index as usize) {
             Some(source) => request.source_data(source),
             None => request.status(Status::NoSuchSource),
         },
-        Command::SourceStats { index } => match sources().get(index as usize) {
+        Command::SourceStats { index } => match context.sources().get(index as usize) {
             Some(source) => request.source_stats(source),
             None => request.status(Status::NoSuchSource),
         },
-        Command::Activity => request.activity(sources().len() as u32, 0),
+        Command::Activity => request.activity(context.sources().len() as u32, 0),
         Command::ServerStats => {
             let stats = server_stats(context)?;
             let counters = [
@@ -163,6 +238,51 @@ fn answer(
             }
             let next_index = first_index + clients.len() as u32;
             request.clients(table.capacity(), next_index, &clients)
+        }
+        Command::NtpData { address } => {
+            let data = address.and_then(|address| {
+                context.upstream.as_ref()?.sync.lock().expect("sync lock").ntp_data(address)
+            });
+            match data {
+                Some(data) => request.ntp_data(&data, local_address_towards(data.remote)),
+                None => request.status(Status::NoSuchSource),
+            }
+        }
+        Command::Access { allow, all, subnet } => {
+            let subnet = match subnet {
+                None => Subnet::Everything,
+                Some((address, bits)) => match config::parse_subnet(&format!("{address}/{bits}")) {
+                    Ok(subnet) => subnet,
+                    Err(_) => return Ok(request.status(Status::BadSubnet)),
+                },
+            };
+            let access = if allow { Access::Allow } else { Access::Deny };
+            let rule = AccessRule { access, all, subnet };
+            context.ask(|done| super::Ask::AddRule(rule, done))??;
+            request.status(Status::Success)
+        }
+        Command::AccessCheck { address } => match address {
+            Some(address) if context.server.is_allowed(address) => {
+                request.status(Status::AccessAllowed)
+            }
+            Some(_) => request.status(Status::AccessDenied),
+            None => request.status(Status::Invalid),
+        },
+        Command::Reload => {
+            reload(context)?;
+            request.status(Status::Success)
+        }
+        Command::SourceName { address } => {
+            match context.sources().iter().find(|s| Some(s.address) == address) {
+                Some(source) => request.source_name(&source.name),
+                None => request.status(Status::NoSuchSource),
+            }
+        }
+        Command::AuthData { address } => {
+            match context.auth_data().into_iter().find(|s| Some(s.address) == address) {
+                Some(source) => request.auth_data(source.nts),
+                None => request.status(Status::NoSuchSource),
+            }
         }
         Command::Unsupported(_) => request.status(Status::NotEnabled),
     })
@@ -215,4 +335,16 @@ impl ClientsWalk {
         }
         Ok(clients)
     }
+}
+
+/// The address requests to `remote` leave from, as the routing table chooses it (connecting
+/// a UDP socket sends nothing).
+fn local_address_towards(remote: SocketAddr) -> Option<IpAddr> {
+    let any: IpAddr = match remote {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind((any, 0)).ok()?;
+    socket.connect(remote).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }

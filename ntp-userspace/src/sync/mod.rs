@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use self::{
     discipline::{Action, Discipline, KernelStatus},
     leap::LeapTable,
-    regression::seconds_between,
+    regression::{Sample, seconds_between},
     selection::{Candidate, Combined, select},
-    source::{PHI, PollSettings, Request, Source, SourceState},
+    source::{Exchanges, LastReply, PHI, PollSettings, Request, Source, SourceState},
 };
 
 /// Index of a source.
@@ -122,6 +122,16 @@ pub struct SourceReport {
     pub skew_ppm: f64,
     pub offset: f64,
     pub std_dev: f64,
+}
+
+/// `ntpdata`: one source's exchanges and last reply.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NtpData {
+    pub remote: SocketAddr,
+    pub exchanges: Exchanges,
+    pub last_reply: Option<LastReply>,
+    /// The last measurement, its offset the source's time minus the system clock's then.
+    pub sample: Option<Sample>,
 }
 
 /// A leap second the served time makes under -x: at `at_raw_ns`, the UTC `midnight`, true time
@@ -587,6 +597,20 @@ impl Synchroniser {
                 }
             })
             .collect()
+    }
+
+    /// The source polled at `address`, for `ntpdata`.
+    pub fn ntp_data(&self, address: IpAddr) -> Option<NtpData> {
+        let source = self.sources.iter().find(|s| s.address.ip() == address)?;
+        Some(NtpData {
+            remote: source.address,
+            exchanges: source.exchanges,
+            last_reply: source.last_reply,
+            sample: source.last_sample.map(|sample| Sample {
+                offset: sample.offset - self.discipline.applied_at(sample.time_ns),
+                ..sample
+            }),
+        })
     }
 
     /// The kernel frequency to keep in the driftfile, ppm, and the skew.

@@ -97,6 +97,44 @@ pub enum Rejected {
     KissOfDeath(ReferenceId),
 }
 
+impl Rejected {
+    /// The one of chrony's ten tests (as [`Exchanges::tests`] numbers them) such a reply fails.
+    fn failed_test(self) -> u16 {
+        match self {
+            Self::FromElsewhere | Self::NotAwaited => 1 << 8,
+            Self::Malformed => 1 << 7,
+            Self::Unsynchronised | Self::KissOfDeath(_) => 1 << 5,
+            Self::Delay => 1 << 3,
+        }
+    }
+}
+
+/// What chronyc's `ntpdata` reports of a source beside its last reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exchanges {
+    pub sent: u32,
+    /// Replies from the source's address; of those, the ones that passed every test, and the
+    /// ones the clock filter kept.
+    pub received: u32,
+    pub valid: u32,
+    pub good: u32,
+    /// chrony's ten tests of the last reply, a set bit for a test passed: bits 9-7 the
+    /// packet's (duplicate, bogus, invalid), 6-4 the header's (authentication,
+    /// synchronisation, distance), 3-0 the delay's.
+    pub tests: u16,
+}
+
+/// All of [`Exchanges::tests`] passed.
+pub const ALL_TESTS: u16 = 0x3ff;
+
+/// The header of a source's last valid reply and how long the server held the request
+/// (its transmit minus receive timestamp), s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LastReply {
+    pub header: NtpHeader,
+    pub response_time: f64,
+}
+
 /// The number of requests an `iburst` start sends, two seconds apart.
 const BURST: u8 = 4;
 const BURST_INTERVAL_NS: i64 = 2_000_000_000;
@@ -138,6 +176,8 @@ pub struct Source {
     pub reference_id: ReferenceId,
     /// The last raw sample (for `sources`: measured offset, error bound).
     pub last_sample: Option<Sample>,
+    pub last_reply: Option<LastReply>,
+    pub exchanges: Exchanges,
     /// DENY or RSTR: never used again.
     pub refused: bool,
     pub state: SourceState,
@@ -167,6 +207,8 @@ impl Source {
             root_dispersion: 0.0,
             reference_id: ReferenceId::NONE,
             last_sample: None,
+            last_reply: None,
+            exchanges: Exchanges::default(),
             refused: false,
             state: SourceState::Unusable,
         }
@@ -202,6 +244,7 @@ impl Source {
         self.next_poll_ns = now_ns + interval;
         let transmit = NtpTimestamp::from_fixed(random);
         self.awaiting = Some((transmit, now_ns));
+        self.exchanges.sent = self.exchanges.sent.wrapping_add(1);
         let request = NtpHeader::client_request(4, self.poll, transmit).to_bytes();
         Some(Request { to: self.address, bytes: request })
     }
@@ -235,6 +278,26 @@ impl Source {
         if from != self.address {
             return Err(Rejected::FromElsewhere);
         }
+        let counts = &mut self.exchanges;
+        counts.received = counts.received.wrapping_add(1);
+        let outcome = self.measure(reply, received_ns, leap_possible);
+        let counts = &mut self.exchanges;
+        counts.tests = match outcome {
+            Ok(_) => {
+                counts.valid = counts.valid.wrapping_add(1);
+                ALL_TESTS
+            }
+            Err(rejected) => ALL_TESTS & !rejected.failed_test(),
+        };
+        outcome
+    }
+
+    fn measure(
+        &mut self,
+        reply: &[u8],
+        received_ns: i64,
+        leap_possible: bool,
+    ) -> Result<Sample, Rejected> {
         let reply: &[u8; HEADER_LEN] =
             reply.get(..HEADER_LEN).and_then(|r| r.try_into().ok()).ok_or(Rejected::Malformed)?;
         let header = NtpHeader::from_bytes(reply);
@@ -297,6 +360,7 @@ impl Source {
         self.root_dispersion = header.root_dispersion.to_seconds();
         self.reference_id = header.reference_id;
         self.last_sample = Some(sample);
+        self.last_reply = Some(LastReply { header, response_time: in_server });
         if leap_possible {
             self.absorb_leap(&sample);
         }
@@ -308,14 +372,17 @@ impl Source {
             self.poll += 1;
             self.replies_in_a_row = 0;
         }
-        self.filter_sample(sample);
+        if self.filter_sample(sample) {
+            self.exchanges.good = self.exchanges.good.wrapping_add(1);
+        }
         Ok(sample)
     }
 
     /// The clock filter: a sample whose round trip took much longer than the quickest of the
     /// last eight is dropped (queueing delay is what corrupts an offset, and it is rarely
-    /// symmetric). The rest go on to the regression, which weighs them by their delay.
-    fn filter_sample(&mut self, sample: Sample) {
+    /// symmetric). The rest go on to the regression, which weighs them by their delay. True:
+    /// kept.
+    fn filter_sample(&mut self, sample: Sample) -> bool {
         if self.recent_delays.len() == FILTER_LENGTH {
             self.recent_delays.remove(0);
         }
@@ -324,7 +391,9 @@ impl Source {
         if sample.delay <= quickest * FILTER_DELAY_RATIO + sample.dispersion {
             self.samples.push(sample);
             self.estimate = self.samples.estimate();
+            return true;
         }
+        false
     }
 
     /// A server that leapt (announced or not) jumps by a whole second against its history. That
@@ -427,6 +496,33 @@ mod tests {
             source.receive(&good(&request), request.to, RECEIVED, false),
             Err(Rejected::NotAwaited)
         );
+    }
+
+    #[test]
+    fn ntpdata_counts_exchanges_and_says_which_test_the_last_reply_failed() {
+        let mut source = source(PollSettings::default());
+        let request = source.poll(T0, 42).unwrap();
+        source.receive(&good(&request), request.to, RECEIVED, false).unwrap();
+        let last = source.last_reply.expect("a valid reply");
+        assert_eq!((last.header.stratum, last.header.precision), (1, -20));
+        assert!((last.response_time - 10e-6).abs() < 1e-9, "{}", last.response_time);
+        let expected = Exchanges { sent: 1, received: 1, valid: 1, good: 1, tests: ALL_TESTS };
+        assert_eq!(source.exchanges, expected);
+        // The duplicate: received, not valid, the bogus-packet test failed.
+        let _ = source.receive(&good(&request), request.to, RECEIVED, false);
+        let expected = Exchanges { received: 2, tests: ALL_TESTS & !(1 << 8), ..expected };
+        assert_eq!(source.exchanges, expected);
+        // An unsynchronised server fails the synchronisation test; the last valid reply stays.
+        let request = source.poll(T0 + 64_000_000_000, 43).unwrap();
+        let unsynchronised = reply(&request, 0, Leap::Unsynchronised, ReferenceId::NONE);
+        let _ = source.receive(&unsynchronised, request.to, RECEIVED + 64_000_000_000, false);
+        assert_eq!(source.exchanges.tests, ALL_TESTS & !(1 << 5));
+        assert_eq!((source.exchanges.sent, source.exchanges.valid), (2, 1));
+        assert_eq!(source.last_reply, Some(last));
+        // From another address: not the source's reply, not counted.
+        let elsewhere = "192.0.2.99:123".parse().unwrap();
+        let _ = source.receive(&good(&request), elsewhere, RECEIVED, false);
+        assert_eq!(source.exchanges.received, 3);
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! Cookies: a client's keys, sealed with a server key, so that the server keeps no state per
+//! client. A cookie is the server key's ID (4 bytes), a random nonce (16) and the sealed keys
+//! (AES-SIV-CMAC-256 over both keys, with the ID and nonce as associated data: 64 + 16 bytes),
+//! 100 bytes in all.
+//!
+//! The server keys rotate (`ntsrotate`); the last [`KEPT`] are kept so that a client's cookies
+//! outlive a rotation or two. They are kept in a file, so that a restart keeps clients working
+//! and several servers behind one name can share them (with `ntsrotate 0`, where none of them
+//! rotates).
+
+use std::{fmt::Write as _, time::SystemTime};
+
+use aes_siv::{aead::KeyInit as _, siv::Aes128Siv};
+
+use super::{KEY_LEN, SessionKeys};
+use crate::random;
+
+/// Server keys kept: the current one and two before it.
+pub const KEPT: usize = 3;
+const NONCE_LEN: usize = 16;
+const TAG_LEN: usize = 16;
+/// A cookie's length.
+pub const COOKIE_LEN: usize = 4 + NONCE_LEN + 2 * KEY_LEN + TAG_LEN;
+
+#[derive(Clone, PartialEq, Eq)]
+struct ServerKey {
+    id: u32,
+    key: [u8; KEY_LEN],
+}
+
+impl ServerKey {
+    fn generate() -> Self {
+        Self { id: u32::from_be_bytes(random::bytes()), key: random::bytes() }
+    }
+
+    fn cipher(&self) -> Aes128Siv {
+        Aes128Siv::new_from_slice(&self.key).expect("a 32-byte key")
+    }
+}
+
+/// The server keys, newest first, and when the newest was made (Unix seconds).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRing {
+    keys: Vec<ServerKey>,
+    pub newest_since: u64,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<_> = self.keys.iter().map(|k| format!("{:08x}", k.id)).collect();
+        write!(f, "KeyRing({})", ids.join(", "))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl KeyRing {
+    /// One fresh key.
+    pub fn generate() -> Self {
+        Self { keys: vec![ServerKey::generate()], newest_since: unix_now() }
+    }
+
+    /// Seconds since the newest key was made.
+    pub fn newest_age_s(&self) -> u64 {
+        unix_now().saturating_sub(self.newest_since)
+    }
+
+    /// A fresh key in front; the oldest beyond [`KEPT`] forgotten (its cookies with it).
+    pub fn rotate(&mut self) {
+        self.keys.insert(0, ServerKey::generate());
+        self.keys.truncate(KEPT);
+        self.newest_since = unix_now();
+    }
+
+    /// A cookie carrying `keys`, sealed with the newest server key.
+    pub fn seal(&self, keys: &SessionKeys) -> [u8; COOKIE_LEN] {
+        let server_key = &self.keys[0];
+        let id = server_key.id.to_be_bytes();
+        let nonce: [u8; NONCE_LEN] = random::bytes();
+        let mut plaintext = [0u8; 2 * KEY_LEN];
+        plaintext[..KEY_LEN].copy_from_slice(&keys.c2s);
+        plaintext[KEY_LEN..].copy_from_slice(&keys.s2c);
+        let sealed =
+            server_key.cipher().encrypt([&id[..], &nonce[..]], &plaintext).expect("sealing");
+        let mut cookie = [0u8; COOKIE_LEN];
+        cookie[..4].copy_from_slice(&id);
+        cookie[4..4 + NONCE_LEN].copy_from_slice(&nonce);
+        cookie[4 + NONCE_LEN..].copy_from_slice(&sealed);
+        cookie
+    }
+
+    /// The keys a cookie carries; None for a cookie of no key kept, or not sealed by it.
+    pub fn open(&self, cookie: &[u8]) -> Option<SessionKeys> {
+        if cookie.len() != COOKIE_LEN {
+            return None;
+        }
+        let (id, rest) = cookie.split_at(4);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let id_value = u32::from_be_bytes(id.try_into().expect("4 bytes"));
+        let server_key = self.keys.iter().find(|k| k.id == id_value)?;
+        let plaintext = server_key.cipher().decrypt([id, nonce], sealed).ok()?;
+        let (c2s, s2c) = plaintext.split_at(KEY_LEN);
+        Some(SessionKeys { c2s: c2s.try_into().ok()?, s2c: s2c.try_into().ok()? })
+    }
+
+    /// The key file's text: a comment, when the newest key was made, then one key a line
+    /// (ID and key in hex), newest first.
+    pub fn to_text(&self) -> String {
+        let mut text = String::from(
+            "# ntpxd's NTS server keys, newest first. Secret: whoever has them can read every \
+             client's keys.\n",
+        );
+        writeln!(text, "since {}", self.newest_since).expect("a String");
+        for key in &self.keys {
+            let hex: String = key.key.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(text, "{:08x} {hex}", key.id).expect("a String");
+        }
+        text
+    }
+
+    pub fn from_text(text: &str) -> Result<Self, String> {
+        let mut lines = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+        let newest_since = lines
+            .next()
+            .and_then(|line| line.strip_prefix("since "))
+            .and_then(|since| since.trim().parse().ok())
+            .ok_or("no `since` line")?;
+        let keys = lines
+            .map(|line| {
+                let (id, key) = line.split_once(' ').ok_or("a key line needs an ID and a key")?;
+                let id = u32::from_str_radix(id, 16).map_err(|_| format!("bad key ID {id:?}"))?;
+                let key = key.trim();
+                if key.len() != 2 * KEY_LEN {
+                    return Err(format!("key {id:08x} is not {KEY_LEN} bytes of hex"));
+                }
+                let mut bytes = [0u8; KEY_LEN];
+                for (i, byte) in bytes.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&key[2 * i..2 * i + 2], 16)
+                        .map_err(|_| format!("key {id:08x} is not hex"))?;
+                }
+                Ok(ServerKey { id, key: bytes })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if keys.is_empty() {
+            return Err("no keys".into());
+        }
+        Ok(Self { keys, newest_since })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SessionKeys {
+        SessionKeys { c2s: [1; KEY_LEN], s2c: [2; KEY_LEN] }
+    }
+
+    #[test]
+    fn a_cookie_opens_with_its_key_until_that_key_is_rotated_out() {
+        let mut ring = KeyRing::generate();
+        let cookie = ring.seal(&keys());
+        assert_eq!(ring.open(&cookie), Some(keys()));
+        // Cookies differ (a fresh nonce each), and hide the keys.
+        assert_ne!(ring.seal(&keys()), cookie);
+        assert!(!cookie.windows(KEY_LEN).any(|w| w == [1; KEY_LEN]));
+        for _ in 1..KEPT {
+            ring.rotate();
+            assert_eq!(ring.open(&cookie), Some(keys()));
+        }
+        ring.rotate();
+        assert_eq!(ring.open(&cookie), None, "a key rotated out still opens cookies");
+    }
+
+    #[test]
+    fn a_tampered_or_foreign_cookie_does_not_open() {
+        let ring = KeyRing::generate();
+        let cookie = ring.seal(&keys());
+        for at in [0, 5, 30, COOKIE_LEN - 1] {
+            let mut tampered = cookie;
+            tampered[at] ^= 1;
+            assert_eq!(ring.open(&tampered), None, "byte {at}");
+        }
+        assert_eq!(ring.open(&cookie[..COOKIE_LEN - 1]), None);
+        assert_eq!(KeyRing::generate().open(&cookie), None);
+    }
+
+    #[test]
+    fn the_key_file_gives_the_same_keys_back() {
+        let mut ring = KeyRing::generate();
+        ring.rotate();
+        let text = ring.to_text();
+        let read = KeyRing::from_text(&text).unwrap();
+        assert_eq!(read, ring);
+        // Another server reading the file opens this one's cookies.
+        assert_eq!(read.open(&ring.seal(&keys())), Some(keys()));
+        assert!(KeyRing::from_text("since 1\n0000000a 00\n").is_err());
+        assert!(KeyRing::from_text("since 1\n").is_err());
+    }
+}

@@ -1,8 +1,15 @@
 //! The client log seen from the daemon: the kernel's LRU table of client records, which the slow
 //! path also writes (so that a client is limited alike whichever path serves it), and which the
 //! reports read in bulk.
+//!
+//! The slow path keeps the records of the clients it serves in the daemon and writes them to the
+//! kernel's table in batches (every tick, and before a report reads the table): once a client is
+//! known, its requests cost the slow path no system call. A client the slow path meets first
+//! starts from the kernel's record, if the XDP program logged it. A client served by both paths
+//! within one tick has the program's updates of that tick written over.
 
 use std::{
+    collections::HashMap as StdHashMap,
     io,
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
@@ -61,12 +68,75 @@ pub type Cursor = u64;
 
 /// The kernel's client table.
 pub struct ClientTable {
-    /// Handles of the one table (each its own descriptor), a client's updates always through
-    /// the same one: the slow path's threads log different clients at once, and one client's
-    /// read-modify-write is never interleaved with another thread's.
-    stripes: Vec<Mutex<HashMap<MapData, [u8; 16], ClientRecord>>>,
+    /// The slow path's clients, a client always in the same shard: the slow path's threads log
+    /// different clients at once, and one client's read-modify-write is never interleaved with
+    /// another thread's.
+    shards: Vec<Mutex<Shard>>,
+    /// How many clients a shard keeps before it writes them back and forgets them.
+    shard_capacity: usize,
     settings: RwLock<ClientLogSettings>,
     capacity: u32,
+}
+
+/// A part of the slow path's clients, with its own handle of the kernel's table.
+struct Shard {
+    table: HashMap<MapData, [u8; 16], ClientRecord>,
+    clients: StdHashMap<[u8; 16], SlowPathClient>,
+    /// The clients logged since their records were last written to the kernel's table.
+    pending: Vec<[u8; 16]>,
+}
+
+struct SlowPathClient {
+    record: ClientRecord,
+    /// In the shard's `pending`.
+    pending: bool,
+}
+
+/// How many clients' records a shard writes to the kernel's table at once: often enough that
+/// a write costs the request that makes it little, seldom enough that each costs a request
+/// next to nothing.
+const WRITE_BACK_BATCH: usize = 128;
+
+impl Shard {
+    fn new(table: HashMap<MapData, [u8; 16], ClientRecord>) -> Self {
+        Self { table, clients: StdHashMap::new(), pending: Vec::with_capacity(WRITE_BACK_BATCH) }
+    }
+
+    /// Logs `key`'s request and decides its fate.
+    fn log(&mut self, key: [u8; 16], settings: &ClientLogSettings, timestamp: u32) -> Limit {
+        let Self { table, clients, pending } = self;
+        let client = clients.entry(key).or_insert_with(|| SlowPathClient {
+            record: table.get(&key, 0).unwrap_or_else(|_| ClientRecord::new(&settings.limit)),
+            pending: false,
+        });
+        client.record.log(timestamp, &settings.limit);
+        let limit = client.record.limit(&settings.limit, rand_u32);
+        if !client.pending {
+            client.pending = true;
+            pending.push(key);
+        }
+        if pending.len() >= WRITE_BACK_BATCH {
+            self.write_back();
+        }
+        limit
+    }
+
+    /// Writes the records logged since the last write to the kernel's table, in one system call.
+    fn write_back(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut records = Vec::with_capacity(self.pending.len());
+        for key in &self.pending {
+            let client = self.clients.get_mut(key).expect("a pending client is kept");
+            client.pending = false;
+            records.push(client.record);
+        }
+        if let Err(error) = update_batch(map_fd(&self.table), &self.pending, &records) {
+            tracing::warn!(%error, clients = records.len(), "cannot update the client log");
+        }
+        self.pending.clear();
+    }
 }
 
 /// A client and its record.
@@ -77,31 +147,41 @@ pub struct Client {
 }
 
 impl ClientTable {
-    /// The table `map`, with `stripes` handles for the threads that log clients.
+    /// The table `map`, its slow path's clients in `shards` parts (one a thread that logs them).
     pub fn new(
         map: MapData,
         settings: ClientLogSettings,
         capacity: u32,
-        stripes: usize,
+        shards: usize,
     ) -> anyhow::Result<Self> {
-        let handle = |map: MapData| {
-            HashMap::try_from(aya::maps::Map::LruHashMap(map))
-                .map(Mutex::new)
-                .context("the client table has an unexpected type")
+        let shard = |map: MapData| {
+            let table = HashMap::try_from(aya::maps::Map::LruHashMap(map))
+                .context("the client table has an unexpected type")?;
+            anyhow::Ok(Mutex::new(Shard::new(table)))
         };
-        let mut handles = Vec::with_capacity(stripes.max(1));
-        for _ in 1..stripes.max(1) {
+        let count = shards.max(1);
+        let mut shards = Vec::with_capacity(count);
+        for _ in 1..count {
             let fd = map.fd().as_fd().try_clone_to_owned().context("duplicating the table's fd")?;
-            handles.push(handle(MapData::from_fd(fd)?)?);
+            shards.push(shard(MapData::from_fd(fd)?)?);
         }
-        handles.insert(0, handle(map)?);
-        Ok(Self { stripes: handles, settings: RwLock::new(settings), capacity })
+        shards.insert(0, shard(map)?);
+        let shard_capacity = (capacity as usize).div_ceil(count);
+        Ok(Self { shards, shard_capacity, settings: RwLock::new(settings), capacity })
     }
 
-    /// The handle for `key`'s updates; the first for walks.
-    fn stripe(&self, key: &[u8; 16]) -> &Mutex<HashMap<MapData, [u8; 16], ClientRecord>> {
+    /// The shard of `key`'s client.
+    fn shard(&self, key: &[u8; 16]) -> &Mutex<Shard> {
         let hash = key.iter().fold(0usize, |hash, &byte| hash.wrapping_mul(31) ^ usize::from(byte));
-        &self.stripes[hash % self.stripes.len()]
+        &self.shards[hash % self.shards.len()]
+    }
+
+    /// Writes what the slow path logged since the last time to the kernel's table (the daemon
+    /// does every tick; the reports before they read).
+    pub fn write_back(&self) {
+        for shard in &self.shards {
+            shard.lock().expect("client shard lock").write_back();
+        }
     }
 
     pub fn settings(&self) -> ClientLogSettings {
@@ -141,13 +221,14 @@ impl ClientTable {
     pub fn reset_counts(&self) -> anyhow::Result<()> {
         let fd = self.fd();
         self.for_each_batch(|keys, records| {
-            for record in records.iter_mut() {
-                record.hits = 0;
-                record.drops = 0;
-                record.kods = 0;
-            }
+            records.iter_mut().for_each(reset_counts);
             update_batch(fd, keys, records).context("resetting client records")
-        })
+        })?;
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("client shard lock");
+            shard.clients.values_mut().for_each(|client| reset_counts(&mut client.record));
+        }
+        Ok(())
     }
 
     /// Calls `f` with one page of clients, from `after` on (None: the table's start); where
@@ -158,6 +239,9 @@ impl ClientTable {
         after: Option<Cursor>,
         mut f: impl FnMut(Client),
     ) -> anyhow::Result<Option<Cursor>> {
+        if after.is_none() {
+            self.write_back();
+        }
         self.batch(after, |keys, records| {
             for (key, record) in keys.iter().zip(records.iter()) {
                 f(Client { address: address_of(key), record: *record });
@@ -172,6 +256,7 @@ impl ClientTable {
         &self,
         mut f: impl FnMut(&[[u8; 16]], &mut [ClientRecord]) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        self.write_back();
         let mut cursor = None;
         loop {
             cursor = self.batch(cursor, &mut f)?;
@@ -199,13 +284,13 @@ impl ClientTable {
 
     /// The map's descriptor, valid as long as the table.
     fn fd(&self) -> i32 {
-        map_fd(&self.stripes[0].lock().expect("client table lock"))
+        map_fd(&self.shards[0].lock().expect("client shard lock").table)
     }
 
     /// The kernel's own account of the table's memory (its `memlock`), in bytes.
     pub fn memory(&self) -> Option<u64> {
-        let map = self.stripes[0].lock().expect("client table lock");
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map_fd(&map))).ok()?;
+        let fd = self.fd();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         fdinfo.lines().find_map(|line| line.strip_prefix("memlock:")?.trim().parse().ok())
     }
 }
@@ -217,19 +302,24 @@ impl ClientLog for ClientTable {
             return Limit::Answer;
         }
         let key = key_of(client);
-        let mut map = self.stripe(&key).lock().expect("client table lock");
-        let mut record = map.get(&key, 0).unwrap_or_else(|_| ClientRecord::new(&settings.limit));
-        record.log(settings.timestamp(received_tai_ns), &settings.limit);
-        let limit = record.limit(&settings.limit, rand_u32);
-        if let Err(error) = map.insert(key, record, 0) {
-            tracing::warn!(%error, %client, "cannot update the client log");
+        let mut shard = self.shard(&key).lock().expect("client shard lock");
+        if shard.clients.len() >= self.shard_capacity && !shard.clients.contains_key(&key) {
+            // Full: the records are in the kernel's table after this, and read back from it.
+            shard.write_back();
+            shard.clients.clear();
         }
-        limit
+        shard.log(key, &settings, settings.timestamp(received_tai_ns))
     }
 
     fn min_poll(&self) -> i8 {
         self.settings().limit.min_poll()
     }
+}
+
+fn reset_counts(record: &mut ClientRecord) {
+    record.hits = 0;
+    record.drops = 0;
+    record.kods = 0;
 }
 
 fn rand_u32() -> u32 {

@@ -276,6 +276,9 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
                 if owner.republish(&server, upstream.as_deref()) {
                     service::notify(service::State::Alive);
                 }
+                if let Some(dataplane) = &owner.dataplane {
+                    dataplane.clients().write_back();
+                }
             }
             // At once: the state in the kernel is anchored to the clock before the step.
             _ = clock_stepped(&upstream) => {

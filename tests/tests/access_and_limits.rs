@@ -16,6 +16,9 @@ use ntpx_tests::{
 };
 
 const CONFIG: &str = "local stratum 10\nallow 10.77.0.0/24\nxdp veth-srv native\n";
+/// The same served by the slow path alone (which keeps its clients' records in the daemon and
+/// writes them to the kernel's table in batches).
+const SLOW_PATH_CONFIG: &str = "local stratum 10\nallow 10.77.0.0/24\n";
 
 fn server() -> SocketAddr {
     SocketAddr::new(SERVER_V4.parse().unwrap(), 123)
@@ -40,11 +43,21 @@ fn answered(link: &Link, source: &str) -> bool {
 #[test]
 #[ignore = "needs root"]
 fn clients_are_listed_with_their_counts() {
+    clients_are_listed_with_their_counts_by(CONFIG);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn clients_of_the_slow_path_are_listed_with_their_counts() {
+    clients_are_listed_with_their_counts_by(SLOW_PATH_CONFIG);
+}
+
+fn clients_are_listed_with_their_counts_by(config: &str) {
     require_root();
     let link = Link::new();
     let addresses: Vec<IpAddr> = (100..200u8).map(|i| IpAddr::from([10, 77, 0, i])).collect();
     add_client_addresses(&link, &addresses);
-    let ntpxd = Ntpxd::start(&link.server_ns, CONFIG);
+    let ntpxd = Ntpxd::start(&link.server_ns, config);
     let expected = |i: usize| 1 + i % 3;
     link.client_ns.enter(|| {
         for (i, address) in addresses.iter().enumerate() {
@@ -171,6 +184,16 @@ fn send_pattern(count: u32, spacing: Duration, poll: i8) -> (u32, Vec<i8>) {
 #[test]
 #[ignore = "needs root"]
 fn rate_limiting_matches_chronyd() {
+    rate_limiting_matches_chronyd_by(CONFIG);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn rate_limiting_on_the_slow_path_matches_chronyd() {
+    rate_limiting_matches_chronyd_by(SLOW_PATH_CONFIG);
+}
+
+fn rate_limiting_matches_chronyd_by(config: &str) {
     require_root();
     // chrony 4.3 has no `kod` option: the kiss-o'-death share is tested against the
     // program alone (client_log.rs).
@@ -183,7 +206,7 @@ fn rate_limiting_matches_chronyd() {
         chrony_link.client_ns.enter(|| send_pattern(count, spacing, -3));
     drop(chronyd);
     let ntpx_link = Link::new();
-    let ntpxd = Ntpxd::start(&ntpx_link.server_ns, &format!("{CONFIG}{ratelimit}\n"));
+    let ntpxd = Ntpxd::start(&ntpx_link.server_ns, &format!("{config}{ratelimit}\n"));
     let (ntpx_replies, ntpx_polls) = ntpx_link.client_ns.enter(|| send_pattern(count, spacing, -3));
     // 4 from the burst, one per 0.5 s for 3 s, and 1 in 8 of the other ~290: about 46 each.
     // The leak is random: allow 3 standard deviations of the difference of two such counts

@@ -3,10 +3,11 @@
 //! reports read in bulk.
 //!
 //! The slow path keeps the records of the clients it serves in the daemon and writes them to the
-//! kernel's table in batches (every tick, and before a report reads the table): once a client is
-//! known, its requests cost the slow path no system call. A client the slow path meets first
-//! starts from the kernel's record, if the XDP program logged it. A client served by both paths
-//! within one tick has the program's updates of that tick written over.
+//! kernel's table in batches (and every tick, and before a report reads the table): while a
+//! client keeps sending, its requests cost the slow path no system call. A client the slow path
+//! has not logged for a tick is forgotten, and on its next request read back from the kernel's
+//! table, where the XDP program may have logged it meanwhile (a client served by both paths
+//! within one tick has the program's updates of that tick written over).
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -90,6 +91,8 @@ struct SlowPathClient {
     record: ClientRecord,
     /// In the shard's `pending`.
     pending: bool,
+    /// Logged since the last tick.
+    recent: bool,
 }
 
 /// How many clients' records a shard writes to the kernel's table at once: often enough that
@@ -108,7 +111,9 @@ impl Shard {
         let client = clients.entry(key).or_insert_with(|| SlowPathClient {
             record: table.get(&key, 0).unwrap_or_else(|_| ClientRecord::new(&settings.limit)),
             pending: false,
+            recent: false,
         });
+        client.recent = true;
         client.record.log(timestamp, &settings.limit);
         let limit = client.record.limit(&settings.limit, rand_u32);
         if !client.pending {
@@ -136,6 +141,12 @@ impl Shard {
             tracing::warn!(%error, clients = records.len(), "cannot update the client log");
         }
         self.pending.clear();
+    }
+
+    /// Writes back, and forgets the clients not logged since the last call.
+    fn expire(&mut self) {
+        self.write_back();
+        self.clients.retain(|_, client| std::mem::take(&mut client.recent));
     }
 }
 
@@ -176,11 +187,19 @@ impl ClientTable {
         &self.shards[hash % self.shards.len()]
     }
 
-    /// Writes what the slow path logged since the last time to the kernel's table (the daemon
-    /// does every tick; the reports before they read).
+    /// Writes what the slow path logged since the last time to the kernel's table (the reports
+    /// before they read).
     pub fn write_back(&self) {
         for shard in &self.shards {
             shard.lock().expect("client shard lock").write_back();
+        }
+    }
+
+    /// Writes back, and forgets the slow path's clients not logged since the last call (the
+    /// daemon's tick).
+    pub fn expire(&self) {
+        for shard in &self.shards {
+            shard.lock().expect("client shard lock").expire();
         }
     }
 

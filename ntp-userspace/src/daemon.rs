@@ -277,7 +277,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
                     service::notify(service::State::Alive);
                 }
                 if let Some(dataplane) = &owner.dataplane {
-                    dataplane.clients().write_back();
+                    dataplane.clients().expire();
                 }
             }
             // At once: the state in the kernel is anchored to the clock before the step.

@@ -9,14 +9,14 @@ use std::{
 
 use ntp_common::{
     maps::Counter,
-    ratelimit::RateLimit,
+    ratelimit::{Limit, RateLimit},
     responder,
     state::MAX_STATE_AGE_NS,
     wire::{NtpHeader, ReferenceId},
 };
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
-    client_table::ClientLogSettings,
+    client_table::{ClientLog as _, ClientLogSettings},
     clock,
     config::{ClientLogSize, LocalReference},
     dataplane::Dataplane,
@@ -173,6 +173,33 @@ fn kod_answers_its_share_of_limited_requests_with_rate() {
     assert_eq!(counters[Counter::AnsweredKissOfDeath as usize], u64::from(tally.kiss_of_death));
     let record = record_of(&dataplane, client);
     assert_eq!((record.kods, record.drops), (tally.kiss_of_death, tally.dropped));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_slow_path_and_the_program_count_one_client_in_one_record() {
+    require_root();
+    let mut dataplane = dataplane(RateLimit::DISABLED, 1024);
+    let client = IpAddr::from([10, 0, 3, 1]);
+    let slow_path = dataplane.clients();
+    let slow_path_logs = |n: u32| {
+        for _ in 0..n {
+            assert_eq!(slow_path.log(client, clock::tai_ns()), Limit::Answer);
+        }
+    };
+    let mut tally = Tally::default();
+    send(&mut dataplane, client, 3, &mut tally);
+    // The slow path starts from the program's record, and reports see what it logged.
+    slow_path_logs(1);
+    assert_eq!(record_of(&dataplane, client).hits, 4);
+    // Two ticks without a request: the slow path forgets the client, so what the program logs
+    // meanwhile is not written over by the slow path's old copy.
+    slow_path.expire();
+    slow_path.expire();
+    send(&mut dataplane, client, 2, &mut tally);
+    slow_path_logs(1);
+    assert_eq!(record_of(&dataplane, client).hits, 7);
+    assert_eq!(tally.answered, 5);
 }
 
 #[test]

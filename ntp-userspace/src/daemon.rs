@@ -38,7 +38,7 @@ use crate::{
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
     service,
-    socket::NtpSocket,
+    socket::{Batch, Datagram, NtpSocket},
     sync::{SourceReport, Tracking, leap_name},
     upstream::{self, Upstream},
 };
@@ -575,40 +575,41 @@ fn bind_addresses(config: &Config) -> [SocketAddr; 2] {
 }
 
 /// The slow path: answers what reaches the socket (everything the XDP program passes, or all
-/// requests where it is not attached).
+/// requests where it is not attached), taking the datagrams waiting a batch at a time.
 async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
-    let mut buffer = [0u8; 1024];
+    let mut batch = Batch::default();
     loop {
-        let datagram = match socket.recv(&mut buffer).await {
-            Ok(datagram) => datagram,
-            Err(error) => {
-                tracing::warn!(%error, "receiving on the NTP socket");
-                continue;
-            }
-        };
-        let received_ns = datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns);
-        // TAI - UTC as the kernel has it now: it changes at a leap second, at once.
-        let received = TaiReading::from_system_time(received_ns, clock::tai_offset_s());
-        let request = &buffer[..datagram.len];
-        // IP_PKTINFO is on: the kernel always says where a datagram went.
-        let Some(destination) = datagram.destination else {
-            tracing::debug!(client = %datagram.source, "no destination address: not answered");
+        if let Err(error) = socket.recv_batch(&mut batch).await {
+            tracing::warn!(%error, "receiving on the NTP socket");
             continue;
-        };
-        match server.handle_datagram(request, datagram.source, destination, received, clock::tai_ns)
-        {
-            Ok(reply) => {
-                let reply = reply.bytes();
-                if let Err(error) = socket.send(reply, datagram.source, datagram.destination).await
-                {
-                    tracing::debug!(%error, client = %datagram.source, "sending a reply");
-                }
-            }
-            Err(Unanswered::Denied) => {
-                tracing::debug!(client = %datagram.source, "denied by the access rules");
-            }
-            Err(reason) => tracing::debug!(client = %datagram.source, ?reason, "not answered"),
         }
+        for (datagram, request) in batch.datagrams() {
+            answer(&socket, &server, datagram, request).await;
+        }
+    }
+}
+
+/// Answers one datagram of the slow path, if it gets an answer.
+async fn answer(socket: &NtpSocket, server: &Server, datagram: &Datagram, request: &[u8]) {
+    let received_ns = datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns);
+    // TAI - UTC as the kernel has it now: it changes at a leap second, at once.
+    let received = TaiReading::from_system_time(received_ns, clock::tai_offset_s());
+    // IP_PKTINFO is on: the kernel always says where a datagram went.
+    let Some(destination) = datagram.destination else {
+        tracing::debug!(client = %datagram.source, "no destination address: not answered");
+        return;
+    };
+    match server.handle_datagram(request, datagram.source, destination, received, clock::tai_ns) {
+        Ok(reply) => {
+            let reply = reply.bytes();
+            if let Err(error) = socket.send(reply, datagram.source, Some(destination)).await {
+                tracing::debug!(%error, client = %datagram.source, "sending a reply");
+            }
+        }
+        Err(Unanswered::Denied) => {
+            tracing::debug!(client = %datagram.source, "denied by the access rules");
+        }
+        Err(reason) => tracing::debug!(client = %datagram.source, ?reason, "not answered"),
     }
 }
 

@@ -13,6 +13,10 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 
+mod batch;
+
+pub use batch::Batch;
+
 /// A UDP socket bound to `address`, after `configure` set its options. An IPv6 one is
 /// IPv6-only, so that IPv4 can have a socket of its own on the same port.
 pub fn bind_udp(
@@ -100,6 +104,11 @@ impl NtpSocket {
     /// Waits for the next datagram.
     pub async fn recv(&self, buffer: &mut [u8]) -> io::Result<Datagram> {
         self.socket.async_io(Interest::READABLE, || receive(self.socket.as_raw_fd(), buffer)).await
+    }
+
+    /// Waits for datagrams and takes those waiting, up to [`BATCH`], into `batch`.
+    pub async fn recv_batch(&self, batch: &mut Batch) -> io::Result<usize> {
+        self.socket.async_io(Interest::READABLE, || batch.receive(self.socket.as_raw_fd())).await
     }
 
     /// Sends at once, without waiting for the runtime to learn the socket is writable (a new

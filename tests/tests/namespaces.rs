@@ -46,6 +46,9 @@ fn chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times() {
     // A few more exchanges at the 1 s poll, so that the filter holds settled samples.
     chronyd.wait_for_replies(netns::SERVER_V4, 3, Duration::from_secs(10));
     let idle = chronyd.chronyc(&["ntpdata", netns::SERVER_V4]);
+    // One reply's figures can carry a stall of this shared VM (one idle offset of over 10 us
+    // failed a run): the medians of five are the server's.
+    let idle_offset = chronyd.median_offset(netns::SERVER_V4, 5);
     // A public server is never idle: with other clients' requests keeping its packet path in
     // the CPU's caches, chronyd sees the program's own processing time.
     let load = BackgroundLoad::start(
@@ -56,21 +59,19 @@ fn chronyd_selects_ntpxd_and_sees_sub_microsecond_response_times() {
     );
     chronyd.wait_for_replies(netns::SERVER_V4, 3, Duration::from_secs(10));
     let busy = chronyd.chronyc(&["ntpdata", netns::SERVER_V4]);
-    // One reply's figures can carry a stall of this shared VM (32 us once, between the
-    // program's two clock reads): the medians of five are the server's.
+    // The same under load (32 us once, between the program's two clock reads).
     let busy_offset = chronyd.median_of(netns::SERVER_V4, "Offset", 5);
     let busy_response = chronyd.median_of(netns::SERVER_V4, "Response time", 5);
     let load_replies = load.stop();
     let seconds = |report: &str, label: &str| peers::report_seconds(report, label).expect(label);
     eprintln!(
-        "chronyd's view of ntpxd: idle: offset {:+.9} s, response time {:.9} s; \
-         busy ({load_replies} other replies): median offset {busy_offset:+.9} s, median \
-         response time {busy_response:.9} s",
-        seconds(&idle, "Offset"),
+        "chronyd's view of ntpxd: idle: median offset {idle_offset:+.9} s, response time \
+         {:.9} s; busy ({load_replies} other replies): median offset {busy_offset:+.9} s, \
+         median response time {busy_response:.9} s",
         seconds(&idle, "Response time"),
     );
     assert!(load_replies > 1000, "the background load got only {load_replies} replies");
-    assert!(seconds(&idle, "Offset").abs() < 10e-6, "{idle}");
+    assert!(idle_offset.abs() < 10e-6, "median offset {idle_offset}:\n{idle}");
     assert!(busy_offset.abs() < 10e-6, "median offset {busy_offset}:\n{busy}");
     assert!(busy_response < 1e-6, "median response time {busy_response}:\n{busy}");
     assert_eq!(seconds(&busy, "Stratum"), 10.0);

@@ -102,12 +102,7 @@ impl Dataplane {
         };
         let settings =
             ClientLogSettings { enabled: false, limit: RateLimit::DISABLED, epoch_tai_ns: 0 };
-        let clients = Arc::new(ClientTable::new(
-            clients,
-            settings,
-            client_log_entries,
-            crate::daemon::slow_path_threads(),
-        )?);
+        let clients = Arc::new(ClientTable::new(clients, settings, client_log_entries)?);
         let mut published = Box::new(<Published as bytemuck::Zeroable>::zeroed());
         published.port = port;
         let mut dataplane = Self { ebpf, page, published, clients, attachments: Vec::new() };

@@ -269,7 +269,7 @@ impl Attached {
 /// known-client one).
 pub const STAGES: [(&str, &str, bool); 7] = [
     ("stage_clock", "two CLOCK_TAI reads", true),
-    ("stage_checksums", "two checksum sums (bpf_csum_diff)", true),
+    ("stage_checksum", "the request's checksum check (bpf_csum_diff)", true),
     ("stage_access", "access trie lookup", true),
     ("stage_client_known", "client log: known client", true),
     ("stage_client_new", "client log: new client, full table (common LRU)", false),

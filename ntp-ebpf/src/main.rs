@@ -578,44 +578,64 @@ fn write_reply(
 
     d[0] = server_port;
     d[1] = client_port;
-    d[3] = 0;
+    // The reply's sum is taken from the words as they are written, not read back from the
+    // packet: no helper call, and the words are in registers already. The length (d[2]) stays.
+    let mut total = pseudo_header_sum + sum(&[server_port, client_port, d[2]]);
     let n = &mut d[UDP_WORDS..];
     if answer == Answer::KissOfDeath {
         // No time of this server: receive and transmit repeat the client's transmit.
-        n[0] = word([wire::li_vn_mode(Leap::Unsynchronised, version, Mode::Server), 0]);
-        n[1] = word([poll, 0]);
-        n[2..6].copy_from_slice(&[0; 4]);
         let kiss = ReferenceId::KISS_RATE.to_bits();
-        n[6..8].copy_from_slice(&[word([kiss[0], kiss[1]]), word([kiss[2], kiss[3]])]);
-        n[8..12].copy_from_slice(&[0; 4]);
+        let head = [
+            word([wire::li_vn_mode(Leap::Unsynchronised, version, Mode::Server), 0]),
+            word([poll, 0]),
+            0,
+            0,
+            0,
+            0,
+            word([kiss[0], kiss[1]]),
+            word([kiss[2], kiss[3]]),
+            0,
+            0,
+            0,
+            0,
+        ];
+        n[..12].copy_from_slice(&head);
         n[12..16].copy_from_slice(&origin);
         n[16..20].copy_from_slice(&origin);
-        d[3] = checksum(
-            sum_bytes(dgram.cast(), 2 * (UDP_WORDS + 20) as u32, pseudo_header_sum) + sum(&origin),
-        );
+        // The transmit timestamp (n[20..24]) is the request's, the origin's value too.
+        d[3] = checksum(total + sum(&head) + 3 * sum(&origin));
         return;
     }
-    n[0] = word([wire::li_vn_mode(state.leap(), version, Mode::Server), state.stratum]);
-    n[1] = word([poll, state.precision as u8]);
-    n[2..4].copy_from_slice(&words32(state.root_delay));
-    n[4..6].copy_from_slice(&words32(state.root_dispersion_after(received).to_fixed()));
-    n[6..8].copy_from_slice(&[
+    let [delay_high, delay_low] = words32(state.root_delay);
+    let [dispersion_high, dispersion_low] =
+        words32(state.root_dispersion_after(received).to_fixed());
+    let reference_time = words64(state.reference_time);
+    let head = [
+        word([wire::li_vn_mode(state.leap(), version, Mode::Server), state.stratum]),
+        word([poll, state.precision as u8]),
+        delay_high,
+        delay_low,
+        dispersion_high,
+        dispersion_low,
         word([state.reference_id[0], state.reference_id[1]]),
         word([state.reference_id[2], state.reference_id[3]]),
-    ]);
-    n[8..12].copy_from_slice(&words64(state.reference_time));
+        reference_time[0],
+        reference_time[1],
+        reference_time[2],
+        reference_time[3],
+    ];
+    let receive = words64(state.served_time_after(received).to_fixed());
+    n[..12].copy_from_slice(&head);
     n[12..16].copy_from_slice(&origin);
-    n[16..20].copy_from_slice(&words64(state.served_time_after(received).to_fixed()));
+    n[16..20].copy_from_slice(&receive);
+    total += sum(&head) + sum(&origin) + sum(&receive);
 
-    // All but the transmit timestamp: the checksum is completed after it is taken.
-    let mut total = sum_bytes(dgram.cast(), 2 * (UDP_WORDS + 20) as u32, pseudo_header_sum);
     // SAFETY: a helper without arguments.
     let transmit_tai_ns = unsafe { bpf_ktime_get_tai_ns() };
     let transmit = state.served_time_after(state.transmit_elapsed_ns(received, transmit_tai_ns));
     let transmit = words64(transmit.to_fixed());
     d[UDP_WORDS + 20..].copy_from_slice(&transmit);
-    total += sum(&transmit);
-    d[3] = checksum(total);
+    d[3] = checksum(total + sum(&transmit));
 }
 
 /// The UDP checksum of an unfolded sum: zero means "no checksum", so it is sent as 0xffff.

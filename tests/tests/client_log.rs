@@ -77,7 +77,9 @@ fn send(dataplane: &mut Dataplane, client: IpAddr, count: u32, tally: &mut Tally
         let outcome = dataplane.test_run(&request).unwrap();
         match outcome.action {
             XDP_TX => {
-                let (l4, _, _) = frame::reply_layout(&outcome.frame);
+                let (l4, src, dst) = frame::reply_layout(&outcome.frame);
+                let udp = &outcome.frame[l4..];
+                assert!(frame::udp_checksum_is_valid(src, dst, udp), "bad UDP checksum");
                 let ntp = &outcome.frame[l4 + 8..l4 + 56];
                 let header = NtpHeader::from_bytes(ntp.try_into().unwrap());
                 if header.stratum == 0 && header.reference_id == ReferenceId::KISS_RATE {

@@ -106,7 +106,7 @@ impl NtpSocket {
         self.socket.async_io(Interest::READABLE, || receive(self.socket.as_raw_fd(), buffer)).await
     }
 
-    /// Waits for datagrams and takes those waiting, up to [`BATCH`], into `batch`.
+    /// Waits for datagrams and takes those waiting, as many as `batch` holds, into it.
     pub async fn recv_batch(&self, batch: &mut Batch) -> io::Result<usize> {
         self.socket.async_io(Interest::READABLE, || batch.receive(self.socket.as_raw_fd())).await
     }

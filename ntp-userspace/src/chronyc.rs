@@ -1,6 +1,6 @@
 //! chronyc's command protocol (chrony 4.3, protocol version 6), so that Debian's unmodified
 //! `chronyc` reads ntpxd's reports: fixed binary requests and replies, big-endian, chrony's
-//! 32-bit float encoding. Sans-IO: [`Request::parse`] judges a datagram, [`Reply`] writes one.
+//! 32-bit float encoding. Sans-IO: [`Request::parse`] judges a datagram, `Reply` writes one.
 //!
 //! The rules chronyd follows, followed here: a datagram too short for a reply's header, too
 //! long for any request, or not a request is ignored; another protocol version gets

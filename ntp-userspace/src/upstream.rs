@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     sync::{Notify, mpsc},
 };
 
@@ -25,7 +25,7 @@ use crate::{
     control::NtsAuthData,
     files,
     nts::{
-        ALPN, COOKIES, SessionKeys,
+        self, ALPN, COOKIES, SessionKeys,
         ke::{self, Granted},
         packet::{self, ReplyError},
     },
@@ -486,21 +486,9 @@ pub async fn nts_key_exchange(
         bail!("the server did not agree to ntske/1");
     }
     session.write_all(&ke::client_request()).await?;
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 1024];
-    let granted = loop {
-        let read = session.read(&mut buffer).await?;
-        if read == 0 {
-            bail!("the connection ended inside the response");
-        }
-        response.extend_from_slice(&buffer[..read]);
-        if response.len() > 64 * 1024 {
-            bail!("a response longer than 64 KiB");
-        }
-        if let Some(outcome) = ke::read_response(&response) {
-            break outcome.map_err(anyhow::Error::msg)?;
-        }
-    };
+    let granted = nts::read_message(&mut session, "response", 64 * 1024, ke::read_response)
+        .await?
+        .map_err(anyhow::Error::msg)?;
     Ok((SessionKeys::exported(session.get_ref().1)?, granted))
 }
 

@@ -16,18 +16,14 @@ use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    sync::Semaphore,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
     config::{DEFAULT_NTP_PORT, NtsServerConfig},
     files,
     nts::{
-        ALPN, SessionKeys,
+        self, ALPN, SessionKeys,
         cookie::KeyRing,
         ke::{self, Negotiation, NtpServer, Read},
     },
@@ -142,21 +138,13 @@ async fn session(
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         bail!("the client did not ask for ntske/1");
     }
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 512];
-    let negotiation = loop {
-        let read = tls.read(&mut buffer).await?;
-        if read == 0 {
-            bail!("the connection ended inside the request");
+    let negotiation = nts::read_message(&mut tls, "request", ke::MAX_REQUEST, |request| {
+        match ke::read_request(request) {
+            Read::Complete(negotiation) => Some(negotiation),
+            Read::Incomplete => None,
         }
-        request.extend_from_slice(&buffer[..read]);
-        if request.len() > ke::MAX_REQUEST {
-            bail!("a request longer than {} bytes", ke::MAX_REQUEST);
-        }
-        if let Read::Complete(negotiation) = ke::read_request(&request) {
-            break negotiation;
-        }
-    };
+    })
+    .await?;
     let keys = if negotiation == Negotiation::Agreed {
         Some(SessionKeys::exported(tls.get_ref().1)?)
     } else {

@@ -2,7 +2,7 @@
 //! over TLS ([`ke`]); the cookies carry the keys, sealed with a server key only the server
 //! holds ([`cookie`]); the client's NTP requests bring a cookie and are authenticated with the
 //! keys it carries, and so are the replies ([`packet`]). Sans-IO: the daemon does the TLS and
-//! the sockets.
+//! the sockets; both sides read an NTS-KE message from their TLS stream with [`read_message`].
 //!
 //! One AEAD algorithm, AEAD_AES_SIV_CMAC_256 (the one chrony 4.3 asks for), from RustCrypto's
 //! `aes-siv`; one next protocol, NTPv4.
@@ -22,6 +22,32 @@ pub const COOKIES: usize = 8;
 /// NTS-KE's ALPN protocol ID and the TLS exporter's label for the keys.
 pub const ALPN: &[u8] = b"ntske/1";
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-network-time-security";
+
+/// Reads `stream` until `parse` makes a whole NTS-KE message (request or response, `what`) of
+/// what came, refusing more than `limit` bytes or a connection that ends first.
+pub async fn read_message<T>(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    what: &str,
+    limit: usize,
+    mut parse: impl FnMut(&[u8]) -> Option<T>,
+) -> anyhow::Result<T> {
+    use tokio::io::AsyncReadExt as _;
+    let mut message = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            anyhow::bail!("the connection ended inside the {what}");
+        }
+        message.extend_from_slice(&buffer[..read]);
+        if message.len() > limit {
+            anyhow::bail!("a {what} longer than {limit} bytes");
+        }
+        if let Some(parsed) = parse(&message) {
+            return Ok(parsed);
+        }
+    }
+}
 
 /// The keys of one client's association: client to server and server to client.
 #[derive(Clone, PartialEq, Eq)]

@@ -5,9 +5,8 @@
 //! reply counts when it is an authenticated server reply, as long as its request.
 
 use std::{
-    io::{IoSlice, IoSliceMut},
+    io::IoSlice,
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd as _,
     path::Path,
     sync::{
         Arc,
@@ -18,7 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::sys::socket::SockaddrStorage;
 use ntp_common::wire::{NtpHeader, NtpTimestamp};
 use ntp_userspace::{nts::packet, upstream};
 use ntpx_tests::{
@@ -139,7 +138,7 @@ impl NtsBed {
         let mut tally = empty_tally()?;
         for receiver in receivers {
             let (valid, invalid) =
-                receiver.join().map_err(|_| anyhow::anyhow!("a receiver panicked"))?;
+                receiver.join().map_err(|_| anyhow::anyhow!("a receiver panicked"))??;
             tally.valid += valid;
             tally.invalid += invalid;
         }
@@ -180,28 +179,15 @@ fn empty_tally() -> anyhow::Result<Tally> {
 }
 
 /// (authenticated server replies, anything else) received on `socket` until `done`.
-fn receive(socket: &UdpSocket, done: &AtomicBool) -> (u64, u64) {
+fn receive(socket: &UdpSocket, done: &AtomicBool) -> anyhow::Result<(u64, u64)> {
     let (mut valid, mut invalid) = (0, 0);
-    let mut buffers = vec![[0u8; 1024]; BATCH];
-    while !done.load(Ordering::Relaxed) {
-        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-            buffers.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let lengths: Vec<usize> = match recvmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
-            Ok(messages) => messages.map(|m| m.bytes).collect(),
-            Err(_) => continue,
-        };
-        for (buffer, len) in buffers.iter().zip(lengths) {
+    socket_load::receive_batches::<1024>(socket, done, |datagrams| {
+        for datagram in datagrams {
             // A server's reply (mode 4), not a kiss, with extension fields: authenticated.
-            let is_reply = len > 48 && buffer[0] & 7 == 4 && buffer[1] != 0;
+            let is_reply = datagram.len() > 48 && datagram[0] & 7 == 4 && datagram[1] != 0;
             if is_reply { valid += 1 } else { invalid += 1 }
         }
-    }
-    (valid, invalid)
+        Ok(())
+    })?;
+    Ok((valid, invalid))
 }

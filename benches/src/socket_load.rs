@@ -96,7 +96,33 @@ fn receive(socket: &UdpSocket, done: &AtomicBool, utc_minus_tai_ns: i64) -> anyh
         latency: Histogram::new(3)?,
         offset: Histogram::new(3)?,
     };
-    let mut buffers = vec![[0u8; 512]; BATCH];
+    receive_batches::<512>(socket, done, |datagrams| {
+        let received = clock::tai_ns();
+        for datagram in datagrams {
+            match check_reply(datagram, received, utc_minus_tai_ns) {
+                Ok(Reply::Time { latency_ns, offset_ns }) => {
+                    tally.valid += 1;
+                    tally.latency.record(latency_ns.max(1))?;
+                    tally.negative_offsets += u64::from(offset_ns < 0);
+                    tally.offset.record(offset_ns.unsigned_abs().max(1))?;
+                }
+                Ok(Reply::KissOfDeath) => tally.kiss_of_death += 1,
+                Err(_) => tally.invalid += 1,
+            }
+        }
+        Ok(())
+    })?;
+    Ok(tally)
+}
+
+/// Receives on `socket` until `done`, up to [`BATCH`] datagrams (of at most `N` bytes) a system
+/// call, and calls `f` with each batch. The socket's read timeout is how often `done` is checked.
+pub fn receive_batches<const N: usize>(
+    socket: &UdpSocket,
+    done: &AtomicBool,
+    mut f: impl FnMut(&[&[u8]]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut buffers = [[0u8; N]; BATCH];
     while !done.load(Ordering::Relaxed) {
         let mut slices: Vec<[IoSliceMut<'_>; 1]> =
             buffers.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
@@ -112,19 +138,9 @@ fn receive(socket: &UdpSocket, done: &AtomicBool, utc_minus_tai_ns: i64) -> anyh
             Ok(messages) => messages.map(|m| m.bytes).collect(),
             Err(_) => continue, // the read timeout: check whether to stop
         };
-        let received = clock::tai_ns();
-        for (buffer, len) in buffers.iter().zip(lengths) {
-            match check_reply(&buffer[..len], received, utc_minus_tai_ns) {
-                Ok(Reply::Time { latency_ns, offset_ns }) => {
-                    tally.valid += 1;
-                    tally.latency.record(latency_ns.max(1))?;
-                    tally.negative_offsets += u64::from(offset_ns < 0);
-                    tally.offset.record(offset_ns.unsigned_abs().max(1))?;
-                }
-                Ok(Reply::KissOfDeath) => tally.kiss_of_death += 1,
-                Err(_) => tally.invalid += 1,
-            }
-        }
+        let datagrams: Vec<&[u8]> =
+            buffers.iter().zip(lengths).map(|(buffer, len)| &buffer[..len]).collect();
+        f(&datagrams)?;
     }
-    Ok(tally)
+    Ok(())
 }

@@ -1,9 +1,10 @@
 //! The responder: whatever a client sends, a reply is a server-mode answer to that request,
-//! never longer than it, or no reply.
+//! never longer than it, or no reply; extension fields and MACs are read as chronyd reads them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ntp_common::{
+    extension::{self, Authentication},
     responder,
     state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
     wire::{HEADER_LEN, Leap, Mode, NtpHeader, NtpShort, NtpTimestamp, ReferenceId},
@@ -29,17 +30,27 @@ fuzz_target!(|data: &[u8]| {
     let state = ServerState::new(anchor, header, MAX_STATE_AGE_NS);
     let received = TAI_NS.wrapping_add(u64::from_le_bytes(*when) % (2 * MAX_STATE_AGE_NS));
     let transmit = received.wrapping_add(20_000);
+    let checked = responder::check_request(request);
     match responder::respond(request, &state, received, transmit, i8::MIN) {
         Ok(reply) => {
             assert!(reply.len() <= request.len(), "a reply longer than its request");
-            assert_eq!(request.len(), HEADER_LEN);
-            let (reply, request) =
-                (NtpHeader::from_bytes(&reply), NtpHeader::from_bytes(request.try_into().unwrap()));
+            assert!(request.len() % 4 == 0 && request.len() <= extension::MAX_PACKET_LEN);
+            let checked = checked.expect("answered, so checked");
+            assert_eq!(checked.authentication, Authentication::None);
+            // Every field skipped is a whole field by RFC 7822's syntax, the last at least 28
+            // bytes long (shorter trailers are MACs or nothing).
+            let fields: Vec<_> = extension::fields(request, HEADER_LEN).collect();
+            assert!(fields.iter().all(|field| field.is_ok()), "{fields:?}");
+            if let Some(Ok(last)) = fields.last() {
+                assert!(last.end() - last.start >= 28);
+            }
+            let (reply, request) = (NtpHeader::from_bytes(&reply), NtpHeader::from_bytes(checked.header));
             assert_eq!(reply.mode, Mode::Server);
             assert_eq!(reply.origin_timestamp, request.transmit_timestamp);
         }
         Err(_) => assert!(
-            responder::check_request(request).is_err()
+            checked.is_err()
+                || checked.is_ok_and(|c| c.authentication != Authentication::None)
                 || received >= state.fresh_until_tai_ns
                 || received < TAI_NS
         ),

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod checksum;
+pub mod extension;
 pub mod maps;
 pub mod ratelimit;
 pub mod responder;

@@ -5,6 +5,7 @@
 //! program, which implements the same rules on packet memory; the two must agree byte for byte.
 
 use crate::{
+    extension::{self, Authentication, Malformed},
     state::ServerState,
     wire::{self, HEADER_LEN, Leap, Mode, NtpTimestamp, ReferenceId, offset},
 };
@@ -12,29 +13,51 @@ use crate::{
 /// Why a request gets no reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoReply {
-    /// Not exactly a 48-byte header: truncated, or carrying extension fields or a MAC, which
-    /// this server does not process (it never answers what it cannot answer completely).
+    /// Shorter than a header, not a multiple of 4 bytes, or longer than
+    /// [`extension::MAX_PACKET_LEN`].
     Length(usize),
+    /// Extension fields that do not parse (see [`extension`]).
+    Malformed,
     /// A version other than 1 to 4.
     Version(u8),
     /// Not a client request (mode 3).
     NotClientRequest(Mode),
+    /// A symmetric-key MAC: this server has no keys, so it cannot answer it (chronyd does not
+    /// answer a MAC of a key it does not know).
+    Mac,
+    /// NTS fields: answered, if at all, by the NTS layer around this responder.
+    Nts,
     /// The state is stale at the receive instant.
     Stale,
 }
 
-/// Checks that `request` is a plain client request this server answers.
-pub fn check_request(request: &[u8]) -> Result<&[u8; HEADER_LEN], NoReply> {
-    let request: &[u8; HEADER_LEN] =
-        request.try_into().map_err(|_| NoReply::Length(request.len()))?;
-    let (_, version, mode) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
+/// A client request, checked: its header, and how it is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub header: &'a [u8; HEADER_LEN],
+    pub authentication: Authentication,
+}
+
+/// Checks that `request` is a client request (mode 3, version 1 to 4) whose extension fields
+/// and MAC parse as chronyd parses them. Fields of unknown types are ignored.
+pub fn check_request(request: &[u8]) -> Result<Request<'_>, NoReply> {
+    let header: &[u8; HEADER_LEN] = request.first_chunk().ok_or(NoReply::Length(request.len()))?;
+    let (_, version, mode) = wire::split_li_vn_mode(header[offset::LI_VN_MODE]);
+    if !request.len().is_multiple_of(4) || request.len() > extension::MAX_PACKET_LEN {
+        return Err(NoReply::Length(request.len()));
+    }
     if !wire::is_served_version(version) {
         return Err(NoReply::Version(version));
     }
+    let (authentication, _) =
+        extension::parse_request(request, version).map_err(|error| match error {
+            Malformed::Length(length) => NoReply::Length(length),
+            Malformed::Field => NoReply::Malformed,
+        })?;
     if mode != Mode::Client {
         return Err(NoReply::NotClientRequest(mode));
     }
-    Ok(request)
+    Ok(Request { header, authentication })
 }
 
 /// The poll field of a reply: the client's, raised to the rate limit's interval (chrony's
@@ -44,11 +67,11 @@ pub const fn reply_poll(request_poll: u8, min_poll: i8) -> u8 {
     (if poll < min_poll { min_poll } else { poll }) as u8
 }
 
-/// Builds the reply to a plain client request.
+/// Builds the reply to a client request without authentication: a plain header, whatever
+/// fields of unknown types the request carries, so never longer than the request.
 ///
 /// `receive_tai_ns` and `transmit_tai_ns` are CLOCK_TAI instants; the state turns them into the
-/// time served. The state must be fresh when the request is received. The reply is exactly as
-/// long as the request.
+/// time served. The state must be fresh when the request is received.
 pub fn respond(
     request: &[u8],
     state: &ServerState,
@@ -57,6 +80,24 @@ pub fn respond(
     min_poll: i8,
 ) -> Result<[u8; HEADER_LEN], NoReply> {
     let request = check_request(request)?;
+    match request.authentication {
+        Authentication::None => {
+            answer(request.header, state, receive_tai_ns, transmit_tai_ns, min_poll)
+        }
+        Authentication::Mac => Err(NoReply::Mac),
+        Authentication::Nts => Err(NoReply::Nts),
+    }
+}
+
+/// The reply header to a request whose header is `request` and which [`check_request`]
+/// accepted (and whose authentication, if any, the caller has verified).
+pub fn answer(
+    request: &[u8; HEADER_LEN],
+    state: &ServerState,
+    receive_tai_ns: u64,
+    transmit_tai_ns: u64,
+    min_poll: i8,
+) -> Result<[u8; HEADER_LEN], NoReply> {
     let (_, version, _) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
     let received = state.elapsed_ns(receive_tai_ns).ok_or(NoReply::Stale)?;
     let transmit = state.served_time_after(state.transmit_elapsed_ns(received, transmit_tai_ns));
@@ -88,7 +129,7 @@ pub fn kiss_of_death(request: &[u8], min_poll: i8) -> Result<[u8; HEADER_LEN], N
 
 /// A kiss-o'-death with `code` as its reference ID, as [`kiss_of_death`] makes RATE's.
 pub fn kiss(request: &[u8], code: ReferenceId, min_poll: i8) -> Result<[u8; HEADER_LEN], NoReply> {
-    let request = check_request(request)?;
+    let request = check_request(request)?.header;
     let (_, version, _) = wire::split_li_vn_mode(request[offset::LI_VN_MODE]);
     let client_transmit = &request[offset::TRANSMIT_TIMESTAMP..offset::TRANSMIT_TIMESTAMP + 8];
     let mut reply = [0u8; HEADER_LEN];
@@ -254,20 +295,76 @@ mod tests {
         }
     }
 
+    /// `request` with a field of `length` bytes of type `kind` after it.
+    fn with_field(request: &[u8], kind: u16, length: usize) -> Vec<u8> {
+        let mut packet = request.to_vec();
+        packet.extend_from_slice(&kind.to_be_bytes());
+        packet.extend_from_slice(&(length as u16).to_be_bytes());
+        packet.resize(packet.len() + length - 4, 0x5a);
+        packet
+    }
+
+    #[test]
+    fn unknown_extension_fields_get_the_plain_reply() {
+        let state = state(local_stratum_10());
+        let plain = respond(&request(4, 6), &state, BASE_TAI, BASE_TAI, i8::MIN).unwrap();
+        // chrony's experimental field (F323) and a 900-byte one of no known type.
+        for packet in
+            [with_field(&request(4, 6), 0xf323, 28), with_field(&request(4, 6), 0x7777, 900)]
+        {
+            let reply = respond(&packet, &state, BASE_TAI, BASE_TAI, i8::MIN);
+            assert_eq!(reply, Ok(plain), "{} bytes", packet.len());
+        }
+    }
+
+    #[test]
+    fn macs_nts_and_malformed_fields_get_no_plain_reply() {
+        let state = state(local_stratum_10());
+        let answer = |packet: &[u8]| respond(packet, &state, BASE_TAI, BASE_TAI, i8::MIN);
+        let mut mac = request(4, 6).to_vec();
+        mac.extend_from_slice(&[7; 20]);
+        assert_eq!(answer(&mac), Err(NoReply::Mac));
+        let nts = with_field(&request(4, 6), extension::kind::NTS_UNIQUE_IDENTIFIER, 36);
+        assert_eq!(answer(&nts), Err(NoReply::Nts));
+        assert_eq!(answer(&with_field(&request(4, 6), 0x7777, 16)), Err(NoReply::Malformed));
+        // NTPv3 has no fields: what follows its header is a MAC.
+        assert_eq!(answer(&with_field(&request(3, 6), 0x7777, 28)), Err(NoReply::Mac));
+        assert_eq!(answer(&request(4, 6)[..47]), Err(NoReply::Length(47)));
+        let mut odd = request(4, 6).to_vec();
+        odd.push(0);
+        assert_eq!(answer(&odd), Err(NoReply::Length(49)));
+    }
+
     proptest! {
         #[test]
-        fn never_answers_anything_but_exactly_48_bytes(
-            packet in proptest::collection::vec(any::<u8>(), 0..200),
+        fn a_reply_is_a_48_byte_answer_to_a_request_at_least_as_long(
+            packet in proptest::collection::vec(any::<u8>(), 0..1200),
         ) {
             let state = state(local_stratum_10());
-            let result = respond(&packet, &state, BASE_TAI, BASE_TAI, i8::MIN);
-            if packet.len() != HEADER_LEN {
-                prop_assert_eq!(result, Err(NoReply::Length(packet.len())));
-            } else if let Ok(reply) = result {
+            if let Ok(reply) = respond(&packet, &state, BASE_TAI, BASE_TAI, i8::MIN) {
+                prop_assert!(packet.len() >= HEADER_LEN && packet.len() % 4 == 0);
+                prop_assert!(packet.len() <= extension::MAX_PACKET_LEN);
                 let (_, version, mode) = wire::split_li_vn_mode(packet[0]);
                 prop_assert!(mode == Mode::Client && (1..=4).contains(&version));
                 prop_assert_eq!(&reply[24..32], &packet[40..48]);
                 prop_assert_eq!(reply[2], packet[2]);
+            }
+        }
+
+        #[test]
+        fn a_request_with_unknown_fields_is_answered_as_its_header(
+            lengths in proptest::collection::vec((4usize..60).prop_map(|n| n * 4), 1..4),
+        ) {
+            let state = state(local_stratum_10());
+            let packet = lengths.iter().fold(request(4, 6).to_vec(), |packet, &length| {
+                with_field(&packet, 0x7777, length)
+            });
+            let last_is_long = lengths.last().is_some_and(|&last| last >= 28);
+            let reply = respond(&packet, &state, BASE_TAI, BASE_TAI, i8::MIN);
+            if last_is_long {
+                prop_assert_eq!(reply, respond(&request(4, 6), &state, BASE_TAI, BASE_TAI, i8::MIN));
+            } else {
+                prop_assert!(reply.is_err());
             }
         }
     }

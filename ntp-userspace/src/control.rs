@@ -207,11 +207,17 @@ impl KernelCounters {
     }
 }
 
-/// The daemon's socket path: what the kernel passed, or everything without XDP.
+/// The daemon's socket path: what the kernel passed, or everything without XDP. Every
+/// datagram is counted once under its outcome: `datagrams` is the sum of `answered`,
+/// `kiss_of_death`, `nts_naks`, `rate_limited`, `denied` and the `unanswered` reasons.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlowPathCounters {
-    /// Requests from admitted clients (logged in the client log).
+    /// Every datagram the socket took.
+    #[serde(default)]
+    pub datagrams: u64,
+    /// Requests from admitted clients (logged in the client log, answered or not).
     pub received: u64,
+    /// Answered with the time (NTS-authenticated ones included).
     pub answered: u64,
     pub kiss_of_death: u64,
     pub rate_limited: u64,
@@ -228,6 +234,37 @@ pub struct SlowPathCounters {
     pub nts_ke_accepted: u64,
     #[serde(default)]
     pub nts_ke_dropped: u64,
+    #[serde(default)]
+    pub unanswered: UnansweredCounters,
+}
+
+/// Datagrams the slow path did not answer, besides the denied and the rate-limited, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnansweredCounters {
+    /// Longer than the longest NTP datagram, or without a destination address.
+    pub unreadable: u64,
+    /// Not to one of the served addresses, or from an address no request comes from.
+    pub address: u64,
+    /// A bad length, or extension fields that do not parse.
+    pub malformed: u64,
+    /// A version other than 1 to 4.
+    pub version: u64,
+    /// Not a client request (mode 3).
+    pub not_request: u64,
+    /// A symmetric-key MAC, which ntpxd cannot check.
+    pub mac: u64,
+    /// NTS fields that are not an NTS request, or NTS while none is served.
+    pub not_nts: u64,
+    /// The time model too old to serve.
+    pub stale: u64,
+}
+
+impl UnansweredCounters {
+    pub fn total(&self) -> u64 {
+        let Self { unreadable, address, malformed, version, not_request, mac, not_nts, stale } =
+            *self;
+        unreadable + address + malformed + version + not_request + mac + not_nts + stale
+    }
 }
 
 /// Sends one request to the daemon at `socket` and waits for its response.

@@ -36,7 +36,7 @@ use crate::{
     files::Pidfile,
     privileges,
     reference::{Reference, TaiReading},
-    server::{PUBLISH_INTERVAL_NS, Server, Unanswered},
+    server::{PUBLISH_INTERVAL_NS, Server},
     service,
     socket::{Batch, Datagram, NtpSocket},
     sync::{SourceReport, Tracking, leap_name},
@@ -589,25 +589,24 @@ async fn serve_socket(socket: Arc<NtpSocket>, server: Arc<Server>) {
     }
 }
 
-/// Answers one datagram of the slow path, if it gets an answer.
-async fn answer(socket: &NtpSocket, server: &Server, datagram: &Datagram, request: &[u8]) {
+/// Answers one datagram of the slow path, if it gets an answer (`request` is None for one too
+/// long to be read whole).
+async fn answer(socket: &NtpSocket, server: &Server, datagram: &Datagram, request: Option<&[u8]>) {
+    // IP_PKTINFO is on: the kernel always says where a datagram went.
+    let (Some(request), Some(destination)) = (request, datagram.destination) else {
+        tracing::debug!(client = %datagram.source, len = datagram.len, "unreadable: not answered");
+        server.count_unreadable();
+        return;
+    };
     let received_ns = datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns);
     // TAI - UTC as the kernel has it now: it changes at a leap second, at once.
     let received = TaiReading::from_system_time(received_ns, clock::tai_offset_s());
-    // IP_PKTINFO is on: the kernel always says where a datagram went.
-    let Some(destination) = datagram.destination else {
-        tracing::debug!(client = %datagram.source, "no destination address: not answered");
-        return;
-    };
     match server.handle_datagram(request, datagram.source, destination, received, clock::tai_ns) {
         Ok(reply) => {
             let reply = reply.bytes();
             if let Err(error) = socket.send(reply, datagram.source, Some(destination)).await {
                 tracing::debug!(%error, client = %datagram.source, "sending a reply");
             }
-        }
-        Err(Unanswered::Denied) => {
-            tracing::debug!(client = %datagram.source, "denied by the access rules");
         }
         Err(reason) => tracing::debug!(client = %datagram.source, ?reason, "not answered"),
     }

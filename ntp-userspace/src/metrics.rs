@@ -247,15 +247,26 @@ impl Collector for Snapshot {
                 outcome("dropped", "rate_limit", kernel.dropped_rate_limit),
             ],
         )?;
+        let unanswered = &slow.unanswered;
         f.counter(
             "ntpx_slow_path_packets",
-            "Requests the slow path (ntpxd's socket) received from admitted clients, and what became of them",
+            "Datagrams the slow path (ntpxd's socket) received, those from admitted clients, and what became of them",
             [
+                outcome("received", "any", slow.datagrams),
                 outcome("received", "admitted", slow.received),
                 outcome("answered", "time", slow.answered),
                 outcome("answered", "kiss_of_death", slow.kiss_of_death),
+                outcome("answered", "nts_nak", slow.nts_naks),
                 outcome("dropped", "rate_limit", slow.rate_limited),
                 outcome("dropped", "denied", slow.denied),
+                outcome("dropped", "unreadable", unanswered.unreadable),
+                outcome("dropped", "address", unanswered.address),
+                outcome("dropped", "malformed", unanswered.malformed),
+                outcome("dropped", "version", unanswered.version),
+                outcome("dropped", "not_request", unanswered.not_request),
+                outcome("dropped", "mac", unanswered.mac),
+                outcome("dropped", "not_nts", unanswered.not_nts),
+                outcome("dropped", "stale_state", unanswered.stale),
             ],
         )?;
         f.counter(

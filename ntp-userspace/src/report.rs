@@ -26,6 +26,7 @@ fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
         client_log_capacity,
         client_log_bytes,
     } = stats;
+    let unanswered = &slow_path.unanswered;
     vec![
         ("NTP packets received", *ntp_packets_received),
         ("NTP packets dropped", *ntp_packets_dropped),
@@ -53,9 +54,18 @@ fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
         ("XDP passed, stale state", kernel.passed_stale),
         ("XDP dropped, denied", kernel.dropped_denied),
         ("XDP dropped, rate limit", kernel.dropped_rate_limit),
+        ("Slow path datagrams", slow_path.datagrams),
         ("Slow path received", slow_path.received),
         ("Slow path denied", slow_path.denied),
         ("Slow path rate limited", slow_path.rate_limited),
+        ("Slow path, unreadable", unanswered.unreadable),
+        ("Slow path, address", unanswered.address),
+        ("Slow path, malformed", unanswered.malformed),
+        ("Slow path, version", unanswered.version),
+        ("Slow path, not a request", unanswered.not_request),
+        ("Slow path, MAC", unanswered.mac),
+        ("Slow path, not NTS", unanswered.not_nts),
+        ("Slow path, stale state", unanswered.stale),
         ("NTS NAKs", slow_path.nts_naks),
     ]
 }

@@ -11,6 +11,7 @@ use std::{
 
 use ntp_common::{
     admission::{self, AddressRefusal, Addressing, WireAddress},
+    extension::Authentication,
     ratelimit::Limit,
     responder::{self, NoReply},
     state::{MAX_STATE_AGE_NS, ServerState},
@@ -21,7 +22,7 @@ use crate::{
     access::AccessTable,
     client_table::ClientLog,
     config::LocalReference,
-    control::SlowPathCounters,
+    control::{SlowPathCounters, UnansweredCounters},
     nts::{
         cookie::KeyRing,
         packet::{self, Rejected},
@@ -40,32 +41,91 @@ const _: () = assert!(STATE_FRESHNESS_NS <= MAX_STATE_AGE_NS);
 /// Why the slow path did not answer a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unanswered {
-    Denied,
-    /// Over the client's rate limit.
-    RateLimited,
-    /// Not a request this server answers (see [`NoReply`]).
-    NotServed(NoReply),
+    /// Longer than the socket reads whole ([`ntp_common::extension::MAX_PACKET_LEN`]), or the kernel did
+    /// not say where it was sent.
+    Unreadable,
     /// Not for this server to answer by its addresses (see [`admission::check`]).
     Address(AddressRefusal),
+    Denied,
+    /// Not a request this server answers (see [`NoReply`]).
+    NotServed(NoReply),
+    /// Over the client's rate limit.
+    RateLimited,
+    /// NTS fields that are not a request RFC 8915 describes, or NTS while none is served.
+    NotNts,
 }
 
-/// A reply of the slow path: a plain header, or one with NTS's extension fields after it.
+/// A reply of the slow path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    Plain([u8; HEADER_LEN]),
-    Nts(Vec<u8>),
+    /// The time, in a plain header.
+    Time([u8; HEADER_LEN]),
+    /// A RATE kiss-o'-death.
+    KissOfDeath([u8; HEADER_LEN]),
+    /// The time, with NTS's extension fields after the header.
+    Authenticated(Vec<u8>),
+    /// An NTS NAK: a kiss-o'-death with the request's identifier.
+    NtsNak(Vec<u8>),
 }
 
 impl Reply {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Self::Plain(header) => header,
-            Self::Nts(bytes) => bytes,
+            Self::Time(header) | Self::KissOfDeath(header) => header,
+            Self::Authenticated(bytes) | Self::NtsNak(bytes) => bytes,
         }
     }
 
     pub fn header(&self) -> &[u8; HEADER_LEN] {
-        self.bytes()[..HEADER_LEN].try_into().expect("a reply starts with a header")
+        self.bytes().first_chunk().expect("a reply starts with a header")
+    }
+}
+
+/// The slow path's counters: every datagram the socket takes, and each one's outcome.
+#[derive(Default)]
+struct Counts {
+    datagrams: AtomicU64,
+    /// Requests logged in the client log, as chronyd counts "NTP packets received".
+    received: AtomicU64,
+    answered: AtomicU64,
+    kiss_of_death: AtomicU64,
+    authenticated: AtomicU64,
+    nts_naks: AtomicU64,
+    denied: AtomicU64,
+    rate_limited: AtomicU64,
+    unreadable: AtomicU64,
+    address: AtomicU64,
+    malformed: AtomicU64,
+    version: AtomicU64,
+    not_request: AtomicU64,
+    mac: AtomicU64,
+    not_nts: AtomicU64,
+    stale: AtomicU64,
+}
+
+impl Counts {
+    fn count(&self, outcome: &Result<Reply, Unanswered>) {
+        let counter = match outcome {
+            Ok(Reply::Time(_)) => &self.answered,
+            Ok(Reply::KissOfDeath(_)) => &self.kiss_of_death,
+            Ok(Reply::Authenticated(_)) => {
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                &self.authenticated
+            }
+            Ok(Reply::NtsNak(_)) => &self.nts_naks,
+            Err(Unanswered::Unreadable) => &self.unreadable,
+            Err(Unanswered::Address(_)) => &self.address,
+            Err(Unanswered::Denied) => &self.denied,
+            Err(Unanswered::RateLimited) => &self.rate_limited,
+            Err(Unanswered::NotNts | Unanswered::NotServed(NoReply::Nts)) => &self.not_nts,
+            Err(Unanswered::NotServed(NoReply::Length(_) | NoReply::Malformed)) => &self.malformed,
+            Err(Unanswered::NotServed(NoReply::Version(_))) => &self.version,
+            Err(Unanswered::NotServed(NoReply::NotClientRequest(_))) => &self.not_request,
+            Err(Unanswered::NotServed(NoReply::Mac)) => &self.mac,
+            Err(Unanswered::NotServed(NoReply::Stale)) => &self.stale,
+        };
+        self.datagrams.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -76,16 +136,10 @@ pub struct Server {
     /// The addresses served (those published to the kernel too).
     local_addresses: RwLock<Vec<WireAddress>>,
     client_log: Arc<dyn ClientLog>,
-    received: AtomicU64,
-    answered: AtomicU64,
-    kiss_of_death: AtomicU64,
-    rate_limited: AtomicU64,
-    denied: AtomicU64,
+    counts: Counts,
     commands: AtomicU64,
     /// The NTS server keys, when NTS is served.
     nts_keys: RwLock<Option<KeyRing>>,
-    authenticated: AtomicU64,
-    nts_naks: AtomicU64,
     nts_ke_accepted: AtomicU64,
     nts_ke_dropped: AtomicU64,
 }
@@ -97,15 +151,9 @@ impl Server {
             access: RwLock::new(access),
             local_addresses: RwLock::new(Vec::new()),
             client_log,
-            received: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
-            kiss_of_death: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            denied: AtomicU64::new(0),
+            counts: Counts::default(),
             commands: AtomicU64::new(0),
             nts_keys: RwLock::new(None),
-            authenticated: AtomicU64::new(0),
-            nts_naks: AtomicU64::new(0),
             nts_ke_accepted: AtomicU64::new(0),
             nts_ke_dropped: AtomicU64::new(0),
         }
@@ -159,8 +207,26 @@ impl Server {
 
     /// Answers a datagram the socket received from `source`, sent to `destination`, at the
     /// CLOCK_REALTIME instant `received_realtime_ns`. `transmit_tai_ns` reads the clock just
-    /// before the reply is built.
+    /// before the reply is built. Every datagram is counted under its outcome.
     pub fn handle_datagram(
+        &self,
+        request: &[u8],
+        source: SocketAddr,
+        destination: (IpAddr, u32),
+        received: TaiReading,
+        transmit_tai_ns: impl FnOnce() -> u64,
+    ) -> Result<Reply, Unanswered> {
+        let outcome = self.decide(request, source, destination, received, transmit_tai_ns);
+        self.counts.count(&outcome);
+        outcome
+    }
+
+    /// Counts a datagram the socket could not hand over whole (see [`Unanswered::Unreadable`]).
+    pub fn count_unreadable(&self) {
+        self.counts.count(&Err(Unanswered::Unreadable));
+    }
+
+    fn decide(
         &self,
         request: &[u8],
         source: SocketAddr,
@@ -182,67 +248,59 @@ impl Server {
         drop(local);
         let source = source.ip();
         if !self.access.read().expect("access lock").is_allowed(source) {
-            self.denied.fetch_add(1, Ordering::Relaxed);
             return Err(Unanswered::Denied);
         }
-        let keys = self.nts_keys.read().expect("NTS keys lock");
-        // Extension fields are answered only as NTS; everything else is a plain header.
-        let nts = match keys.as_ref() {
-            Some(keys) if request.len() > HEADER_LEN => match packet::open(request, keys) {
-                Ok(authenticated) => Some(Ok(authenticated)),
-                Err(Rejected::Nak { unique_id }) => Some(Err(unique_id)),
-                Err(Rejected::NotNts | Rejected::Malformed) => None,
-            },
-            _ => None,
-        };
-        let header = if nts.is_some() { &request[..HEADER_LEN] } else { request };
-        // Only requests the server would answer are logged, as chrony logs them.
-        responder::check_request(header).map_err(Unanswered::NotServed)?;
-        self.received.fetch_add(1, Ordering::Relaxed);
+        let checked = responder::check_request(request).map_err(Unanswered::NotServed)?;
+        // Logged before any authentication is checked, as chronyd logs: a flood of requests
+        // that the rate limit drops costs no cryptography.
+        self.counts.received.fetch_add(1, Ordering::Relaxed);
         let min_poll = self.client_log.min_poll();
         match self.client_log.log(source, received.tai_ns) {
             Limit::Answer => {}
-            Limit::KissOfDeath if nts.is_none() => {
-                self.kiss_of_death.fetch_add(1, Ordering::Relaxed);
+            Limit::KissOfDeath if checked.authentication == Authentication::None => {
                 return responder::kiss_of_death(request, min_poll)
-                    .map(Reply::Plain)
+                    .map(Reply::KissOfDeath)
                     .map_err(Unanswered::NotServed);
             }
-            // An NTS client would not believe an unauthenticated kiss: dropped instead.
-            Limit::Drop | Limit::KissOfDeath => {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(Unanswered::RateLimited);
-            }
+            // A client that authenticates would not believe an unauthenticated kiss: dropped.
+            Limit::Drop | Limit::KissOfDeath => return Err(Unanswered::RateLimited),
         }
-        let nts = match (nts, keys.as_ref()) {
-            (Some(Ok(authenticated)), Some(keys)) => {
-                // Sealed before the transmit timestamp is read.
-                let cookies = packet::cookies_for(&authenticated, request.len(), keys);
-                Some((authenticated, cookies))
+        let nts = match checked.authentication {
+            Authentication::None => None,
+            Authentication::Mac => return Err(Unanswered::NotServed(NoReply::Mac)),
+            Authentication::Nts => {
+                let keys = self.nts_keys.read().expect("NTS keys lock");
+                let keys = keys.as_ref().ok_or(Unanswered::NotNts)?;
+                match packet::open(request, keys) {
+                    // Sealed before the transmit timestamp is read.
+                    Ok(authenticated) => {
+                        let cookies = packet::cookies_for(&authenticated, request.len(), keys);
+                        Some((authenticated, cookies))
+                    }
+                    Err(Rejected::Nak { unique_id }) => {
+                        let kiss = responder::kiss(request, ReferenceId::KISS_NTS_NAK, min_poll)
+                            .map_err(Unanswered::NotServed)?;
+                        return Ok(Reply::NtsNak(packet::nak(&kiss, unique_id)));
+                    }
+                    Err(Rejected::NotNts | Rejected::Malformed) => return Err(Unanswered::NotNts),
+                }
             }
-            (Some(Err(unique_id)), _) => {
-                self.nts_naks.fetch_add(1, Ordering::Relaxed);
-                let kiss = responder::kiss(header, ReferenceId::KISS_NTS_NAK, min_poll)
-                    .map_err(Unanswered::NotServed)?;
-                return Ok(Reply::Nts(packet::nak(&kiss, unique_id)));
-            }
-            _ => None,
         };
-        drop(keys);
         // Anchored at the receive instant: however long the request waited in the socket, the
         // time model of the daemon, not the kernel's freshness window, decides.
         let state =
             self.reference.read().expect("reference lock").state_at(received, MAX_STATE_AGE_NS);
         let reply =
-            responder::respond(header, &state, received.tai_ns, transmit_tai_ns(), min_poll)
+            responder::answer(checked.header, &state, received.tai_ns, transmit_tai_ns(), min_poll)
                 .map_err(Unanswered::NotServed)?;
-        self.answered.fetch_add(1, Ordering::Relaxed);
         Ok(match nts {
-            Some((authenticated, cookies)) => {
-                self.authenticated.fetch_add(1, Ordering::Relaxed);
-                Reply::Nts(packet::seal_reply(&reply, &authenticated, cookies, request.len()))
-            }
-            None => Reply::Plain(reply),
+            Some((authenticated, cookies)) => Reply::Authenticated(packet::seal_reply(
+                &reply,
+                &authenticated,
+                cookies,
+                request.len(),
+            )),
+            None => Reply::Time(reply),
         })
     }
 
@@ -255,16 +313,46 @@ impl Server {
     }
 
     pub fn slow_path_counters(&self) -> SlowPathCounters {
+        let Counts {
+            datagrams,
+            received,
+            answered,
+            kiss_of_death,
+            authenticated,
+            nts_naks,
+            denied,
+            rate_limited,
+            unreadable,
+            address,
+            malformed,
+            version,
+            not_request,
+            mac,
+            not_nts,
+            stale,
+        } = &self.counts;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         SlowPathCounters {
-            received: self.received.load(Ordering::Relaxed),
-            answered: self.answered.load(Ordering::Relaxed),
-            kiss_of_death: self.kiss_of_death.load(Ordering::Relaxed),
-            rate_limited: self.rate_limited.load(Ordering::Relaxed),
-            denied: self.denied.load(Ordering::Relaxed),
-            authenticated: self.authenticated.load(Ordering::Relaxed),
-            nts_naks: self.nts_naks.load(Ordering::Relaxed),
+            datagrams: read(datagrams),
+            received: read(received),
+            answered: read(answered),
+            kiss_of_death: read(kiss_of_death),
+            rate_limited: read(rate_limited),
+            denied: read(denied),
+            authenticated: read(authenticated),
+            nts_naks: read(nts_naks),
             nts_ke_accepted: self.nts_ke_accepted.load(Ordering::Relaxed),
             nts_ke_dropped: self.nts_ke_dropped.load(Ordering::Relaxed),
+            unanswered: UnansweredCounters {
+                unreadable: read(unreadable),
+                address: read(address),
+                malformed: read(malformed),
+                version: read(version),
+                not_request: read(not_request),
+                mac: read(mac),
+                not_nts: read(not_nts),
+                stale: read(stale),
+            },
         }
     }
 }
@@ -413,12 +501,75 @@ mod tests {
             || RECEIVED_TAI,
         );
         assert_eq!(local_client, Err(Unanswered::Denied), "past the address rules on lo");
-        let mut with_mac = request().to_vec();
-        with_mac.extend_from_slice(&[0; 20]);
-        let mac = handle(&server, &with_mac, CLIENT, None);
-        assert_eq!(mac, Err(Unanswered::NotServed(NoReply::Length(68))));
         let counters = server.slow_path_counters();
         assert_eq!((counters.received, counters.answered, counters.denied), (0, 0, 2));
+        assert_eq!(counters.unanswered.address, 4);
+    }
+
+    /// `request()` followed by `trailer`.
+    fn request_with(trailer: &[u8]) -> Vec<u8> {
+        let mut packet = request().to_vec();
+        packet.extend_from_slice(trailer);
+        packet
+    }
+
+    /// An extension field of type 0x7777 (unknown), `length` bytes long.
+    fn unknown_field(length: usize) -> Vec<u8> {
+        let mut field = vec![0x77, 0x77, 0, length as u8];
+        field.resize(length, 0);
+        field
+    }
+
+    #[test]
+    fn unknown_extension_fields_are_answered_and_macs_are_logged_unanswered() {
+        let server = server();
+        let plain = handle(&server, &request(), CLIENT, None).unwrap();
+        let f323 = handle(&server, &request_with(&unknown_field(28)), CLIENT, None);
+        assert_eq!(f323, Ok(plain), "the plain reply to a request with an unknown field");
+        let mac = handle(&server, &request_with(&[1; 20]), CLIENT, None);
+        assert_eq!(mac, Err(Unanswered::NotServed(NoReply::Mac)));
+        let short = handle(&server, &request_with(&unknown_field(16)), CLIENT, None);
+        assert_eq!(short, Err(Unanswered::NotServed(NoReply::Malformed)));
+        let counters = server.slow_path_counters();
+        // Logged as chronyd logs them: the MAC's request too, which it then does not answer.
+        assert_eq!((counters.datagrams, counters.received, counters.answered), (4, 3, 2));
+        assert_eq!((counters.unanswered.mac, counters.unanswered.malformed), (1, 1));
+    }
+
+    #[test]
+    fn every_datagram_is_counted_once_under_its_outcome() {
+        let server = server_limiting(Limit::Answer);
+        let mut not_request = request();
+        not_request[0] = 0x24;
+        let mut version_5 = request();
+        version_5[0] = 0x2b;
+        for (packet, source) in [
+            (request().to_vec(), CLIENT),
+            (request().to_vec(), "198.51.100.1"),
+            (request().to_vec(), SERVER),
+            (not_request.to_vec(), CLIENT),
+            (version_5.to_vec(), CLIENT),
+            (request()[..40].to_vec(), CLIENT),
+            (request_with(&[1; 24]), CLIENT),
+            (request_with(&unknown_field(36)[..32]), CLIENT),
+        ] {
+            let _ = handle(&server, &packet, source, None);
+        }
+        server.count_unreadable();
+        let counters = server.slow_path_counters();
+        let u = counters.unanswered;
+        assert_eq!(
+            (u.unreadable, u.address, u.version, u.not_request, u.mac, u.malformed),
+            (1, 1, 1, 1, 1, 2)
+        );
+        assert_eq!(counters.datagrams, 9);
+        let outcomes = counters.answered
+            + counters.kiss_of_death
+            + counters.nts_naks
+            + counters.rate_limited
+            + counters.denied
+            + u.total();
+        assert_eq!(outcomes, counters.datagrams, "{counters:?}");
     }
 
     #[test]
@@ -439,9 +590,9 @@ mod tests {
         let ring = KeyRing::generate();
         let (protected, unique_id) = packet::protect(&request(), &ring.seal(&keys), 3, &keys);
         let server = server();
-        // Without NTS keys, extension fields are not answered.
+        // Without NTS keys, NTS requests are not answered.
         let unanswered = handle(&server, &protected, CLIENT, None);
-        assert_eq!(unanswered, Err(Unanswered::NotServed(NoReply::Length(protected.len()))));
+        assert_eq!(unanswered, Err(Unanswered::NotNts));
         server.set_nts_keys(ring.clone());
         let reply = server
             .handle_datagram(&protected, from_client(), to_server(), RECEIVED, || RECEIVED_TAI)
@@ -462,6 +613,18 @@ mod tests {
         );
         let counters = server.slow_path_counters();
         assert_eq!((counters.authenticated, counters.nts_naks), (1, 1));
+        // Over the rate limit, an NTS request is dropped before its keys are touched (no
+        // cryptography for a flood): it is decided while another thread holds the keys' lock.
+        let limited = server_limiting(Limit::Drop);
+        limited.set_nts_keys(KeyRing::generate());
+        let (done, decided) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let keys = limited.nts_keys.write().unwrap();
+            scope.spawn(|| done.send(handle(&limited, &protected, CLIENT, None)).unwrap());
+            let outcome = decided.recv_timeout(std::time::Duration::from_secs(5));
+            drop(keys);
+            assert_eq!(outcome, Ok(Err(Unanswered::RateLimited)), "waited for the NTS keys");
+        });
         // Over the rate limit with kiss-o'-death on: a plain request is kissed, NTS dropped.
         let limiting = server_limiting(Limit::KissOfDeath);
         limiting.set_nts_keys(ring);

@@ -5,7 +5,17 @@
 //! the request's length (never longer: fewer cookies rather than more bytes).
 
 use aes_siv::{aead::KeyInit as _, siv::Aes128Siv};
-use ntp_common::wire::HEADER_LEN;
+use ntp_common::{
+    extension::{
+        self, Field,
+        kind::{
+            NTS_AUTHENTICATOR as AUTHENTICATOR, NTS_COOKIE as COOKIE,
+            NTS_COOKIE_PLACEHOLDER as COOKIE_PLACEHOLDER,
+            NTS_UNIQUE_IDENTIFIER as UNIQUE_IDENTIFIER,
+        },
+    },
+    wire::HEADER_LEN,
+};
 
 use super::{
     COOKIES, SessionKeys,
@@ -13,10 +23,6 @@ use super::{
 };
 use crate::random;
 
-pub const UNIQUE_IDENTIFIER: u16 = 0x0104;
-pub const COOKIE: u16 = 0x0204;
-pub const COOKIE_PLACEHOLDER: u16 = 0x0304;
-pub const AUTHENTICATOR: u16 = 0x0404;
 const MIN_UNIQUE_ID: usize = 32;
 /// The nonce ntpxd sends, and the least room a request's authenticator must leave for one.
 const NONCE_LEN: usize = 16;
@@ -43,29 +49,10 @@ pub enum Rejected<'a> {
     Nak { unique_id: &'a [u8] },
 }
 
-/// One extension field: type, body, and where it starts in the datagram.
-struct Field<'a> {
-    kind: u16,
-    body: &'a [u8],
-    start: usize,
-}
-
-/// The extension fields of `bytes` from `start`; None if they do not parse (chrony's rule: a
-/// length of at least 4, a multiple of 4, within the datagram).
-fn fields(bytes: &[u8], mut start: usize) -> Option<Vec<Field<'_>>> {
-    let mut fields = Vec::new();
-    while start < bytes.len() {
-        let header = bytes.get(start..start + 4)?;
-        let kind = u16::from_be_bytes([header[0], header[1]]);
-        let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        if length < 4 || length % 4 != 0 {
-            return None;
-        }
-        let body = bytes.get(start + 4..start + length)?;
-        fields.push(Field { kind, body, start });
-        start += length;
-    }
-    Some(fields)
+/// The extension fields of `bytes` from `start`; None if they do not parse (RFC 7822's syntax:
+/// a length of at least 4, a multiple of 4, within the datagram).
+fn fields(bytes: &[u8], start: usize) -> Option<Vec<Field<'_>>> {
+    extension::fields(bytes, start).collect::<Result<_, _>>().ok()
 }
 
 const fn padded(length: usize) -> usize {
@@ -76,8 +63,7 @@ const fn padded(length: usize) -> usize {
 pub fn open<'a>(packet: &'a [u8], keys: &KeyRing) -> Result<Request<'a>, Rejected<'a>> {
     let fields = packet.get(HEADER_LEN..).and_then(|_| fields(packet, HEADER_LEN));
     let fields = fields.ok_or(Rejected::NotNts)?;
-    let nts = |kind| [UNIQUE_IDENTIFIER, COOKIE, COOKIE_PLACEHOLDER, AUTHENTICATOR].contains(&kind);
-    if !fields.iter().any(|f| nts(f.kind)) {
+    if !fields.iter().any(Field::is_nts) {
         return Err(Rejected::NotNts);
     }
     let mut unique_id = None;

@@ -17,8 +17,9 @@ use super::Datagram;
 /// with few calls, few enough that the first waits little for the last to be answered.
 pub const BATCH: usize = 32;
 
-/// The longest datagram kept whole; longer ones are truncated and not answered.
-const DATAGRAM_CAPACITY: usize = 1024;
+/// The longest datagram kept whole, the longest NTP datagram; longer ones are truncated (and
+/// not answered).
+const DATAGRAM_CAPACITY: usize = ntp_common::extension::MAX_PACKET_LEN;
 
 /// A message's control buffer, aligned as cmsghdr wants: room for a receive timestamp,
 /// IPv6 packet info and a timestamping socket's three timestamps.
@@ -54,12 +55,13 @@ impl Default for Batch {
 }
 
 impl Batch {
-    /// The datagrams the last receive took, with their bytes; truncated ones left out.
-    pub fn datagrams(&self) -> impl Iterator<Item = (&Datagram, &[u8])> {
-        self.received
-            .iter()
-            .filter(|received| !received.truncated)
-            .map(|r| (&r.datagram, &self.buffers[r.index][..r.datagram.len]))
+    /// The datagrams the last receive took, with their bytes, or None for one that was
+    /// longer than [`DATAGRAM_CAPACITY`] (truncated).
+    pub fn datagrams(&self) -> impl Iterator<Item = (&Datagram, Option<&[u8]>)> {
+        self.received.iter().map(|r| {
+            let bytes = &self.buffers[r.index][..r.datagram.len];
+            (&r.datagram, (!r.truncated).then_some(bytes))
+        })
     }
 
     /// Takes the datagrams waiting on `fd`, up to [`BATCH`], without waiting for any.
@@ -185,18 +187,19 @@ mod tests {
     fn a_batch_holds_each_datagram_with_its_source_destination_and_timestamp() {
         let server = NtpSocket::bind_std("127.0.0.1:0".parse().unwrap()).unwrap();
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sent: [&[u8]; 3] = [&[1; 48], &[2; 68], &[3; 1024]];
+        let sent: [&[u8]; 3] = [&[1; 48], &[2; 68], &[3; DATAGRAM_CAPACITY]];
         for datagram in sent {
             client.send_to(datagram, server.local_addr().unwrap()).unwrap();
         }
-        // Longer than a batch's buffer: taken, and left out.
+        // Longer than a batch's buffer: taken, without its bytes.
         client.send_to(&[4; DATAGRAM_CAPACITY + 1], server.local_addr().unwrap()).unwrap();
         let mut batch = Batch::default();
         assert_eq!(batch.receive(server.as_raw_fd()).unwrap(), 4);
         let received: Vec<_> = batch.datagrams().collect();
-        assert_eq!(received.len(), 3);
+        assert_eq!(received.len(), 4);
+        assert_eq!(received[3].1, None, "the truncated datagram");
         for ((datagram, bytes), sent) in received.into_iter().zip(sent) {
-            assert_eq!(bytes, sent);
+            assert_eq!(bytes, Some(sent));
             assert_eq!(datagram.source, client.local_addr().unwrap());
             assert_eq!(
                 datagram.destination.map(|(address, _)| address),

@@ -87,6 +87,9 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
+    /// `ntsratelimit`'s defaults: chrony's, one connection per 64 s (interval 6).
+    pub const NTS_KE: Self = Self { interval: 6, burst: 8, leak: 2, kod: 0 };
+
     pub fn bucket(&self) -> RateLimit {
         RateLimit::new(self.interval, self.burst, self.leak, self.kod)
     }
@@ -252,6 +255,8 @@ pub struct NtsServerConfig {
     pub ntp_server: Option<String>,
     /// `maxntsconnections`: NTS-KE sessions at once.
     pub max_connections: usize,
+    /// `ntsratelimit`: NTS-KE connections per client address (None: not limited).
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl Default for NtsServerConfig {
@@ -264,6 +269,7 @@ impl Default for NtsServerConfig {
             rotate_s: 604_800,
             ntp_server: None,
             max_connections: 100,
+            rate_limit: None,
         }
     }
 }
@@ -392,6 +398,7 @@ impl fmt::Display for Config {
             rotate_s,
             ntp_server,
             max_connections,
+            rate_limit: nts_rate_limit,
         } = nts;
         if let Some(path) = certificate {
             writeln!(f, "ntsservercert {}", path.display())?;
@@ -408,6 +415,9 @@ impl fmt::Display for Config {
             writeln!(f, "ntsntpserver {name}")?;
         }
         writeln!(f, "maxntsconnections {max_connections}")?;
+        if let Some(RateLimitConfig { interval, burst, leak, kod: _ }) = nts_rate_limit {
+            writeln!(f, "ntsratelimit interval {interval} burst {burst} leak {leak}")?;
+        }
         writeln!(f, "pidfile {}", pidfile.display())?;
         if let Some(user) = user {
             writeln!(f, "user {user}")?;
@@ -515,7 +525,7 @@ fn unsupported(directive: &str) -> Option<Unsupported> {
         | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual"
         | "refresh" | "cmdratelimit" => NotYet,
         "bindcmddevice" => NoEffect("bindcmdaddress names the addresses chronyc is answered on"),
-        "ntsprocesses" | "ntsratelimit" => NotYet,
+        "ntsprocesses" => NotYet,
         "nocerttimecheck" | "ntsrefresh" => NotYet,
         "keyfile" | "ntpsigndsocket" | "ptpport" => NoEffect(
             "symmetric keys, MS-SNTP and PTP are not supported: such requests get no reply",
@@ -686,6 +696,15 @@ impl Parser {
             "maxntsconnections" => {
                 config.nts.max_connections = parse_number(one(args)?, "a number of connections")?
             }
+            "ntsratelimit" => {
+                let limit = parse_rate_limit(directive, RateLimitConfig::NTS_KE, args)?;
+                if limit.kod != 0 {
+                    return Err(
+                        "ntsratelimit has no kod option (NTS-KE has no kiss-o'-death)".into()
+                    );
+                }
+                config.nts.rate_limit = Some(limit);
+            }
             "cmdport" => config.chronyc.port = parse_number(one(args)?, "a UDP port")?,
             "cmdallow" | "cmddeny" => {
                 let access = if directive == "cmdallow" { Access::Allow } else { Access::Deny };
@@ -711,7 +730,8 @@ impl Parser {
                 config.xdp.push(XdpInterface { interface, mode });
             }
             "ratelimit" => {
-                config.rate_limit = Some(parse_rate_limit(args)?);
+                config.rate_limit =
+                    Some(parse_rate_limit(directive, RateLimitConfig::default(), args)?);
                 self.rate_limit_at = Some(location.clone());
             }
             "clientloglimit" => {
@@ -940,22 +960,27 @@ fn parse_poll(word: &str) -> Result<i8, String> {
     }
 }
 
-fn parse_rate_limit(args: &[&str]) -> Result<RateLimitConfig, String> {
-    let mut limit = RateLimitConfig::default();
+/// `ratelimit`'s or `ntsratelimit`'s options over `defaults`.
+fn parse_rate_limit(
+    directive: &str,
+    defaults: RateLimitConfig,
+    args: &[&str],
+) -> Result<RateLimitConfig, String> {
+    let mut limit = defaults;
     let mut args = args.iter();
     while let Some(&option) = args.next() {
-        let value = args.next().copied().ok_or(format!("ratelimit {option} needs a value"))?;
+        let value = args.next().copied().ok_or(format!("{directive} {option} needs a value"))?;
         let value: i32 = parse_number(value, "a number")?;
         let (field, range) = match option.to_ascii_lowercase().as_str() {
             "interval" => (&mut limit.interval, -19..=12),
             "burst" => (&mut limit.burst, 1..=255),
             "leak" => (&mut limit.leak, 1..=4),
             "kod" => (&mut limit.kod, 0..=4),
-            other => return Err(format!("unknown ratelimit option `{other}`")),
+            other => return Err(format!("unknown {directive} option `{other}`")),
         };
         if !range.contains(&value) {
             return Err(format!(
-                "ratelimit {option} must be {} to {}, not {value}",
+                "{directive} {option} must be {} to {}, not {value}",
                 range.start(),
                 range.end()
             ));
@@ -1287,7 +1312,7 @@ mod tests {
             bindcmdaddress 0.0.0.0\ncmdport 1323\ncmdallow 192.0.2.0/24\ncmddeny all 192.0.2.7\n\
             chronycsocket none\nmetricsaddress [::1]:9975\nntsservercert /c.pem\nntsserverkey /k.pem\n\
             ntsport 4461\nntsdumpdir /var/lib/ntpx\nntsrotate 0\nntsntpserver ntp.example\n\
-            maxntsconnections 7\n";
+            maxntsconnections 7\nntsratelimit interval 3 burst 2\n";
         let config = parse_text(text).unwrap().config;
         assert!(config.nts.enabled() && config.chronyc.access.len() == 2);
         let printed = config.to_string();

@@ -132,6 +132,10 @@ pub struct ServerStats {
     /// How many clients the client log holds at most (0: off), and its memory in the kernel.
     pub client_log_capacity: u32,
     pub client_log_bytes: u64,
+    /// Times an accept loop (NTS-KE, metrics, ntpxc's socket) rested for want of descriptors
+    /// or memory.
+    #[serde(default)]
+    pub accept_backoffs: u64,
 }
 
 /// One source's authentication, as `chronyc authdata` shows it.

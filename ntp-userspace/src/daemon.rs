@@ -38,7 +38,7 @@ use crate::{
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server},
     service,
-    socket::{Batch, Datagram, NtpSocket},
+    socket::{self, Batch, Datagram, NtpSocket},
     sync::{SourceReport, Tracking, leap_name},
     upstream::{self, Upstream},
 };
@@ -192,7 +192,13 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
     }
     let control = ControlSocket::bind(&config.command_socket)?;
     let chronyc = chronyc::ChronycSockets::bind(&config.chronyc);
-    let metrics = config.metrics.map(metrics::MetricsListener::bind).transpose()?;
+    let metrics = config
+        .metrics
+        .map(|address| {
+            let scrapers = AccessTable::from_rules(&config.chronyc.access);
+            metrics::MetricsListener::bind(address, scrapers)
+        })
+        .transpose()?;
     let nts_ke = config
         .nts
         .enabled()
@@ -242,7 +248,6 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         let socket = Arc::new(NtpSocket::from_std(socket)?);
         tokio::spawn(serve_socket(socket, server.clone()));
     }
-    let listener = UnixListener::from_std(control.listener.try_clone()?)?;
     let (owner_sender, mut asked) = mpsc::channel(MAX_CONTROL_CONNECTIONS);
     let context = Arc::new(ControlContext {
         server: server.clone(),
@@ -251,12 +256,18 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         config_file,
         owner: owner_sender,
     });
+    tokio::spawn(accept_control(
+        UnixListener::from_std(control.listener.try_clone()?)?,
+        control.connections.clone(),
+        context.clone(),
+    ));
     chronyc.serve_in_background(context.clone())?;
     if let Some(metrics) = &metrics {
         metrics.serve_in_background(context.clone())?;
     }
     if let Some(nts_ke) = nts_ke {
-        nts_ke.serve(server.clone(), config.port)?;
+        let client_log_size = config.client_log.entries() as usize;
+        nts_ke.serve(server.clone(), config.port, client_log_size)?;
     }
     let rules = config.access.clone();
     let mut owner = Owner { dataplane, config, rules };
@@ -285,20 +296,6 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
                 owner.republish(&server, upstream.as_deref());
             }
             Some(ask) = asked.recv() => owner.answer(ask, &server),
-            connection = listener.accept() => match connection {
-                Ok((stream, _)) => match control.connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let context = context.clone();
-                        tokio::spawn(async move {
-                            serve_control(stream, context).await;
-                            drop(permit);
-                        });
-                    }
-                    // Closed at once: the connection is dropped here.
-                    Err(_) => tracing::warn!("too many control connections: one refused"),
-                },
-                Err(error) => tracing::warn!(%error, "control socket"),
-            },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
@@ -612,12 +609,60 @@ async fn answer(socket: &NtpSocket, server: &Server, datagram: &Datagram, reques
     }
 }
 
+/// Takes ntpxc's connections until the daemon stops, up to [`MAX_CONTROL_CONNECTIONS`] at once.
+async fn accept_control(
+    listener: UnixListener,
+    connections: Arc<Semaphore>,
+    context: Arc<ControlContext>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                rest_after_accept(&error, &context.server, "control").await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Closed at once: the connection is dropped here.
+            tracing::warn!("too many control connections: one refused");
+            continue;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            serve_control(stream, context).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Rests an accept loop after `error` on `door` where it must (see [`socket::accept_backoff`]).
+async fn rest_after_accept(error: &std::io::Error, server: &Server, door: &str) {
+    tokio::time::sleep(accept_rest(error, server, door)).await;
+}
+
+/// How long an accept loop on `door` rests after `error`: a shortage of descriptors or memory
+/// is counted and logged; other errors concern one connection, and the loop goes on at once.
+fn accept_rest(error: &std::io::Error, server: &Server, door: &str) -> Duration {
+    match socket::accept_backoff(error) {
+        Some(rest) => {
+            server.count_accept_backoff();
+            tracing::warn!(%error, door, "cannot accept connections for now; resting {rest:?}");
+            rest
+        }
+        None => {
+            tracing::debug!(%error, door, "accepting a connection");
+            Duration::ZERO
+        }
+    }
+}
+
 async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlContext>) {
     let peer_uid = stream.peer_cred().ok().map(|credentials| credentials.uid());
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_LEN);
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line));
+    let read = tokio::time::timeout(CONTROL_DEADLINE, reader.read_until(b'\n', &mut line));
     if !matches!(read.await, Ok(Ok(n)) if n > 0) {
         return;
     }
@@ -641,8 +686,11 @@ async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlConte
     };
     let mut text = serde_json::to_string(&response).unwrap_or_default();
     text.push('\n');
-    if let Err(error) = write.write_all(text.as_bytes()).await {
-        tracing::debug!(%error, "writing a control response");
+    // A peer that never reads gives its connection's slot back after the deadline.
+    match tokio::time::timeout(CONTROL_DEADLINE, write.write_all(text.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "writing a control response"),
+        Err(_) => tracing::debug!("a control peer did not read its response in time"),
     }
 }
 
@@ -666,7 +714,8 @@ fn respond(request: &Request, context: &ControlContext) -> anyhow::Result<Respon
             let wanted = |client: &Client| client.record.hits >= *min_requests;
             let (clients, next) = match top {
                 Some(top) => {
-                    let mut busiest = Busiest::new(*top);
+                    // No more than the table holds, however many are asked for.
+                    let mut busiest = Busiest::new((*top).min(table.capacity() as usize));
                     table.visit(|client| {
                         if wanted(&client) {
                             busiest.push(client_report(&client, now));
@@ -758,7 +807,7 @@ impl Busiest {
 
     fn push(&mut self, client: ClientReport) {
         self.clients.push(client);
-        if self.clients.len() >= 2 * self.top.max(1) {
+        if self.clients.len() >= self.top.max(1).saturating_mul(2) {
             self.clients.select_nth_unstable_by(self.top.max(1) - 1, Self::order);
             self.clients.truncate(self.top);
         }
@@ -793,6 +842,7 @@ fn server_stats_from(context: &ControlContext, view: KernelView) -> ServerStats 
     let KernelView { counters: kernel, attachments: xdp, .. } = view;
     let mut stats = ServerStats {
         command_packets_received: context.server.commands(),
+        accept_backoffs: context.server.accept_backoffs(),
         slow_path,
         kernel,
         xdp,
@@ -832,6 +882,8 @@ struct ControlSocket {
 const MAX_REQUEST_LEN: u64 = 4096;
 /// At most this many control connections are served at once; more are closed at once.
 const MAX_CONTROL_CONNECTIONS: usize = 16;
+/// How long a control peer has to send its request, and then to read the response.
+const CONTROL_DEADLINE: Duration = Duration::from_secs(5);
 
 impl ControlSocket {
     fn bind(path: &Path) -> anyhow::Result<Self> {
@@ -884,11 +936,11 @@ mod tests {
         };
         let mut all: Vec<ClientReport> = (0..1000).map(report).collect();
         all.sort_by(Busiest::order);
-        for top in [0, 1, 7, 1000, 2000] {
+        for top in [0, 1, 7, 1000, 2000, usize::MAX] {
             let mut busiest = Busiest::new(top);
             for i in 0..1000 {
                 busiest.push(report(i));
-                assert!(busiest.clients.len() < 2 * top.max(1));
+                assert!(busiest.clients.len() < top.max(1).saturating_mul(2));
             }
             let expected = &all[..top.min(1000)];
             assert_eq!(busiest.finish(), expected, "top {top}");

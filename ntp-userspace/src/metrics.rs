@@ -286,6 +286,11 @@ impl Collector for Snapshot {
             ],
         )?;
         f.counter(
+            "ntpx_accept_backoffs",
+            "Times an accept loop (NTS-KE, metrics, ntpxc's socket) rested for want of descriptors or memory",
+            one(stats.accept_backoffs),
+        )?;
+        f.counter(
             "ntpx_command_packets",
             "Requests on ntpxc's and chronyc's sockets",
             one(stats.command_packets_received),

@@ -25,6 +25,7 @@ fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
         xdp: _,
         client_log_capacity,
         client_log_bytes,
+        accept_backoffs,
     } = stats;
     let unanswered = &slow_path.unanswered;
     vec![
@@ -67,6 +68,7 @@ fn serverstats_lines(stats: &ServerStats) -> Vec<(&'static str, u64)> {
         ("Slow path, not NTS", unanswered.not_nts),
         ("Slow path, stale state", unanswered.stale),
         ("NTS NAKs", slow_path.nts_naks),
+        ("Accept back-offs", *accept_backoffs),
     ]
 }
 

@@ -142,6 +142,7 @@ pub struct Server {
     nts_keys: RwLock<Option<KeyRing>>,
     nts_ke_accepted: AtomicU64,
     nts_ke_dropped: AtomicU64,
+    accept_backoffs: AtomicU64,
 }
 
 impl Server {
@@ -156,6 +157,7 @@ impl Server {
             nts_keys: RwLock::new(None),
             nts_ke_accepted: AtomicU64::new(0),
             nts_ke_dropped: AtomicU64::new(0),
+            accept_backoffs: AtomicU64::new(0),
         }
     }
 
@@ -172,6 +174,16 @@ impl Server {
     pub fn count_nts_ke(&self, accepted: bool) {
         let counter = if accepted { &self.nts_ke_accepted } else { &self.nts_ke_dropped };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An accept loop (NTS-KE, metrics, ntpxc's socket) that rested for want of descriptors
+    /// or memory.
+    pub fn count_accept_backoff(&self) {
+        self.accept_backoffs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accept_backoffs(&self) -> u64 {
+        self.accept_backoffs.load(Ordering::Relaxed)
     }
 
     /// A new `local` setting (a reloaded configuration).

@@ -34,6 +34,17 @@ pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<std::net::TcpListene
     Ok(std::net::TcpListener::from(fd))
 }
 
+/// How long an accept loop rests after `error`, if it must: a shortage of descriptors or
+/// memory lasts until connections close, and accepting again at once would spin a core. Other
+/// errors concern one connection only.
+pub fn accept_backoff(error: &io::Error) -> Option<std::time::Duration> {
+    let shortage = matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    );
+    shortage.then_some(std::time::Duration::from_millis(100))
+}
+
 fn bound(
     address: SocketAddr,
     kind: SockType,

@@ -9,8 +9,17 @@ use anyhow::Context as _;
 use crate::{run, setup, workspace};
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 8] =
-    ["wire", "responder", "config", "control", "chronyc", "upstream_reply", "leap_seconds", "nts"];
+pub const TARGETS: [&str; 9] = [
+    "wire",
+    "responder",
+    "config",
+    "control",
+    "chronyc",
+    "upstream_reply",
+    "leap_seconds",
+    "nts",
+    "nts_keys",
+];
 
 /// Runs `target` (or all of them) for `seconds` each.
 pub fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {

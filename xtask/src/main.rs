@@ -58,8 +58,8 @@ enum Task {
     },
     /// The fuzz targets (cargo-fuzz, nightly), each from its seeds in tests/fuzz; a crash fails.
     Fuzz {
-        /// One target (wire, responder, config, control, upstream_reply, leap_seconds); all
-        /// when left out.
+        /// One target (wire, responder, config, control, chronyc, upstream_reply, leap_seconds,
+        /// nts, nts_keys); all when left out.
         target: Option<String>,
         /// Seconds per target.
         #[arg(default_value_t = 60)]

@@ -1,14 +1,15 @@
 //! NTS-KE's TLS listener: TLS 1.3 alone, ALPN `ntske/1`, the certificate and key of
-//! `ntsservercert` / `ntsserverkey`; at most `maxntsconnections` sessions at once, each given
-//! [`SESSION_TIMEOUT`] to finish; the keys exported from the session sealed into eight
+//! `ntsservercert` / `ntsserverkey`; connections from addresses the access rules deny or
+//! `ntsratelimit` limits closed before TLS; at most `maxntsconnections` sessions at once, each
+//! given [`SESSION_TIMEOUT`] to finish; the keys exported from the session sealed into eight
 //! cookies with the server keys, which rotate every `ntsrotate` seconds and are kept in
 //! `ntsdumpdir`.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -24,9 +25,11 @@ use crate::{
     files,
     nts::{
         self, ALPN, SessionKeys,
+        connections::ConnectionLog,
         cookie::KeyRing,
         ke::{self, Negotiation, NtpServer, Read},
     },
+    random,
     server::Server,
     socket,
 };
@@ -63,67 +66,125 @@ impl NtsKeListener {
     }
 
     /// Serves NTS-KE, and rotates the server keys, until the daemon stops; `ntp_port` is
-    /// named to clients where it is not 123, as chronyd names it.
-    pub fn serve(self, server: Arc<Server>, ntp_port: u16) -> anyhow::Result<()> {
-        let Self { listeners, acceptor, config, mut keys } = self;
+    /// named to clients where it is not 123, as chronyd names it. `client_log_size` bounds
+    /// the addresses `ntsratelimit` remembers.
+    pub fn serve(
+        self,
+        server: Arc<Server>,
+        ntp_port: u16,
+        client_log_size: usize,
+    ) -> anyhow::Result<()> {
+        let Self { listeners, acceptor, config, keys } = self;
         server.set_nts_keys(keys.clone());
-        let ntp_server = NtpServer {
-            name: config.ntp_server.clone(),
-            port: (ntp_port != DEFAULT_NTP_PORT).then_some(ntp_port),
-        };
-        let sessions = Arc::new(Semaphore::new(config.max_connections));
+        let doors = Arc::new(Doors {
+            acceptor,
+            ntp_server: NtpServer {
+                name: config.ntp_server.clone(),
+                port: (ntp_port != DEFAULT_NTP_PORT).then_some(ntp_port),
+            },
+            sessions: Arc::new(Semaphore::new(config.max_connections)),
+            connections: config
+                .rate_limit
+                .map(|limit| Mutex::new(ConnectionLog::new(limit.bucket(), client_log_size))),
+            started: Instant::now(),
+        });
         for listener in listeners {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            let (acceptor, server, ntp_server, sessions) =
-                (acceptor.clone(), server.clone(), ntp_server.clone(), sessions.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Ok((stream, peer)) = listener.accept().await else { continue };
-                    // Over the bound: closed at once, and counted as dropped.
-                    let Ok(slot) = sessions.clone().try_acquire_owned() else {
-                        server.count_nts_ke(false);
-                        continue;
-                    };
-                    let (acceptor, server, ntp_server) =
-                        (acceptor.clone(), server.clone(), ntp_server.clone());
-                    tokio::spawn(async move {
-                        let session = session(stream, &acceptor, &server, &ntp_server);
-                        let outcome = tokio::time::timeout(SESSION_TIMEOUT, session).await;
-                        let agreed = match outcome {
-                            Ok(Ok(negotiation)) => negotiation == Negotiation::Agreed,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, error = format!("{error:#}"), "NTS-KE");
-                                false
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "NTS-KE session timed out");
-                                false
-                            }
-                        };
-                        server.count_nts_ke(agreed);
-                        drop(slot);
-                    });
-                }
-            });
+            tokio::spawn(accept(listener, doors.clone(), server.clone()));
         }
         if config.rotate_s > 0 {
-            let period = Duration::from_secs(config.rotate_s);
-            tokio::spawn(async move {
-                let mut ticks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                loop {
-                    ticks.tick().await;
-                    keys.rotate();
-                    if let Err(error) = save_keys(&config, &keys) {
-                        tracing::warn!(error = format!("{error:#}"), "saving the NTS server keys");
-                    }
-                    server.set_nts_keys(keys.clone());
-                    tracing::info!("NTS server keys rotated");
-                }
-            });
+            tokio::spawn(rotate(keys, config, server));
         }
         Ok(())
+    }
+}
+
+/// What every connection passes through.
+struct Doors {
+    acceptor: TlsAcceptor,
+    ntp_server: NtpServer,
+    sessions: Arc<Semaphore>,
+    /// `ntsratelimit`'s buckets, when set.
+    connections: Option<Mutex<ConnectionLog>>,
+    started: Instant,
+}
+
+impl Doors {
+    /// Whether a connection from `peer` may go on to TLS, as chronyd decides right after
+    /// `accept`: the access rules (`allow`/`deny`), then `ntsratelimit`.
+    fn admit(&self, peer: IpAddr, server: &Server) -> Result<(), &'static str> {
+        if !server.is_allowed(peer) {
+            return Err("access denied");
+        }
+        if let Some(connections) = &self.connections {
+            let elapsed_ns = self.started.elapsed().as_nanos() as u64;
+            let random = || u32::from_ne_bytes(random::bytes());
+            if !connections.lock().expect("NTS-KE connection log").admit(peer, elapsed_ns, random) {
+                return Err("rate limit");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes connections on `listener` until the daemon stops: each one admitted, within the bound
+/// on sessions, gets a session of its own.
+async fn accept(listener: tokio::net::TcpListener, doors: Arc<Doors>, server: Arc<Server>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                super::rest_after_accept(&error, &server, "NTS-KE").await;
+                continue;
+            }
+        };
+        // Refused before any TLS, and closed at once (dropped here), as chronyd does.
+        if let Err(reason) = doors.admit(peer.ip(), &server) {
+            tracing::debug!(%peer, reason, "NTS-KE connection refused");
+            server.count_nts_ke(false);
+            continue;
+        }
+        // Over the bound: closed at once, and counted as dropped.
+        let Ok(slot) = doors.sessions.clone().try_acquire_owned() else {
+            server.count_nts_ke(false);
+            continue;
+        };
+        let (doors, server) = (doors.clone(), server.clone());
+        tokio::spawn(async move {
+            let session = session(stream, &doors.acceptor, &server, &doors.ntp_server);
+            let agreed = match tokio::time::timeout(SESSION_TIMEOUT, session).await {
+                Ok(Ok(negotiation)) => negotiation == Negotiation::Agreed,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, error = format!("{error:#}"), "NTS-KE");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "NTS-KE session timed out");
+                    false
+                }
+            };
+            server.count_nts_ke(agreed);
+            drop(slot);
+        });
+    }
+}
+
+/// Rotates the server keys every `ntsrotate` seconds, the first time when the newest key
+/// loaded is that old (as chronyd times it from the key's age, so that a restart does not put
+/// the next rotation off).
+async fn rotate(mut keys: KeyRing, config: NtsServerConfig, server: Arc<Server>) {
+    let period = Duration::from_secs(config.rotate_s);
+    let first = period.saturating_sub(Duration::from_secs(keys.newest_age_s()));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+    loop {
+        ticks.tick().await;
+        keys.rotate();
+        if let Err(error) = save_keys(&config, &keys) {
+            tracing::warn!(error = format!("{error:#}"), "saving the NTS server keys");
+        }
+        server.set_nts_keys(keys.clone());
+        tracing::info!("NTS server keys rotated");
     }
 }
 

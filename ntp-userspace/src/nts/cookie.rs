@@ -120,27 +120,28 @@ impl KeyRing {
         text
     }
 
+    /// Reads a key file's text (see [`KeyRing::to_text`]); an error names the line.
     pub fn from_text(text: &str) -> Result<Self, String> {
-        let mut lines = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
-        let newest_since = lines
-            .next()
-            .and_then(|line| line.strip_prefix("since "))
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(index, line)| (index + 1, line.trim()))
+            .filter(|(_, line)| !line.starts_with('#') && !line.is_empty());
+        let (number, since) = lines.next().ok_or("no `since` line")?;
+        let newest_since = since
+            .strip_prefix("since ")
             .and_then(|since| since.trim().parse().ok())
-            .ok_or("no `since` line")?;
+            .ok_or(format!("line {number}: not `since SECONDS`"))?;
         let keys = lines
-            .map(|line| {
-                let (id, key) = line.split_once(' ').ok_or("a key line needs an ID and a key")?;
-                let id = u32::from_str_radix(id, 16).map_err(|_| format!("bad key ID {id:?}"))?;
-                let key = key.trim();
-                if key.len() != 2 * KEY_LEN {
-                    return Err(format!("key {id:08x} is not {KEY_LEN} bytes of hex"));
-                }
-                let mut bytes = [0u8; KEY_LEN];
-                for (i, byte) in bytes.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(&key[2 * i..2 * i + 2], 16)
-                        .map_err(|_| format!("key {id:08x} is not hex"))?;
-                }
-                Ok(ServerKey { id, key: bytes })
+            .map(|(number, line)| {
+                let key_line = || -> Result<ServerKey, String> {
+                    let (id, key) = line.split_once(' ').ok_or("not an ID and a key")?;
+                    let id = parse_hex::<4>(id).ok_or(format!("bad key ID {id:?}"))?;
+                    let key = parse_hex::<KEY_LEN>(key.trim())
+                        .ok_or(format!("the key is not {KEY_LEN} bytes of hex"))?;
+                    Ok(ServerKey { id: u32::from_be_bytes(id), key })
+                };
+                key_line().map_err(|error| format!("line {number}: {error}"))
             })
             .collect::<Result<Vec<_>, String>>()?;
         if keys.is_empty() {
@@ -148,6 +149,20 @@ impl KeyRing {
         }
         Ok(Self { keys, newest_since })
     }
+}
+
+/// `N` bytes written as exactly `2 * N` hex digits.
+fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16);
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -196,7 +211,27 @@ mod tests {
         assert_eq!(read, ring);
         // Another server reading the file opens this one's cookies.
         assert_eq!(read.open(&ring.seal(&keys())), Some(keys()));
-        assert!(KeyRing::from_text("since 1\n0000000a 00\n").is_err());
         assert!(KeyRing::from_text("since 1\n").is_err());
+    }
+
+    #[test]
+    fn a_bad_key_file_is_an_error_naming_the_line_never_a_panic() {
+        let key = "00".repeat(KEY_LEN);
+        let error = |text: &str| KeyRing::from_text(text).unwrap_err();
+        assert_eq!(
+            error("# keys\nsince 1\n\n0000000a 00\n"),
+            "line 4: the key is not 32 bytes of hex"
+        );
+        // A non-ASCII character where a hex digit goes, the length in bytes right: no panic.
+        let accented = format!("0é{}", &key[3..]);
+        assert_eq!(accented.len(), 2 * KEY_LEN);
+        assert_eq!(
+            error(&format!("since 1\n0000000a {accented}\n")),
+            "line 2: the key is not 32 bytes of hex"
+        );
+        assert_eq!(error(&format!("since 1\n0000000é {key}\n")), "line 2: bad key ID \"0000000é\"");
+        assert_eq!(error("since x\n"), "line 1: not `since SECONDS`");
+        assert_eq!(error(&format!("since 1\n0000000a{key}\n")), "line 2: not an ID and a key");
+        assert!(KeyRing::from_text(&format!("since 1\n0000000a {key}\n")).is_ok());
     }
 }

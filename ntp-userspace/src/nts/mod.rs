@@ -7,6 +7,7 @@
 //! One AEAD algorithm, AEAD_AES_SIV_CMAC_256 (the one chrony 4.3 asks for), from RustCrypto's
 //! `aes-siv`; one next protocol, NTPv4.
 
+pub mod connections;
 pub mod cookie;
 pub mod ke;
 pub mod packet;

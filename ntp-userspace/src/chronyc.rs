@@ -164,6 +164,27 @@ impl Command {
         }
     }
 
+    /// Whether it changes ntpxd's state (access rules, the configuration, the client log's
+    /// counts), which only root and ntpxd's user may ask for.
+    pub fn changes_state(self) -> bool {
+        match self {
+            Self::Access { .. } | Self::Reload => true,
+            Self::Clients { reset, .. } => reset,
+            Self::Null
+            | Self::Tracking
+            | Self::NumberOfSources
+            | Self::SourceData { .. }
+            | Self::SourceStats { .. }
+            | Self::Activity
+            | Self::ServerStats
+            | Self::NtpData { .. }
+            | Self::AccessCheck { .. }
+            | Self::SourceName { .. }
+            | Self::AuthData { .. }
+            | Self::Unsupported(_) => false,
+        }
+    }
+
     /// Whether chronyd answers it on its UDP port (PERMIT_OPEN): what only reads the
     /// synchronisation. Everything else needs its Unix socket, whose directory only root and
     /// its user can enter.

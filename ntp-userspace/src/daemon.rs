@@ -148,6 +148,8 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         .filter_map(|path| path.parent().filter(|dir| !dir.exists()).map(Path::to_owned))
         .collect();
     let pidfile = Pidfile::create(&config.pidfile)?;
+    let descriptor_limit =
+        privileges::raise_open_files_limit().context("raising the limit on open descriptors")?;
     tracing::info!(
         port = config.port,
         no_clock_control,
@@ -191,7 +193,11 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         }
     }
     let control = ControlSocket::bind(&config.command_socket)?;
-    let chronyc = chronyc::ChronycSockets::bind(&config.chronyc);
+    // chronyc's socket directory may belong to root or to the user ntpxd becomes.
+    let target_user = privileges::target_user(config.user.as_deref())?;
+    let owners: Vec<u32> =
+        [0].into_iter().chain(target_user.map(|user| user.uid.as_raw())).collect();
+    let chronyc = chronyc::ChronycSockets::bind(&config.chronyc, &owners);
     let metrics = config
         .metrics
         .map(|address| {
@@ -204,6 +210,19 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         .enabled()
         .then(|| nts_ke::NtsKeListener::bind(&config.nts, &bind_addresses(&config)))
         .transpose()?;
+    let open = privileges::open_descriptors().context("counting open descriptors")?;
+    let needed = open + descriptors_for_connections(&config);
+    if needed > descriptor_limit {
+        tracing::warn!(
+            open,
+            needed,
+            limit = descriptor_limit,
+            "too few descriptors for every connection the configuration allows at once: \
+             raise LimitNOFILE (or ulimit -n)"
+        );
+    } else {
+        tracing::info!(open, needed, limit = descriptor_limit, "descriptors");
+    }
     Ok(Prepared {
         config_file,
         config,
@@ -218,6 +237,15 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         nts_ke,
         created_directories,
     })
+}
+
+/// Descriptors that connections may take at once besides those open at start: ntpxc's,
+/// scrapes, NTS-KE sessions, and a socket and a key exchange per source.
+fn descriptors_for_connections(config: &Config) -> u64 {
+    let nts_ke = if config.nts.enabled() { config.nts.max_connections } else { 0 };
+    let scrapes = if config.metrics.is_some() { metrics::MAX_SCRAPES } else { 0 };
+    let sources = 2 * config.sync.sources.len();
+    (MAX_CONTROL_CONNECTIONS + nts_ke + scrapes + sources) as u64
 }
 
 /// The slow path's threads, and the runtime's: one a CPU, at least two.
@@ -263,7 +291,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     ));
     chronyc.serve_in_background(context.clone())?;
     if let Some(metrics) = &metrics {
-        metrics.serve_in_background(context.clone())?;
+        metrics.serve(context.clone())?;
     }
     if let Some(nts_ke) = nts_ke {
         let client_log_size = config.client_log.entries() as usize;
@@ -636,24 +664,17 @@ async fn accept_control(
     }
 }
 
-/// Rests an accept loop after `error` on `door` where it must (see [`socket::accept_backoff`]).
+/// Rests an accept loop on `door` after `error`: a shortage of descriptors or memory is counted,
+/// logged and waited out (see [`socket::accept_backoff`]); other errors concern one connection,
+/// and the loop goes on at once.
 async fn rest_after_accept(error: &std::io::Error, server: &Server, door: &str) {
-    tokio::time::sleep(accept_rest(error, server, door)).await;
-}
-
-/// How long an accept loop on `door` rests after `error`: a shortage of descriptors or memory
-/// is counted and logged; other errors concern one connection, and the loop goes on at once.
-fn accept_rest(error: &std::io::Error, server: &Server, door: &str) -> Duration {
     match socket::accept_backoff(error) {
         Some(rest) => {
             server.count_accept_backoff();
             tracing::warn!(%error, door, "cannot accept connections for now; resting {rest:?}");
-            rest
+            tokio::time::sleep(rest).await;
         }
-        None => {
-            tracing::debug!(%error, door, "accepting a connection");
-            Duration::ZERO
-        }
+        None => tracing::debug!(%error, door, "accepting a connection"),
     }
 }
 
@@ -842,6 +863,7 @@ fn server_stats_from(context: &ControlContext, view: KernelView) -> ServerStats 
     let KernelView { counters: kernel, attachments: xdp, .. } = view;
     let mut stats = ServerStats {
         command_packets_received: context.server.commands(),
+        command_packets_dropped: context.server.commands_dropped(),
         accept_backoffs: context.server.accept_backoffs(),
         slow_path,
         kernel,

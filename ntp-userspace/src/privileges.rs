@@ -1,11 +1,15 @@
 //! Dropping privileges once ntpxd holds what needed them: the program loaded and attached, the
 //! sockets bound. ntpxd then runs as its own user with only the capabilities it still uses:
 //! CAP_SYS_TIME while it disciplines the clock, and CAP_BPF where the kernel wants it for
-//! every map operation (before Linux 6.5, with unprivileged BPF disabled).
+//! every map operation (before Linux 6.5, with unprivileged BPF disabled). And the process's
+//! limit on open descriptors, raised as far as it may go.
 
 use anyhow::{Context as _, bail};
 use caps::{CapSet, Capability, CapsHashSet};
-use nix::unistd::{Uid, User};
+use nix::{
+    sys::resource::{Resource, getrlimit, setrlimit},
+    unistd::{Uid, User},
+};
 
 /// The user ntpxd runs as when the configuration names none, if it exists (the package
 /// creates it).
@@ -88,4 +92,27 @@ pub fn works_without_bpf_capability(operation: impl FnOnce() -> bool) -> anyhow:
         caps::raise(None, CapSet::Effective, Capability::CAP_BPF)?;
     }
     Ok(works)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, which any process may (most
+/// shells and services start with a soft limit of 1024, which a many-core host nears before
+/// any client connects); returns the limit in force. Where it cannot (a system call filter),
+/// the soft limit stays, with a warning.
+pub fn raise_open_files_limit() -> nix::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Ok(hard),
+        Err(error) => {
+            tracing::warn!(%error, soft, hard, "cannot raise the limit on open descriptors");
+            Ok(soft)
+        }
+    }
+}
+
+/// How many descriptors the process has open.
+pub fn open_descriptors() -> std::io::Result<u64> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
 }

@@ -138,6 +138,7 @@ pub struct Server {
     client_log: Arc<dyn ClientLog>,
     counts: Counts,
     commands: AtomicU64,
+    commands_dropped: AtomicU64,
     /// The NTS server keys, when NTS is served.
     nts_keys: RwLock<Option<KeyRing>>,
     nts_ke_accepted: AtomicU64,
@@ -154,6 +155,7 @@ impl Server {
             client_log,
             counts: Counts::default(),
             commands: AtomicU64::new(0),
+            commands_dropped: AtomicU64::new(0),
             nts_keys: RwLock::new(None),
             nts_ke_accepted: AtomicU64::new(0),
             nts_ke_dropped: AtomicU64::new(0),
@@ -314,6 +316,16 @@ impl Server {
             )),
             None => Reply::Time(reply),
         })
+    }
+
+    /// A command datagram that got no reply: not a request, from a host not allowed, or from a
+    /// sender that cannot be answered.
+    pub fn count_command_dropped(&self) {
+        self.commands_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn commands_dropped(&self) -> u64 {
+        self.commands_dropped.load(Ordering::Relaxed)
     }
 
     pub fn count_command(&self) {

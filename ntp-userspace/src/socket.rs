@@ -66,6 +66,54 @@ fn bound(
     Ok(fd)
 }
 
+/// A datagram on a local (Unix) socket: its length, the sender's socket path (None for a
+/// sender whose socket has no name, which cannot be answered), and the sender's user as the
+/// kernel vouches for it (None where it did not say).
+pub struct LocalDatagram {
+    pub len: usize,
+    pub sender: Option<std::path::PathBuf>,
+    pub sender_uid: Option<u32>,
+}
+
+/// Makes the kernel say who sent each datagram on `socket` (SO_PASSCRED).
+pub fn pass_credentials(socket: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
+    socket::setsockopt(socket, sockopt::PassCred, &true)?;
+    Ok(())
+}
+
+/// Receives a datagram on a local socket set up by [`pass_credentials`], into `buffer`.
+pub fn recv_local(
+    socket: &std::os::unix::net::UnixDatagram,
+    buffer: &mut [u8],
+) -> io::Result<LocalDatagram> {
+    let mut control = nix::cmsg_space!(libc::ucred);
+    let mut iov = [IoSliceMut::new(buffer)];
+    let message = socket::recvmsg::<socket::UnixAddr>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::empty(),
+    )?;
+    let sender_uid = message.cmsgs()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmCredentials(credentials) => Some(credentials.uid()),
+        _ => None,
+    });
+    let sender = message.address.and_then(|address| address.path().map(ToOwned::to_owned));
+    Ok(LocalDatagram { len: message.bytes, sender, sender_uid })
+}
+
+/// Sends `bytes` to the local socket at `path` without waiting: a peer that does not read
+/// (its queue full) gets nothing rather than stalling the sender.
+pub fn send_local_now(
+    socket: &std::os::unix::net::UnixDatagram,
+    bytes: &[u8],
+    path: &std::path::Path,
+) -> io::Result<()> {
+    let address = socket::UnixAddr::new(path)?;
+    socket::sendto(socket.as_raw_fd(), bytes, &address, MsgFlags::MSG_DONTWAIT)?;
+    Ok(())
+}
+
 /// A received datagram.
 pub struct Datagram {
     pub len: usize,

@@ -207,8 +207,9 @@ enum Event {
     },
     /// A lookup of configured source `index`.
     Resolved { index: usize, addresses: Vec<SocketAddr> },
-    /// The outcome of an NTS-KE for the source at `address`.
-    KeyExchange { address: SocketAddr, outcome: anyhow::Result<(SessionKeys, Granted)> },
+    /// The outcome of an NTS-KE for the source at `address`: the keys, what was granted, and
+    /// where the NTP requests go.
+    KeyExchange { address: SocketAddr, outcome: anyhow::Result<(SessionKeys, Granted, SocketAddr)> },
 }
 
 /// What protected an NTS request, to check its reply with.
@@ -229,6 +230,9 @@ pub struct NtsAssociation {
     /// After a failed key exchange, none before this (doubling, up to [`NTS_KE_MAX_BACKOFF`]).
     retry_at: Option<Instant>,
     naks: u16,
+    /// The NTP server the key exchange named (its Server and Port records), where requests go;
+    /// None: the source's own address.
+    ntp_address: Option<SocketAddr>,
 }
 
 impl NtsAssociation {
@@ -279,7 +283,8 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                     let config = &sources[origins[source]];
                     let (Some(tls), true) = (&upstream.nts_tls, config.nts) else {
                         let wire = request.bytes.to_vec();
-                        tokio::spawn(exchange(source, request, wire, None, timeout, events_tx.clone()));
+                        let sent = Sent { source, destination: request.to, request, protection: None };
+                        tokio::spawn(exchange(sent, wire, timeout, events_tx.clone()));
                         continue;
                     };
                     let mut associations = upstream.nts.lock().expect("NTS lock");
@@ -301,9 +306,11 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                     let placeholders = COOKIES.saturating_sub(association.cookies.len() + 1);
                     let (wire, unique_id) =
                         packet::protect(&request.bytes, &cookie, placeholders, &keys);
+                    let destination = association.ntp_address.unwrap_or(request.to);
                     let protection = Some(Protection { keys, unique_id });
                     drop(associations);
-                    tokio::spawn(exchange(source, request, wire, protection, timeout, events_tx.clone()));
+                    let sent = Sent { source, request, destination, protection };
+                    tokio::spawn(exchange(sent, wire, timeout, events_tx.clone()));
                 }
             }
             _ = lookups.tick() => {
@@ -343,11 +350,9 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                     association.exchanging_keys = false;
                     let name = address.ip().to_string();
                     match outcome {
-                        Ok((keys, granted)) => {
-                            if granted.ntp_server != ke::NtpServer::default() {
-                                tracing::warn!(name, server = ?granted.ntp_server, "NTS-KE names another NTP server, which ntpxd does not follow yet: polling the NTS-KE server");
-                            }
-                            tracing::info!(name, cookies = granted.cookies.len(), "NTS-KE done");
+                        Ok((keys, granted, ntp_address)) => {
+                            tracing::info!(name, cookies = granted.cookies.len(), %ntp_address, "NTS-KE done");
+                            association.ntp_address = Some(ntp_address);
                             association.keys = Some(keys);
                             association.cookies = granted.cookies.into();
                             association.attempts = 0;
@@ -454,17 +459,42 @@ fn authenticated(
 }
 
 /// NTS-KE with `name` (port 4460) for the source at `address`: the keys exported from the
-/// session and what it granted.
+/// session, what it granted, and the NTP server to poll with them.
 async fn key_exchange(
     address: SocketAddr,
     name: String,
     tls: Arc<rustls::ClientConfig>,
     events: mpsc::Sender<Event>,
 ) {
-    let outcome = tokio::time::timeout(NTS_KE_TIMEOUT, nts_key_exchange(address, &name, tls))
+    let exchange = async {
+        let (keys, granted) = nts_key_exchange(address, &name, tls).await?;
+        let ntp_address = ntp_server_of(address, &granted.ntp_server).await?;
+        Ok((keys, granted, ntp_address))
+    };
+    let outcome = tokio::time::timeout(NTS_KE_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
     let _ = events.send(Event::KeyExchange { address, outcome }).await;
+}
+
+/// Where NTS's NTP requests go (RFC 8915 4.1.7, 4.1.8): the server and port an NTS-KE
+/// response names, each defaulting to the source's own (the NTS-KE server's address, the
+/// configured port); a name is looked up, an address of the source's family preferred.
+async fn ntp_server_of(source: SocketAddr, named: &ke::NtpServer) -> anyhow::Result<SocketAddr> {
+    let port = named.port.unwrap_or(source.port());
+    let Some(name) = &named.name else {
+        return Ok(SocketAddr::new(source.ip(), port));
+    };
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+        .await
+        .with_context(|| format!("looking up the NTP server {name} that NTS-KE named"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4() == source.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .with_context(|| format!("the NTP server {name} that NTS-KE named has no address"))
 }
 
 /// One NTS-KE with the server at `address` (port 4460), whose certificate must name `name`
@@ -492,17 +522,20 @@ pub async fn nts_key_exchange(
     Ok((SessionKeys::exported(session.get_ref().1)?, granted))
 }
 
-/// Sends one request (`wire`: its bytes, NTS fields included) from a new socket (a random
-/// source port) and waits for its reply.
-async fn exchange(
+/// A request on its way: to `destination` (the source's address, or the NTP server an NTS-KE
+/// named), and what protected it.
+struct Sent {
     source: SourceId,
     request: Request,
-    wire: Vec<u8>,
+    destination: SocketAddr,
     protection: Option<Protection>,
-    timeout: Duration,
-    events: mpsc::Sender<Event>,
-) {
-    let unspecified: SocketAddr = match request.to {
+}
+
+/// Sends one request (`wire`: its bytes, NTS fields included) from a new socket (a random
+/// source port) and waits for its reply, which is handed on as the source's.
+async fn exchange(sent: Sent, wire: Vec<u8>, timeout: Duration, events: mpsc::Sender<Event>) {
+    let Sent { source, request, destination, protection } = sent;
+    let unspecified: SocketAddr = match destination {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
@@ -516,7 +549,7 @@ async fn exchange(
     if let Err(error) = socket.enable_transmit_timestamps() {
         tracing::debug!(%error, "no kernel transmit timestamps: the send time is read before");
     }
-    let sent_ns = match socket.send_now(&wire, request.to).await {
+    let sent_ns = match socket.send_now(&wire, destination).await {
         Ok(sent) => sent as i64,
         Err(error) => {
             tracing::debug!(to = %request.to, %error, "sending a request");
@@ -530,7 +563,8 @@ async fn exchange(
                 // Anything else on this port (from elsewhere, or a forgery without the
                 // request's transmit timestamp) is ignored: the reply may still come.
                 Ok(datagram)
-                    if request.is_answered_by(&buffer[..datagram.len], datagram.source) =>
+                    if datagram.source == destination
+                        && request.is_answered_by(&buffer[..datagram.len], request.to) =>
                 {
                     return Some(datagram);
                 }
@@ -546,9 +580,10 @@ async fn exchange(
     // The reply came after the request left: its kernel timestamp is queued by now.
     let sent_ns = socket.transmit_timestamp().map_or(sent_ns, |sent| sent as i64);
     let reply = match received {
+        // From the destination: the source's reply, wherever the source sent it from.
         Ok(Some(datagram)) => Some(Reply {
             bytes: buffer[..datagram.len].to_vec(),
-            from: datagram.source,
+            from: request.to,
             received_ns: datagram.received_realtime_ns.unwrap_or_else(clock::realtime_ns) as i64,
         }),
         _ => None,

@@ -11,9 +11,9 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
-use super::{ControlContext, client_report, reload, server_stats, tracking};
+use super::{ControlContext, client_report, may_change_state, reload, server_stats, tracking};
 use crate::{
     access::{Access, AccessRule, AccessTable, Subnet},
     chronyc::{CLIENTS_PER_REPLY, Command, MAX_REQUEST, Request, Status},
@@ -33,11 +33,15 @@ pub struct ChronycSockets {
 }
 
 impl ChronycSockets {
-    /// Binds what `config` names. A socket that cannot be bound (a running chronyd holds it)
-    /// is left out with a warning: chronyc is a convenience, never a reason not to serve time.
-    pub fn bind(config: &ChronycConfig) -> Self {
+    /// Binds what `config` names; the Unix socket only in a directory that `owners` (root and
+    /// ntpxd's user) own and others cannot enter. A socket that cannot be bound (a running
+    /// chronyd holds it, an open directory) is left out with a warning: chronyc is a
+    /// convenience, never a reason not to serve time.
+    pub fn bind(config: &ChronycConfig, owners: &[u32]) -> Self {
         let unix = config.socket.as_deref().and_then(|path| {
-            warn_unless_bound(bind_unix(path).map(|socket| socket.map(|s| (s, path.to_owned()))))
+            warn_unless_bound(
+                bind_unix(path, owners).map(|socket| socket.map(|s| (s, path.to_owned()))),
+            )
         });
         let addresses: [IpAddr; 2] = [config.bind_v4.into(), config.bind_v6.into()];
         let udp = match config.port {
@@ -66,14 +70,25 @@ impl ChronycSockets {
                 let mut buffer = [0u8; MAX_REQUEST + 1];
                 let mut walk = ClientsWalk::default();
                 loop {
-                    let Some((length, peer)) = received(socket.recv_from(&mut buffer)) else {
+                    let Some(datagram) = received(socket::recv_local(&socket, &mut buffer)) else {
                         continue;
                     };
-                    let Some(request) = Request::parse(&buffer[..length]) else { continue };
-                    let reply = respond(&request, Trust::Everything, &context, &mut walk);
-                    if let Some(peer) = peer.as_pathname()
-                        && let Err(error) = socket.send_to(&reply, peer)
-                    {
+                    context.server.count_command();
+                    let request = Request::parse(&buffer[..datagram.len]);
+                    // Nothing is done for a sender that cannot be answered: a socket without a
+                    // name, or one ntpxd may not send to.
+                    let reply_to = datagram.sender.filter(|path| can_send_to(path));
+                    let (Some(request), Some(reply_to)) = (request, reply_to) else {
+                        context.server.count_command_dropped();
+                        continue;
+                    };
+                    let trust = if may_change_state(datagram.sender_uid) {
+                        Trust::Everything
+                    } else {
+                        Trust::Reports
+                    };
+                    let reply = respond(&request, trust, &context, &mut walk);
+                    if let Err(error) = socket::send_local_now(&socket, &reply, &reply_to) {
                         tracing::debug!(%error, "replying to chronyc");
                     }
                 }
@@ -89,11 +104,14 @@ impl ChronycSockets {
                     let Some((length, peer)) = received(socket.recv_from(&mut buffer)) else {
                         continue;
                     };
+                    context.server.count_command();
                     // As chronyd: others than loopback and cmdallow'ed hosts hear nothing.
-                    if !(is_loopback(peer.ip()) || access.is_allowed(peer.ip())) {
+                    let allowed = is_loopback(peer.ip()) || access.is_allowed(peer.ip());
+                    let request = Request::parse(&buffer[..length]).filter(|_| allowed);
+                    let Some(request) = request else {
+                        context.server.count_command_dropped();
                         continue;
-                    }
-                    let Some(request) = Request::parse(&buffer[..length]) else { continue };
+                    };
                     let reply = respond(&request, Trust::Monitoring, &context, &mut walk);
                     if let Err(error) = socket.send_to(&reply, peer) {
                         tracing::debug!(%error, %peer, "replying to chronyc");
@@ -122,12 +140,13 @@ fn warn_unless_bound<T>(bound: anyhow::Result<Option<T>>) -> Option<T> {
 
 /// Binds `path` (as chronyd does, in a directory only root and ntpxd's user can enter); None
 /// where a running chronyd holds it.
-fn bind_unix(path: &Path) -> anyhow::Result<Option<UnixDatagram>> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+fn bind_unix(path: &Path, owners: &[u32]) -> anyhow::Result<Option<UnixDatagram>> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        }
+        check_closed_to_others(dir, owners)?;
     }
     if path.exists() {
         if UnixDatagram::unbound()?.connect(path).is_ok() {
@@ -142,9 +161,40 @@ fn bind_unix(path: &Path) -> anyhow::Result<Option<UnixDatagram>> {
     }
     let socket = UnixDatagram::bind(path)
         .with_context(|| format!("binding chronyc's socket {}", path.display()))?;
-    // The directory decides who may talk to it, as with chronyd's.
+    socket::pass_credentials(&socket)?;
+    // The directory decides who may reach it, as with chronyd's; the sender's user decides
+    // what it may ask.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(Some(socket))
+}
+
+/// chronyd's rule for its socket's directory: owned by it (here root or ntpxd's user) and closed
+/// to others, since who can enter it can reach the socket.
+fn check_closed_to_others(dir: &Path, owners: &[u32]) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mode = metadata.mode() & 0o777;
+    if mode & 0o007 != 0 {
+        bail!(
+            "chronyc's socket directory {} is mode {mode:04o}: others can reach the socket \
+             (chmod o-rwx it, as chronyd wants)",
+            dir.display()
+        );
+    }
+    if !owners.contains(&metadata.uid()) {
+        bail!(
+            "chronyc's socket directory {} belongs to user {}, neither root nor ntpxd's user",
+            dir.display(),
+            metadata.uid()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a datagram could be sent to the local socket at `path` (it exists, and ntpxd may
+/// write to it): connecting checks as sending would, and sends nothing.
+fn can_send_to(path: &Path) -> bool {
+    UnixDatagram::unbound().and_then(|socket| socket.connect(path)).is_ok()
 }
 
 fn spawn(name: &str, serve: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
@@ -164,8 +214,10 @@ fn is_loopback(address: IpAddr) -> bool {
 /// What a socket's peers may ask.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Trust {
-    /// The Unix socket: root and ntpxd's user.
+    /// The Unix socket, from root and ntpxd's user.
     Everything,
+    /// The Unix socket, from other users (those the directory lets in): every report, no change.
+    Reports,
     /// UDP: chronyd's open commands.
     Monitoring,
 }
@@ -176,8 +228,12 @@ fn respond(
     context: &ControlContext,
     walk: &mut ClientsWalk,
 ) -> Vec<u8> {
-    context.server.count_command();
-    if trust == Trust::Monitoring && request.command.is_ok_and(|command| !command.is_open()) {
+    let allowed = request.command.is_ok_and(|command| match trust {
+        Trust::Everything => true,
+        Trust::Reports => !command.changes_state(),
+        Trust::Monitoring => command.is_open(),
+    });
+    if request.command.is_ok() && !allowed {
         return request.status(Status::Unauthorised);
     }
     answer(request, context, walk).unwrap_or_else(|error| {

@@ -5,24 +5,21 @@
 //!
 //! The HTTP side is kept too small to be a risk. Who may scrape is who may monitor the server
 //! with chronyc: the loopback addresses and what `cmdallow` admits (chronyd's rule for its
-//! command port); others are closed on at once, before a byte is read. At most
-//! [`MAX_SCRAPES`] connections are served at once, each on a thread of its own, so a slow one
-//! delays no other; each has [`DEADLINE`] for its whole request and as long for its answer; a
-//! request is at most 4 KiB; `GET /metrics` is answered and every other request refused.
+//! command port); others are closed on at once, before a byte is read. Connections are served
+//! concurrently, up to [`MAX_SCRAPES`] at once (more are closed at once), so a slow one delays
+//! no other; each has [`DEADLINE`] for its whole request and as long for its answer; a request
+//! is at most 4 KiB; `GET /metrics` is answered and every other request refused.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::Semaphore,
+};
 
-use super::{Ask, ControlContext, accept_rest, server_stats_from, tracking};
+use super::{Ask, ControlContext, rest_after_accept, server_stats_from, tracking};
 use crate::{
     access::AccessTable,
     clock,
@@ -32,137 +29,137 @@ use crate::{
 const MAX_REQUEST: usize = 4096;
 /// How long a connection has to send its whole request, and then to take the answer.
 pub const DEADLINE: Duration = Duration::from_secs(2);
-/// Scrapes served at once; connections beyond are closed at once.
-pub const MAX_SCRAPES: usize = 4;
+/// Connections served at once; more are closed at once. Idle ones cost a little memory each,
+/// so that holding them all takes a peer that may scrape over a hundred connections a second.
+pub const MAX_SCRAPES: usize = 256;
 
 pub struct MetricsListener {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     /// `cmdallow` / `cmddeny`: who besides loopback may scrape.
     access: Arc<AccessTable>,
 }
 
 impl MetricsListener {
     pub fn bind(address: SocketAddr, access: AccessTable) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(address)
+        let listener = std::net::TcpListener::bind(address)
             .with_context(|| format!("binding the metrics address {address}"))?;
+        listener.set_nonblocking(true)?;
         Ok(Self { listener, access: Arc::new(access) })
     }
 
-    /// Answers scrapes until the process ends.
-    pub fn serve_in_background(&self, context: Arc<ControlContext>) -> anyhow::Result<()> {
-        let listener = self.listener.try_clone()?;
-        let access = self.access.clone();
-        let serving = Arc::new(AtomicUsize::new(0));
-        std::thread::Builder::new().name("metrics".into()).spawn(move || {
-            loop {
-                let (stream, peer) = match listener.accept() {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        std::thread::sleep(accept_rest(&error, &context.server, "metrics"));
-                        continue;
-                    }
-                };
-                if !may_scrape(peer.ip(), &access) {
-                    tracing::debug!(%peer, "a metrics connection from an address not allowed");
-                    continue;
-                }
-                if serving.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
-                    serving.fetch_sub(1, Ordering::AcqRel);
-                    tracing::debug!(%peer, "too many metrics connections: one refused");
-                    continue;
-                }
-                let (context, serving) = (context.clone(), serving.clone());
-                let spawned = std::thread::Builder::new().name("scrape".into()).spawn(move || {
-                    if let Err(error) = serve(stream, &context) {
-                        tracing::debug!(%peer, error = format!("{error:#}"), "a metrics request");
-                    }
-                    serving.fetch_sub(1, Ordering::AcqRel);
-                });
-                if let Err(error) = spawned {
-                    tracing::warn!(%error, "no thread for a metrics request");
-                }
-            }
-        })?;
+    /// Answers scrapes until the daemon stops.
+    pub fn serve(&self, context: Arc<ControlContext>) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(self.listener.try_clone()?)?;
+        tokio::spawn(accept(listener, self.access.clone(), context));
         Ok(())
     }
 }
 
+async fn accept(
+    listener: tokio::net::TcpListener,
+    access: Arc<AccessTable>,
+    context: Arc<ControlContext>,
+) {
+    let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                rest_after_accept(&error, &context.server, "metrics").await;
+                continue;
+            }
+        };
+        // Closed at once (dropped here): not allowed, or too many at once.
+        if !may_scrape(peer.ip(), &access) {
+            tracing::debug!(%peer, "a metrics connection from an address not allowed");
+            continue;
+        }
+        let Ok(slot) = scrapes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many metrics connections: one refused");
+            continue;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve(stream, context).await {
+                tracing::debug!(%peer, error = format!("{error:#}"), "a metrics request");
+            }
+            drop(slot);
+        });
+    }
+}
+
 /// Whether a scrape from `peer` is served (see the module's documentation).
-pub fn may_scrape(peer: IpAddr, access: &AccessTable) -> bool {
+pub fn may_scrape(peer: std::net::IpAddr, access: &AccessTable) -> bool {
     peer.to_canonical().is_loopback() || access.is_allowed(peer)
 }
 
-/// Reads from `stream` into `buffer` before `deadline`.
-fn read_before(
-    stream: &mut TcpStream,
-    buffer: &mut [u8],
-    deadline: Instant,
-) -> std::io::Result<usize> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(std::io::ErrorKind::TimedOut.into());
-    }
-    stream.set_read_timeout(Some(left))?;
-    stream.read(buffer)
+async fn serve(mut stream: TcpStream, context: Arc<ControlContext>) -> anyhow::Result<()> {
+    let read = tokio::time::timeout(DEADLINE, read_request(&mut stream)).await;
+    let request = match read.context("no whole request in time")?? {
+        Some(request) => request,
+        None => {
+            let answer = response("431 Request Header Fields Too Large", "text/plain", "");
+            tokio::time::timeout(DEADLINE, stream.write_all(answer.as_bytes())).await??;
+            // Closing with the rest unread would reset the connection, and the client could
+            // lose the answer: the rest is read (until the deadline) first.
+            stream.shutdown().await?;
+            let mut sink = [0u8; 512];
+            let drain = async { while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
+            let _ = tokio::time::timeout(DEADLINE, drain).await;
+            return Ok(());
+        }
+    };
+    let answer = answer(&request, context).await?;
+    tokio::time::timeout(DEADLINE, stream.write_all(answer.as_bytes()))
+        .await
+        .context("the answer not taken in time")??;
+    Ok(())
 }
 
-fn serve(mut stream: TcpStream, context: &ControlContext) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    stream.set_write_timeout(Some(DEADLINE))?;
+/// A request's head, up to its blank line; None if it is longer than [`MAX_REQUEST`].
+async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<String>> {
     let mut request = Vec::with_capacity(512);
     let mut buffer = [0u8; 512];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
         if request.len() > MAX_REQUEST {
-            respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "")?;
-            // Closing with the rest unread would reset the connection, and the client could
-            // lose the answer: the rest is read (before the deadline, and a bound) first.
-            stream.shutdown(std::net::Shutdown::Write)?;
-            while read_before(&mut stream, &mut buffer, deadline).is_ok_and(|read| read > 0) {}
-            return Ok(());
+            return Ok(None);
         }
-        let read = read_before(&mut stream, &mut buffer, deadline)?;
-        if read == 0 {
-            return Ok(());
-        }
+        let read = stream.read(&mut buffer).await?;
+        anyhow::ensure!(read > 0, "the connection closed before its request ended");
         request.extend_from_slice(&buffer[..read]);
     }
-    let request = String::from_utf8_lossy(&request);
+    Ok(Some(String::from_utf8_lossy(&request).into_owned()))
+}
+
+/// The whole HTTP response to `request`.
+async fn answer(request: &str, context: Arc<ControlContext>) -> anyhow::Result<String> {
     let mut lines = request.split("\r\n");
     let mut words = lines.next().unwrap_or_default().split(' ');
     let accept = lines.find_map(|line| {
         let (name, value) = line.split_once(':')?;
         name.eq_ignore_ascii_case("accept").then_some(value)
     });
-    match (words.next(), words.next(), words.next()) {
+    Ok(match (words.next(), words.next(), words.next()) {
         (Some("GET"), Some("/metrics"), Some("HTTP/1.0" | "HTTP/1.1")) => {
             let format = Format::accepted(accept);
-            let body = snapshot(context)?.encode(format);
-            respond(&mut stream, "200 OK", format.content_type(), &body)
+            // The snapshot waits for the daemon's owner: off the runtime's workers.
+            let body = tokio::task::spawn_blocking(move || snapshot(&context)).await??;
+            response("200 OK", format.content_type(), &body.encode(format))
         }
         (Some("GET"), Some(_), Some(_)) => {
-            respond(&mut stream, "404 Not Found", "text/plain", "only /metrics is here\n")
+            response("404 Not Found", "text/plain", "only /metrics is here\n")
         }
-        (Some(_), Some(_), Some(_)) => {
-            respond(&mut stream, "405 Method Not Allowed", "text/plain", "")
-        }
-        _ => respond(&mut stream, "400 Bad Request", "text/plain", ""),
-    }
+        (Some(_), Some(_), Some(_)) => response("405 Method Not Allowed", "text/plain", ""),
+        _ => response("400 Bad Request", "text/plain", ""),
+    })
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> anyhow::Result<()> {
-    let head = format!(
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+         Connection: close\r\n\r\n{body}",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    Ok(())
+    )
 }
 
 fn snapshot(context: &ControlContext) -> anyhow::Result<Snapshot> {

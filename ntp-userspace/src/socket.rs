@@ -98,7 +98,13 @@ pub fn recv_local(
         ControlMessageOwned::ScmCredentials(credentials) => Some(credentials.uid()),
         _ => None,
     });
-    let sender = message.address.and_then(|address| address.path().map(ToOwned::to_owned));
+    // An unnamed sender's address is empty (no family even), which nix's UnixAddr::path
+    // refuses with a panic: only a name longer than the family is read.
+    let family_len = size_of::<libc::sa_family_t>() as u32;
+    let sender = message
+        .address
+        .filter(|address| socket::SockaddrLike::len(address) > family_len)
+        .and_then(|address| address.path().map(ToOwned::to_owned));
     Ok(LocalDatagram { len: message.bytes, sender, sender_uid })
 }
 
@@ -304,4 +310,32 @@ fn send(fd: i32, reply: &[u8], to: SocketAddr, from: Option<(IpAddr, u32)>) -> i
         }
     };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    #[test]
+    fn a_local_datagram_says_who_sent_it_and_from_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = UnixDatagram::bind(dir.path().join("server.sock")).unwrap();
+        pass_credentials(&server).unwrap();
+        let named = UnixDatagram::bind(dir.path().join("client.sock")).unwrap();
+        named.send_to(b"hello", dir.path().join("server.sock")).unwrap();
+        let mut buffer = [0u8; 64];
+        let datagram = recv_local(&server, &mut buffer).unwrap();
+        assert_eq!(&buffer[..datagram.len], b"hello");
+        assert_eq!(datagram.sender.as_deref(), Some(dir.path().join("client.sock").as_path()));
+        assert_eq!(datagram.sender_uid, Some(nix::unistd::getuid().as_raw()));
+        send_local_now(&server, b"back", &dir.path().join("client.sock")).unwrap();
+        assert_eq!(named.recv(&mut buffer).unwrap(), 4);
+        // A sender without a name: no path to answer, and no panic.
+        let unnamed = UnixDatagram::unbound().unwrap();
+        unnamed.send_to(b"anyone?", dir.path().join("server.sock")).unwrap();
+        let datagram = recv_local(&server, &mut buffer).unwrap();
+        assert_eq!((datagram.len, datagram.sender), (7, None));
+    }
 }

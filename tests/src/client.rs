@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -115,6 +115,17 @@ pub fn exchange(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Op
         let delay = ((received_ns - sent_ns) - (t3 - t2)) as f64 * 1e-9;
         return Some(Exchange { reply, sent_ns, offset, delay });
     }
+}
+
+/// A TCP connection to `server` from the local address `source` (one of several a namespace's
+/// interface has), as a peer at that address would open it.
+pub fn tcp_connect_from(source: std::net::IpAddr, server: SocketAddr) -> io::Result<TcpStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if server.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(source, 0)))?;
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(server))?;
+    Ok(TcpStream::from(fd))
 }
 
 /// A received frame and the 802.1Q tag the kernel took off it, if any.

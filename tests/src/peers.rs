@@ -133,6 +133,53 @@ impl Ntpxd {
         }
     }
 
+    /// Starts ntpxd as [`Ntpxd::start`] does, run by `wrapper` (a command that runs the rest of
+    /// its arguments in its place, such as `prlimit --nofile=64:4096`).
+    pub fn start_under(netns: &Netns, config: &str, wrapper: &[&str]) -> Self {
+        let dir = scratch_dir();
+        let socket = dir.path().join("ntpxd.sock");
+        let config_path = dir.path().join("ntpxd.conf");
+        fs::write(&config_path, Self::complete(&socket, config)).expect("writing the config");
+        let ntpxd = binary("ntpxd");
+        let mut args: Vec<&str> = wrapper[1..].to_vec();
+        args.extend([ntpxd.to_str().unwrap(), "-d", "-x", "-f", config_path.to_str().unwrap()]);
+        let log = dir.path().join("ntpxd.log");
+        let process = Process::spawn("ntpxd", netns, Path::new(wrapper[0]), &args, log);
+        let ntpxd = Self { process, socket, config_file: config_path, _dir: dir };
+        ntpxd.wait_for_the_control_socket();
+        ntpxd
+    }
+
+    /// Fills the client table (the LRU hash of `entries` entries) with `entries` clients in
+    /// 10.128.0.0/9, as if each had sent one request.
+    pub fn fill_client_table(&self, entries: u32) {
+        use aya::maps::{HashMap, Map, MapData};
+        use ntp_common::ratelimit::{ClientRecord, RateLimit};
+        let fdinfo = fs::read_dir(format!("/proc/{}/fdinfo", self.process.pid())).unwrap();
+        let field = |text: &str, name: &str| -> Option<u64> {
+            text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        };
+        const BPF_MAP_TYPE_LRU_HASH: u64 = 9;
+        let id = fdinfo
+            .filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
+            .find(|text| {
+                field(text, "map_type:") == Some(BPF_MAP_TYPE_LRU_HASH)
+                    && field(text, "max_entries:") == Some(u64::from(entries))
+            })
+            .and_then(|text| field(&text, "map_id:"))
+            .expect("ntpxd's client table");
+        let map = MapData::from_id(id as u32).unwrap();
+        let mut table: HashMap<_, [u8; 16], ClientRecord> =
+            HashMap::try_from(Map::LruHashMap(map)).unwrap();
+        let mut record = ClientRecord::new(&RateLimit::DISABLED);
+        record.hits = 1;
+        for i in 0..entries {
+            let [_, b, c, d] = i.to_be_bytes();
+            let address = std::net::Ipv4Addr::new(10, 128 | b, c, d);
+            table.insert(ntp_userspace::client_table::key_of(address.into()), record, 0).unwrap();
+        }
+    }
+
     /// Starts ntpxd with a `config` it must refuse, and returns its exit status and log.
     pub fn start_expecting_failure(
         netns: &Netns,
@@ -180,14 +227,18 @@ impl Ntpxd {
         self.wait_for_the_control_socket();
     }
 
-    /// `config` with the test's control socket, chronyc's socket and pidfile.
+    /// `config` with the test's control socket, pidfile and (unless it names one) chronyc's
+    /// socket.
     fn complete(socket: &Path, config: &str) -> String {
         let pidfile = socket.with_file_name("ntpxd.pid");
-        let chronyc = Self::chronyc_socket(socket);
+        let chronyc = if config.lines().any(|line| line.starts_with("chronycsocket ")) {
+            String::new()
+        } else {
+            format!("chronycsocket {}\n", Self::chronyc_socket(socket).display())
+        };
         format!(
-            "{config}\nbindcmdaddress {}\nchronycsocket {}\npidfile {}\n",
+            "{config}\nbindcmdaddress {}\n{chronyc}pidfile {}\n",
             socket.display(),
-            chronyc.display(),
             pidfile.display()
         )
     }

@@ -298,36 +298,6 @@ fn the_control_socket_lets_only_root_and_ntpxds_user_change_state_and_bounds_its
     );
 }
 
-/// Fills the client table of the ntpxd with process `pid` (the LRU hash of `entries` entries)
-/// with `entries` clients in 10.128.0.0/9, as if each had sent one request.
-fn fill_client_table(pid: nix::unistd::Pid, entries: u32) {
-    use aya::maps::{HashMap, Map, MapData};
-    use ntp_common::ratelimit::{ClientRecord, RateLimit};
-    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap();
-    let field = |text: &str, name: &str| -> Option<u64> {
-        text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-    };
-    const BPF_MAP_TYPE_LRU_HASH: u64 = 9;
-    let id = fdinfo
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .find(|text| {
-            field(text, "map_type:") == Some(BPF_MAP_TYPE_LRU_HASH)
-                && field(text, "max_entries:") == Some(u64::from(entries))
-        })
-        .and_then(|text| field(&text, "map_id:"))
-        .expect("ntpxd's client table");
-    let map = MapData::from_id(id as u32).unwrap();
-    let mut table: HashMap<_, [u8; 16], ClientRecord> =
-        HashMap::try_from(Map::LruHashMap(map)).unwrap();
-    let mut record = ClientRecord::new(&RateLimit::DISABLED);
-    record.hits = 1;
-    for i in 0..entries {
-        let [_, b, c, d] = i.to_be_bytes();
-        let address = std::net::Ipv4Addr::new(10, 128 | b, c, d);
-        table.insert(ntp_userspace::client_table::key_of(address.into()), record, 0).unwrap();
-    }
-}
-
 #[test]
 #[ignore = "needs root"]
 fn resetting_a_million_clients_leaves_serving_and_republishing_alone() {
@@ -336,7 +306,7 @@ fn resetting_a_million_clients_leaves_serving_and_republishing_alone() {
     const CLIENTS: u32 = 1_000_000;
     let link = Link::new();
     let ntpxd = Ntpxd::start(&link.server_ns, &format!("{CONFIG}clientlog entries {CLIENTS}\n"));
-    fill_client_table(ntpxd.process.pid(), CLIENTS);
+    ntpxd.fill_client_table(CLIENTS);
     let stale_before = ntpxd.serverstats().kernel.passed_stale;
     let resetting = AtomicBool::new(true);
     let (polls, unanswered, took) = std::thread::scope(|scope| {

@@ -75,8 +75,7 @@ impl ChronycSockets {
                     };
                     context.server.count_command();
                     let request = Request::parse(&buffer[..datagram.len]);
-                    // Nothing is done for a sender that cannot be answered: a socket without a
-                    // name, or one ntpxd may not send to.
+                    // Nothing is done for a sender that cannot be answered.
                     let reply_to = datagram.sender.filter(|path| can_send_to(path));
                     let (Some(request), Some(reply_to)) = (request, reply_to) else {
                         context.server.count_command_dropped();
@@ -191,10 +190,11 @@ fn check_closed_to_others(dir: &Path, owners: &[u32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a datagram could be sent to the local socket at `path` (it exists, and ntpxd may
-/// write to it): connecting checks as sending would, and sends nothing.
+/// Whether a reply can go to `path`: the sender's socket is bound there (a socket without a
+/// name, or one gone, could never read what it asked for).
 fn can_send_to(path: &Path) -> bool {
-    UnixDatagram::unbound().and_then(|socket| socket.connect(path)).is_ok()
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
 }
 
 fn spawn(name: &str, serve: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {

@@ -288,6 +288,26 @@ mod in_guest {
         let tracking =
             guest.run("setpriv --reuid=nobody --regid=nogroup --clear-groups chronyc -n tracking");
         assert!(tracking.contains("Stratum         : 2"), "{tracking}");
+        // A member of ntpxd's group may enter /run/chrony and send to chronyc's socket, from a
+        // socket of its own elsewhere: `allow 10.77.0.0/24` (REQ_ALLOW) is not carried out, for
+        // it is not root's or ntpxd's, and ntpxd could not answer it anyway.
+        let member =
+            "setpriv --reuid=nobody --regid=nogroup --groups=$(getent group _ntpx | cut -d: -f3)";
+        let allow = "0601000000110000010203040000000000000000\
+                     0a4d0000000000000000000000000000000100000000001800000000";
+        let sent = guest.run(&format!(
+            "{member} perl -MSocket -e '\
+             socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die \"socket: $!\"; \
+             unlink \"/tmp/member.sock\"; \
+             bind($s, pack_sockaddr_un(\"/tmp/member.sock\")) or die \"bind: $!\"; \
+             send($s, pack(\"H*\", \"{allow}\"), 0, pack_sockaddr_un(\"/run/chrony/chronyd.sock\")) \
+               or die \"send: $!\"; \
+             local $SIG{{ALRM}} = sub {{ print \"no reply\\n\"; exit 0 }}; alarm 2; \
+             recv($s, my $reply, 1024, 0); print \"status \", unpack(\"n\", substr($reply, 8, 2)), \"\\n\";'"
+        ));
+        eprintln!("server: a member of _ntpx sent allow 10.77.0.0/24 to chronyc's socket: {sent}");
+        let accheck = guest.run("ntpxc accheck 10.77.0.5");
+        assert_eq!(accheck, "209 Access denied\n", "a group member's allow was carried out");
         // Prometheus' scrape, from the hardened unit.
         let metrics = guest.run(
             "exec 3<>/dev/tcp/127.0.0.1/9975; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",

@@ -84,6 +84,50 @@ fn chronyd_synchronises_to_ntpxd_over_nts_with_its_cookies() {
 
 #[test]
 #[ignore = "needs root"]
+fn as_an_nts_client_ntpxd_polls_the_ntp_server_and_port_that_nts_ke_names() {
+    require_root();
+    let link = Link::new();
+    let upstreams = Upstreams::new(&link.server_ns);
+    let dir = tempfile::tempdir().unwrap();
+    pki::make_certificates(dir.path(), UPSTREAM_V4[0]);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // chronyd 4.3 does NTS-KE at the first address and names another, by name, and its own
+    // NTP port, which is not 123: nothing answers NTP at the first address's port 123.
+    let chronyd = Chronyd::start(
+        &upstreams.ns,
+        &format!(
+            "local stratum 1\nallow\nport 11123\nntsservercert {}\nntsserverkey {}\n\
+             ntsntpserver ntp.example\n",
+            path("server.pem"),
+            path("server.key")
+        ),
+    );
+    link.server_ns.set_hosts(&format!("{} ntp.example\n", UPSTREAM_V4[1]));
+    let ntpxd = Ntpxd::start(
+        &link.server_ns,
+        &format!(
+            "server {} iburst nts minpoll 0 maxpoll 0\nntstrustedcerts {}\nnosystemcert\n",
+            UPSTREAM_V4[0],
+            path("ca.pem")
+        ),
+    );
+    let selected = peers::wait_for(Duration::from_secs(60), || {
+        ntpxd.ntpxc(&["sources"]).unwrap_or_default().contains(&format!("^* {}", UPSTREAM_V4[0]))
+    });
+    let sources = ntpxd.ntpxc(&["sources"]).unwrap_or_default();
+    assert!(selected, "not selected:\n{sources}\n{}", ntpxd.process.log());
+    let log = ntpxd.process.log();
+    let named = format!("{}:11123", UPSTREAM_V4[1]);
+    assert!(log.contains(&named), "NTS-KE's server and port not followed:\n{log}");
+    let stats = chronyd.chronyc(&["serverstats"]);
+    let authenticated: u64 = peers::report_value(&stats, "Authenticated NTP packets")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(authenticated >= 3, "{stats}");
+}
+
+#[test]
+#[ignore = "needs root"]
 fn as_an_nts_client_of_chronyd_ntpxd_selects_only_the_authenticated_server() {
     require_root();
     let link = Link::new();

@@ -1259,6 +1259,15 @@ mod tests {
         );
         assert!(error_of("clientlog entries 0").contains("at least 1"));
         assert_eq!(parse_text("noclientlog").unwrap().config.client_log, ClientLogSize::Disabled);
+        // NTS-KE's: chrony's defaults (a connection per 64 s), and no kiss-o'-death.
+        let nts = parse_text("ntsratelimit burst 3\n").unwrap();
+        assert!(nts.warnings.is_empty(), "{:?}", nts.warnings);
+        assert_eq!(
+            nts.config.nts.rate_limit,
+            Some(RateLimitConfig { interval: 6, burst: 3, leak: 2, kod: 0 })
+        );
+        assert!(error_of("ntsratelimit kod 1").contains("no kod option"));
+        assert!(error_of("ntsratelimit speed 5").contains("unknown ntsratelimit option"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ntp_userspace::{
     chronyc::{Command, Request, Status},
     control::ClientReport,
     sync::{
-        NtpData, SourceReport, Tracking,
+        LeapStatus, NtpData, SourceReport, Tracking,
         regression::Sample,
         source::{Exchanges, LastReply, SourceState},
     },
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             reference_name: address.to_string(),
             reference_time: 4e9,
             system_time_offset: 1e-3,
-            leap: "Insert second".into(),
+            leap: LeapStatus::InsertSecond,
             ..Tracking::default()
         }),
         Ok(Command::NumberOfSources) => request.number_of_sources(u32::MAX),

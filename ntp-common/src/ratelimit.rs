@@ -263,6 +263,13 @@ pub const fn timestamp(elapsed_ns: u64) -> u32 {
     if units == INVALID_TIMESTAMP { 1 } else { units }
 }
 
+/// The record timestamp of the CLOCK_TAI instant `tai_ns`, for a client log whose timestamps
+/// count from `epoch_tai_ns` (the XDP program and the daemon share the epoch).
+#[inline(always)]
+pub const fn timestamp_since(tai_ns: u64, epoch_tai_ns: u64) -> u32 {
+    timestamp(tai_ns.wrapping_sub(epoch_tai_ns))
+}
+
 /// chronyc's interval column for a rate: log2 seconds, or 127 when unknown.
 pub const fn interval_log2(rate: i8) -> i8 {
     if rate == INVALID_RATE {

@@ -462,7 +462,7 @@ fn log_client(
         return Ok(Answer::Time);
     }
     let limit = &published.limit;
-    let now = ratelimit::timestamp(receive_tai_ns.wrapping_sub(published.client_log_epoch_tai_ns));
+    let now = ratelimit::timestamp_since(receive_tai_ns, published.client_log_epoch_tai_ns);
     let record = match record {
         Some(record) => record,
         None => {

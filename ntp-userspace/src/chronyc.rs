@@ -313,13 +313,7 @@ impl Request {
         // An address, or none where the reference ID is a name (LOCL).
         reply.ip(t.reference_name.parse().ok());
         reply.u16(u16::from(t.stratum));
-        let leap_status = match t.leap.as_str() {
-            "Normal" => 0,
-            "Insert second" => 1,
-            "Delete second" => 2,
-            _ => 3,
-        };
-        reply.u16(leap_status);
+        reply.u16(t.leap as u16);
         reply.timespec(t.reference_time);
         for value in [
             // chrony's correction: positive when the system clock is slow.

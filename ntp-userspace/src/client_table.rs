@@ -24,6 +24,8 @@ use ntp_common::{
     ratelimit::{self, ClientRecord, Limit, RateLimit},
 };
 
+use crate::random;
+
 /// How the client log logs and limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLogSettings {
@@ -36,7 +38,7 @@ pub struct ClientLogSettings {
 impl ClientLogSettings {
     /// The record timestamp of a CLOCK_TAI instant.
     pub fn timestamp(&self, tai_ns: u64) -> u32 {
-        ratelimit::timestamp(tai_ns.wrapping_sub(self.epoch_tai_ns))
+        ratelimit::timestamp_since(tai_ns, self.epoch_tai_ns)
     }
 }
 
@@ -115,7 +117,7 @@ impl Shard {
         });
         client.recent = true;
         client.record.log(timestamp, &settings.limit);
-        let limit = client.record.limit(&settings.limit, rand_u32);
+        let limit = client.record.limit(&settings.limit, random::next_u32);
         if !client.pending {
             client.pending = true;
             pending.push(key);
@@ -336,14 +338,6 @@ fn reset_counts(record: &mut ClientRecord) {
     record.hits = 0;
     record.drops = 0;
     record.kods = 0;
-}
-
-fn rand_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    // Rate limiting needs unpredictable, not cryptographic, bits; getrandom never fails for 4.
-    // SAFETY: `bytes` is valid for writes of its length.
-    let _ = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    u32::from_ne_bytes(bytes)
 }
 
 /// A client's key: IPv4 as IPv4-mapped IPv6, as the XDP program keys it.

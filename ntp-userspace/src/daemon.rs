@@ -39,7 +39,7 @@ use crate::{
     server::{PUBLISH_INTERVAL_NS, Server},
     service,
     socket::{self, Batch, Datagram, NtpSocket},
-    sync::{SourceReport, Tracking, leap_name},
+    sync::{LeapStatus, SourceReport, Tracking},
     upstream::{self, Upstream},
 };
 
@@ -804,7 +804,7 @@ fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking {
             * 1e-9,
         root_delay: header.root_delay.to_seconds(),
         root_dispersion: header.root_dispersion.to_seconds(),
-        leap: leap_name(synchronised.then_some(header.leap)).into(),
+        leap: LeapStatus::of(synchronised.then_some(header.leap)),
         synchronised,
         ..Tracking::default()
     }

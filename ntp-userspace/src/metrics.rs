@@ -126,17 +126,11 @@ impl Collector for Snapshot {
             None,
             one(i64::from(t.stratum)),
         )?;
-        let leap = match t.leap.as_str() {
-            "Normal" => 0,
-            "Insert second" => 1,
-            "Delete second" => 2,
-            _ => 3,
-        };
         f.gauge(
             "ntp_system_leap_indicator",
             "Leap indicator served (3: unsynchronised)",
             None,
-            one(leap),
+            one(t.leap as i64),
         )?;
         f.gauge("ntp_system_root_delay", "Root delay served", seconds(), one(t.root_delay))?;
         f.gauge(
@@ -389,7 +383,11 @@ mod tests {
                 xdp: vec![XdpAttachment { interface: "eth1".into(), mode: AttachMode::Native }],
                 ..ServerStats::default()
             },
-            tracking: Tracking { stratum: 2, leap: "Normal".into(), ..Tracking::default() },
+            tracking: Tracking {
+                stratum: 2,
+                leap: crate::sync::LeapStatus::Normal,
+                ..Tracking::default()
+            },
             sources: vec![source],
             state_age: Some(0.25),
         };

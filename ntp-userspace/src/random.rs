@@ -6,3 +6,8 @@ pub fn bytes<const N: usize>() -> [u8; N] {
     getrandom::fill(&mut bytes).expect("the kernel's random numbers");
     bytes
 }
+
+/// 32 unpredictable bits: the draws that let 1 in 2^leak rate-limited requests through.
+pub fn next_u32() -> u32 {
+    u32::from_ne_bytes(bytes())
+}

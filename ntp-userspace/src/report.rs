@@ -184,7 +184,7 @@ pub fn tracking_text(t: &Tracking) -> String {
         ("Root delay", seconds(t.root_delay)),
         ("Root dispersion", seconds(t.root_dispersion)),
         ("Update interval", format!("{:.1} seconds", t.update_interval)),
-        ("Leap status", t.leap.clone()),
+        ("Leap status", t.leap.to_string()),
     ];
     lines.iter().map(|(label, value)| format!("{label:<16}: {value}\n")).collect()
 }
@@ -523,7 +523,7 @@ mod tests {
             root_delay: 0.000_007_008,
             root_dispersion: 0.000_001_082,
             update_interval: 2.0,
-            leap: "Normal".into(),
+            leap: crate::sync::LeapStatus::Normal,
             synchronised: true,
         };
         let text = tracking_text(&tracking);

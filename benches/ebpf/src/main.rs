@@ -27,7 +27,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use ntp_common::checksum::fold;
+use ntp_common::{checksum::fold, wire::UNIX_EPOCH_NTP_SECONDS};
 use ntpx_bench_ebpf::{
     CounterConfig, GeneratorConfig, GeneratorState, HISTOGRAM_BUCKETS, bucket, count,
 };
@@ -57,8 +57,6 @@ const FRAME_WORDS: usize = 45;
 const IP: usize = 7;
 const UDP: usize = IP + 10;
 const NTP: usize = UDP + 4;
-/// Seconds from 1900 to 1970.
-const NTP_UNIX_SECONDS: u64 = 2_208_988_800;
 
 #[inline(always)]
 fn frame(ctx: &XdpContext) -> Option<&'static mut [u16; FRAME_WORDS]> {
@@ -147,7 +145,7 @@ fn ntp_to_unix_ns(w: &[u16]) -> i64 {
     let seconds = u32::from_be_bytes([b0[0], b0[1], b1[0], b1[1]]) as u64;
     let fraction = u32::from_be_bytes([b2[0], b2[1], b3[0], b3[1]]) as u64;
     let nanos = (fraction * 1_000_000_000) >> 32;
-    (seconds.wrapping_sub(NTP_UNIX_SECONDS) * 1_000_000_000 + nanos) as i64
+    (seconds.wrapping_sub(UNIX_EPOCH_NTP_SECONDS) * 1_000_000_000 + nanos) as i64
 }
 
 /// The raw 64-bit value of four words of big-endian bytes.

@@ -96,7 +96,7 @@ pub struct Tracking {
     pub root_delay: f64,
     pub root_dispersion: f64,
     pub update_interval: f64,
-    pub leap: String,
+    pub leap: LeapStatus,
     pub synchronised: bool,
 }
 
@@ -549,7 +549,7 @@ impl Synchroniser {
             root_delay,
             root_dispersion,
             update_interval: interval,
-            leap: leap_name(served.header.map(|h| h.leap)).into(),
+            leap: LeapStatus::of(served.header.map(|h| h.leap)),
             synchronised: served.header.is_some(),
         }
     }
@@ -623,13 +623,46 @@ impl Synchroniser {
     }
 }
 
-/// chrony's leap status names.
-pub fn leap_name(leap: Option<Leap>) -> &'static str {
-    match leap {
-        Some(Leap::NoWarning) => "Normal",
-        Some(Leap::InsertSecond) => "Insert second",
-        Some(Leap::DeleteSecond) => "Delete second",
-        _ => "Not synchronised",
+/// chrony's leap status: what `tracking` prints by name, and chronyc's protocol and the
+/// metrics carry as its number (the leap indicator, 3 when not synchronised).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeapStatus {
+    #[serde(rename = "Normal")]
+    Normal = 0,
+    #[serde(rename = "Insert second")]
+    InsertSecond = 1,
+    #[serde(rename = "Delete second")]
+    DeleteSecond = 2,
+    #[default]
+    #[serde(rename = "Not synchronised", other)]
+    NotSynchronised = 3,
+}
+
+impl LeapStatus {
+    /// The status of a served leap indicator (None: nothing served, not synchronised).
+    pub fn of(leap: Option<Leap>) -> Self {
+        match leap {
+            Some(Leap::NoWarning) => Self::Normal,
+            Some(Leap::InsertSecond) => Self::InsertSecond,
+            Some(Leap::DeleteSecond) => Self::DeleteSecond,
+            Some(Leap::Unsynchronised) | None => Self::NotSynchronised,
+        }
+    }
+
+    /// chronyc's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::InsertSecond => "Insert second",
+            Self::DeleteSecond => "Delete second",
+            Self::NotSynchronised => "Not synchronised",
+        }
+    }
+}
+
+impl std::fmt::Display for LeapStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

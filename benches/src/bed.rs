@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ntp_userspace::clock::KernelClock;
+use ntp_userspace::sys::clock;
 use ntpx_tests::{
     netns::{Link, Netns},
     peers::{Chronyd, Ntpxd, Process},
@@ -188,7 +188,7 @@ impl Bed {
             }
             _ => None,
         };
-        let utc_minus_tai_ns = -i64::from(KernelClock::read()?.tai_offset_s) * 1_000_000_000;
+        let utc_minus_tai_ns = -i64::from(clock::tai_offset_s()) * 1_000_000_000;
         let counter_config = flow.counter_config(utc_minus_tai_ns, kind == ServerKind::Reflector);
         let counter = in_netns(&link.client_ns, || Counter::attach("veth-cli", &counter_config))?;
         let index = in_netns(&link.client_ns, || Ok(nix::net::if_::if_nametoindex("veth-cli")?))?;

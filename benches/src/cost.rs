@@ -12,10 +12,10 @@ use ntp_common::{
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
     client_table::ClientLogSettings,
-    clock,
     config::LocalReference,
     dataplane::Dataplane,
     reference::{Reference, TaiReading},
+    sys::clock,
 };
 use ntpx_bench_ebpf::FRAME_LEN;
 use ntpx_tests::frame::{Frame, UdpChecksum};

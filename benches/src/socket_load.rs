@@ -16,7 +16,7 @@ use std::{
 use hdrhistogram::Histogram;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use ntp_common::wire::{HEADER_LEN, NtpHeader, NtpTimestamp};
-use ntp_userspace::clock::{self, KernelClock};
+use ntp_userspace::sys::clock;
 
 use crate::{
     bed::Step,
@@ -32,7 +32,7 @@ pub fn step(server: SocketAddr, rate: f64, duration: Duration) -> anyhow::Result
         if server.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
     let socket = Arc::new(UdpSocket::bind(bind)?);
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let utc_minus_tai_ns = -i64::from(KernelClock::read()?.tai_offset_s) * 1_000_000_000;
+    let utc_minus_tai_ns = -i64::from(clock::tai_offset_s()) * 1_000_000_000;
     let done = Arc::new(AtomicBool::new(false));
     let receiver = {
         let (socket, done) = (socket.clone(), done.clone());

@@ -8,7 +8,7 @@ use ntp_common::{
     responder,
     state::{MAX_STATE_AGE_NS, ReplyHeader, ServerState, TimeAnchor},
 };
-use ntp_userspace::clock::{self, KernelClock};
+use ntp_userspace::sys::clock;
 use ntpx_bench::{
     bed::{Bed, ServerKind},
     frames::Flow,
@@ -46,7 +46,7 @@ fn the_generator_writes_the_requests_the_builder_describes() {
 fn the_counter_tells_valid_replies_from_invalid_ones() {
     require_root();
     let flow = flow();
-    let utc_minus_tai_ns = -i64::from(KernelClock::read().unwrap().tai_offset_s) * 1_000_000_000;
+    let utc_minus_tai_ns = -i64::from(clock::tai_offset_s()) * 1_000_000_000;
     let mut counter = Counter::detached(&flow.counter_config(utc_minus_tai_ns, false)).unwrap();
     let sent = clock::tai_ns();
     let request = flow.request(5, sent);

@@ -11,7 +11,6 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    io,
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{Mutex, RwLock},
@@ -24,7 +23,10 @@ use ntp_common::{
     ratelimit::{self, ClientRecord, Limit, RateLimit},
 };
 
-use crate::random;
+use crate::{
+    random,
+    sys::bpf::{lookup_batch, update_batch},
+};
 
 /// How the client log logs and limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,78 +357,6 @@ fn address_of(key: &[u8; 16]) -> IpAddr {
 
 fn map_fd(map: &HashMap<MapData, [u8; 16], ClientRecord>) -> i32 {
     map.map().fd().as_fd().as_raw_fd()
-}
-
-/// BPF_MAP_LOOKUP_BATCH's attributes (linux/bpf.h, `batch`).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// One BPF_MAP_LOOKUP_BATCH call: fills `keys` and `values` from where `token` left off (the
-/// start when `None`); returns how many it read and whether the map is exhausted.
-fn lookup_batch(
-    fd: i32,
-    token: Option<[u8; 8]>,
-    next_token: &mut [u8; 8],
-    keys: &mut [[u8; 16]],
-    values: &mut [ClientRecord],
-) -> io::Result<(usize, bool)> {
-    let in_token = token.unwrap_or_default();
-    let mut attr = BatchAttr {
-        in_batch: if token.is_some() { in_token.as_ptr() as u64 } else { 0 },
-        out_batch: next_token.as_mut_ptr() as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: keys.len().min(values.len()) as u32,
-        map_fd: fd as u32,
-        ..BatchAttr::default()
-    };
-    // SAFETY: the attribute points at buffers that hold `count` keys and values and an 8-byte
-    // token (the kernel writes 4 for hash maps), all alive for the call.
-    match unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-        Ok(()) => Ok((attr.count as usize, false)),
-        // The last batch: `count` says how many it holds.
-        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, true)),
-        Err(error) => Err(error),
-    }
-}
-
-/// One BPF_MAP_UPDATE_BATCH call: writes `values` under `keys`.
-fn update_batch(fd: i32, keys: &[[u8; 16]], values: &[ClientRecord]) -> io::Result<()> {
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len().min(values.len()) as u32,
-        map_fd: fd as u32,
-        ..BatchAttr::default()
-    };
-    // SAFETY: the attribute points at `count` keys and values, alive for the call; the kernel
-    // only reads them.
-    unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr) }
-}
-
-/// The bpf(2) batch `command` with `attr`.
-///
-/// # Safety
-/// Every pointer in `attr` is valid for what `command` reads and writes, for `count` entries.
-unsafe fn batch(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: the caller vouches for the attribute's pointers; its size is the kernel's.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, command, std::ptr::from_mut(attr), size_of::<BatchAttr>())
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 #[cfg(test)]

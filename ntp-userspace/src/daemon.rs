@@ -27,19 +27,20 @@ mod nts_ke;
 use crate::{
     access::{AccessRule, AccessTable, Subnet},
     client_table::{Client, ClientLog, ClientLogSettings, ClientTable, NoClientLog},
-    clock::{self, KernelClock},
     config::{self, ClientLogSize, Config},
     control::{
         AuthData, ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment,
     },
     dataplane::Dataplane,
-    files::Pidfile,
-    privileges,
     reference::{Reference, TaiReading},
     server::{PUBLISH_INTERVAL_NS, Server},
-    service,
-    socket::{self, Batch, Datagram, NtpSocket},
     sync::{LeapStatus, SourceReport, Tracking},
+    sys::{
+        clock::{self, KernelClock},
+        files::Pidfile,
+        nic, privileges, service,
+        socket::{self, Batch, Datagram, NtpSocket},
+    },
     upstream::{self, Upstream},
 };
 
@@ -127,9 +128,9 @@ impl Prepared {
     /// Hands to `user` the control socket (its group may then use it, as chronyd's) and the
     /// directories ntpxd created for it and the pidfile (such as /run/ntpx): `user` removes
     /// those files at exit.
-    pub fn hand_over_to(&self, user: &nix::unistd::User) -> anyhow::Result<()> {
+    pub fn hand_over_to(&self, user: &privileges::User) -> anyhow::Result<()> {
         for path in self.created_directories.iter().chain([&self.control.path]) {
-            nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+            privileges::give_to(path, user)
                 .with_context(|| format!("handing {} to {}", path.display(), user.name))?;
         }
         Ok(())
@@ -474,8 +475,9 @@ fn refresh(
         server.set_served(served, now);
         upstream.save_drift(false);
     }
-    let kernel = KernelClock::read().context("adjtimex")?;
-    let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: kernel.tai_offset_s };
+    // A kernel clock that answers is part of a healthy refresh (the watchdog hears of it).
+    KernelClock::read().context("adjtimex")?;
+    let now = clock::tai_now();
     let addresses = served_addresses(config)?;
     server.set_local_addresses(&addresses);
     if let Some(dataplane) = dataplane {
@@ -573,15 +575,9 @@ fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
 
 /// The addresses the server answers for: the bind addresses, or all of this host's.
 fn served_addresses(config: &Config) -> anyhow::Result<Vec<IpAddr>> {
-    let mut addresses: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+    let mut addresses: Vec<IpAddr> = nic::local_addresses()
         .context("listing local addresses")?
-        .filter_map(|interface| {
-            let address = interface.address?;
-            address
-                .as_sockaddr_in()
-                .map(|a| IpAddr::V4(a.ip()))
-                .or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
-        })
+        .into_iter()
         .filter(|address| match address {
             IpAddr::V4(a) => config.bind_v4.is_none_or(|bound| bound == *a),
             IpAddr::V6(a) => config.bind_v6.is_none_or(|bound| bound == *a),
@@ -692,9 +688,11 @@ async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlConte
         _ if !line.ends_with(b"\n") => Response::Error {
             message: format!("bad request: longer than {MAX_REQUEST_LEN} bytes, or unfinished"),
         },
-        Ok(request) if request.changes_state() && !may_change_state(peer_uid) => Response::Error {
-            message: "not permitted: only root and ntpxd's user may change its state".into(),
-        },
+        Ok(request) if request.changes_state() && !privileges::may_change_state(peer_uid) => {
+            Response::Error {
+                message: "not permitted: only root and ntpxd's user may change its state".into(),
+            }
+        }
         // Reports can read a large client table, and changes wait for the owner: off the
         // runtime's worker threads.
         Ok(request) => tokio::task::spawn_blocking(move || {
@@ -713,12 +711,6 @@ async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlConte
         Ok(Err(error)) => tracing::debug!(%error, "writing a control response"),
         Err(_) => tracing::debug!("a control peer did not read its response in time"),
     }
-}
-
-/// Whether a control peer may change ntpxd's state: root, or ntpxd's own user (as chronyd
-/// lets only root and its user through its socket).
-fn may_change_state(peer_uid: Option<u32>) -> bool {
-    peer_uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }
 
 /// Answers a control request: reports from what the control side holds (the client table is
@@ -790,11 +782,7 @@ fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking {
     if let Some(upstream) = upstream {
         return upstream.sync.lock().expect("sync lock").tracking(clock::realtime_ns() as i64);
     }
-    let now = TaiReading {
-        tai_ns: clock::tai_ns(),
-        tai_offset_s: KernelClock::read().map_or(0, |k| k.tai_offset_s),
-    };
-    let header = server.state_to_publish(now).header();
+    let header = server.state_to_publish(clock::tai_now()).header();
     let synchronised = header.leap != ntp_common::wire::Leap::Unsynchronised;
     Tracking {
         reference_id: u32::from_be_bytes(header.reference_id.to_bits()),

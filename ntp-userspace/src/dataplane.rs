@@ -1,11 +1,6 @@
 //! The XDP program seen from the daemon: loading, attaching, and the maps it reads.
 
-use std::{
-    net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-    sync::{Arc, atomic},
-};
+use std::{net::IpAddr, sync::Arc};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -14,7 +9,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use ntp_common::{
-    maps::{self, Counter, MAX_LOCAL_V4, MAX_LOCAL_V6, Published, ServerPage},
+    maps::{self, Counter, MAX_LOCAL_V4, MAX_LOCAL_V6, Published},
     ratelimit::RateLimit,
     state::ServerState,
 };
@@ -23,7 +18,10 @@ use crate::{
     access::{Access, AccessTable},
     client_table::{ClientLogSettings, ClientTable},
     config::ClientLogSize,
-    nic,
+    sys::{
+        bpf::{self, MappedPage},
+        nic,
+    },
 };
 
 /// The XDP program, built for the BPF target by build.rs.
@@ -81,7 +79,7 @@ impl Dataplane {
             .map_err(|error| match error {
                 // The kernel preallocates the whole client log when the map is created.
                 EbpfError::MapError(MapError::CreateError { io_error, .. })
-                    if matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
+                    if bpf::is_allocation_failure(&io_error) =>
                 {
                     anyhow!(
                         "the kernel cannot allocate a client log of {client_log_entries} clients \
@@ -137,7 +135,7 @@ impl Dataplane {
     /// Attaches to `interface`. Native mode falls back to generic where the driver cannot do
     /// it; the mode actually used is returned.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> anyhow::Result<AttachMode> {
-        if nix::net::if_::if_nametoindex(interface).is_err() {
+        if !nic::interface_exists(interface) {
             bail!("cannot attach XDP to {interface}: there is no such interface");
         }
         if nic::keep_vlan_tags_in_frames(interface)
@@ -399,67 +397,6 @@ fn replace_prefixes<const N: usize>(
     Ok(())
 }
 
-/// The SERVER map's page, memory-mapped: publishing is two writes to memory, no system call,
-/// and the program never sees a slot being written (see [`ServerPage`]).
-struct MappedPage {
-    page: NonNull<ServerPage>,
-    len: usize,
-    /// Keeps the map (and so the mapping's object) alive.
-    _map: MapData,
-}
-
-impl MappedPage {
-    fn new(map: MapData) -> anyhow::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = size_of::<ServerPage>().div_ceil(page_size) * page_size;
-        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd shared, read-write, from offset 0 as
-        // the kernel documents; the result is checked before use.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mapping the server page");
-        }
-        let page = NonNull::new(address.cast::<ServerPage>())
-            .ok_or_else(|| anyhow!("mmap returned null"))?;
-        Ok(Self { page, len, _map: map })
-    }
-
-    /// Another mapping of the same page, for a second writer (the tests race one against the
-    /// program).
-    fn try_clone(&self) -> anyhow::Result<Self> {
-        let fd = self._map.fd().as_fd().try_clone_to_owned()?;
-        Self::new(MapData::from_fd(fd)?)
-    }
-
-    /// Writes `published` into the slot not in use and switches to it, the sequence odd
-    /// meanwhile (see [`ServerPage`]).
-    fn publish(&mut self, published: &Published) {
-        let page = self.page.as_ptr();
-        // SAFETY: `page` maps a live ServerPage for as long as self exists; the program only
-        // reads it.
-        unsafe {
-            let sequence = std::ptr::read_volatile(&raw const (*page).sequence);
-            std::ptr::write_volatile(&raw mut (*page).sequence, sequence.wrapping_add(1));
-            atomic::fence(atomic::Ordering::Release);
-            let next = ((*page).active + 1) & 1;
-            std::ptr::write_volatile(&raw mut (*page).slots[next as usize], *published);
-            atomic::fence(atomic::Ordering::Release);
-            std::ptr::write_volatile(&raw mut (*page).active, next);
-            atomic::fence(atomic::Ordering::Release);
-            std::ptr::write_volatile(&raw mut (*page).sequence, sequence.wrapping_add(2));
-        }
-    }
-}
-
 /// A second writer of the server page, racing the daemon's (for tests of the page's protocol).
 pub struct PageWriter(MappedPage);
 
@@ -468,16 +405,6 @@ impl PageWriter {
         self.0.publish(published);
     }
 }
-
-impl Drop for MappedPage {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped; nothing refers to it any more.
-        unsafe { libc::munmap(self.page.as_ptr().cast(), self.len) };
-    }
-}
-
-// SAFETY: the mapping is owned by the MappedPage and only written through &mut self.
-unsafe impl Send for MappedPage {}
 
 /// An error and its causes on one line.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -20,21 +20,23 @@ use tokio::{
 };
 
 use crate::{
-    clock,
     config::{LeapSecondSource, SourceConfig, SourceKind, SyncConfig},
     control::NtsAuthData,
-    files,
     nts::{
         self, ALPN, COOKIES, SessionKeys,
         ke::{self, Granted},
         packet::{self, ReplyError},
     },
-    socket::NtpSocket,
     sync::{
         SourceId, SyncSettings, Synchroniser,
-        discipline::{Action, ClockControl, Discipline, KernelClockControl},
+        discipline::{Action, ClockControl, Discipline},
         leap::{LeapTable, TZDATA_LEAP_SECONDS},
         source::Request,
+    },
+    sys::{
+        clock::{self, KernelClockControl},
+        files,
+        socket::NtpSocket,
     },
 };
 

@@ -92,7 +92,7 @@ impl Exchange {
 /// Sends a request stamped with this machine's clock from `source` to `server`, and measures
 /// the server's offset from the reply.
 pub fn exchange(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Option<Exchange> {
-    let now = || ntp_userspace::clock::realtime_ns() as i64;
+    let now = || ntp_userspace::sys::clock::realtime_ns() as i64;
     let socket = UdpSocket::bind(source).unwrap_or_else(|e| panic!("binding {source}: {e}"));
     socket.set_read_timeout(Some(timeout)).unwrap();
     let sent_ns = now();

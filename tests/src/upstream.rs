@@ -18,7 +18,7 @@ use ntp_common::{
     state::{ReplyHeader, ServerState, TimeAnchor},
     wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
 };
-use ntp_userspace::clock;
+use ntp_userspace::sys::clock;
 
 use crate::netns::Netns;
 
@@ -66,7 +66,7 @@ impl OffsetServer {
                 let received_realtime = message.cmsgs().ok().and_then(|mut cmsgs| {
                     cmsgs.find_map(|cmsg| match cmsg {
                         ControlMessageOwned::ScmTimestampns(ts) => {
-                            Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+                            Some(clock::timespec_ns(ts.tv_sec(), ts.tv_nsec()))
                         }
                         _ => None,
                     })

@@ -17,10 +17,10 @@ use ntp_common::{
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
     client_table::{ClientLog as _, ClientLogSettings},
-    clock,
     config::{ClientLogSize, LocalReference},
     dataplane::Dataplane,
     reference::{Reference, TaiReading},
+    sys::clock,
 };
 use ntpx_tests::{
     frame::{self, Frame},

@@ -492,7 +492,7 @@ mod in_guest {
     /// in between, or by a whole second at a leap (`leap_between`).
     fn observe_until(guest: &Guest, until_ns: i64, leap_between: Option<i64>) -> Vec<Observation> {
         let server = format!("127.0.0.1:{GUEST_NTP_PORT_ON_HOST}").parse().unwrap();
-        let host_ns = || ntp_userspace::clock::realtime_ns() as i64;
+        let host_ns = || ntp_userspace::sys::clock::realtime_ns() as i64;
         let first = (host_ns(), measured_offset(guest));
         let mut exchanges = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(240);

@@ -42,7 +42,7 @@ fn query_at(link: &Link) -> (u64, Option<NtpHeader>) {
     let (source, server) =
         (SocketAddr::new(link.client.v4, 0), SocketAddr::new(link.server.v4, 123));
     link.client_ns.enter(|| {
-        let sent = ntp_userspace::clock::realtime_ns();
+        let sent = ntp_userspace::sys::clock::realtime_ns();
         (sent, client::query(source, server, Duration::from_secs(1)))
     })
 }

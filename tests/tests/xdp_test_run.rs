@@ -14,8 +14,8 @@ use ntp_common::{
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
     client_table::ClientLogSettings,
-    clock,
     dataplane::Dataplane,
+    sys::clock,
 };
 use ntpx_tests::{
     frame::{self, Environment, Expected, Frame, Network, UdpChecksum},
@@ -62,7 +62,7 @@ fn synchronised_header(dispersion_rate: f64) -> ReplyHeader {
 /// that the rate arithmetic is exercised.
 fn current_state(header: ReplyHeader) -> ServerState {
     let tai_ns = clock::tai_ns();
-    let tai_offset = i64::from(clock::KernelClock::read().unwrap().tai_offset_s) * 1_000_000_000;
+    let tai_offset = i64::from(clock::tai_offset_s()) * 1_000_000_000;
     state_serving((tai_ns as i64 - tai_offset) as u64 + 1_000_000, header)
 }
 

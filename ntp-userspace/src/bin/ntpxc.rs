@@ -1,4 +1,5 @@
 //! ntpxc: reports from a running ntpxd and changes to its access rules, in chronyc's layouts.
+#![deny(unsafe_code)]
 
 use std::{io::Write as _, process::ExitCode};
 

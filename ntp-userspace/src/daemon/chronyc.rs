@@ -13,15 +13,14 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{ControlContext, client_report, may_change_state, reload, server_stats, tracking};
+use super::{ControlContext, client_report, reload, server_stats, tracking};
 use crate::{
     access::{Access, AccessRule, AccessTable, Subnet},
     chronyc::{CLIENTS_PER_REPLY, Command, MAX_REQUEST, Request, Status},
     client_table::{ClientTable, Cursor},
-    clock,
     config::{self, ChronycConfig},
     control::ClientReport,
-    socket,
+    sys::{clock, privileges, socket},
 };
 
 /// chronyc's sockets; the Unix socket's file is removed when dropped.
@@ -81,7 +80,7 @@ impl ChronycSockets {
                         context.server.count_command_dropped();
                         continue;
                     };
-                    let trust = if may_change_state(datagram.sender_uid) {
+                    let trust = if privileges::may_change_state(datagram.sender_uid) {
                         Trust::Everything
                     } else {
                         Trust::Reports

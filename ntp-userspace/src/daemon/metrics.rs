@@ -22,8 +22,8 @@ use tokio::{
 use super::{Ask, ControlContext, rest_after_accept, server_stats_from, tracking};
 use crate::{
     access::AccessTable,
-    clock,
     metrics::{Format, Snapshot},
+    sys::clock,
 };
 
 const MAX_REQUEST: usize = 4096;

@@ -22,7 +22,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     config::{DEFAULT_NTP_PORT, NtsServerConfig},
-    files,
     nts::{
         self, ALPN, SessionKeys,
         connections::ConnectionLog,
@@ -31,7 +30,7 @@ use crate::{
     },
     random,
     server::Server,
-    socket,
+    sys::{files, socket},
 };
 
 /// How long a session may take, handshake to the last byte (chrony gives 2 s).

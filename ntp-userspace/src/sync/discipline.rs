@@ -39,7 +39,7 @@ pub struct KernelStatus {
 /// Largest extra frequency used to slew an offset away, s/s (the kernel's limit is 500 ppm).
 const MAX_SLEW: f64 = 500e-6;
 /// The kernel's frequency range, ppm.
-const MAX_FREQUENCY_PPM: f64 = 500.0;
+pub const MAX_FREQUENCY_PPM: f64 = 500.0;
 /// An offset is slewed away over about this long (at most MAX_SLEW).
 const SLEW_TIME: f64 = 16.0;
 
@@ -167,73 +167,6 @@ impl Discipline {
             Some(control) => control.set_status(status),
             None => Ok(()),
         }
-    }
-}
-
-/// The real kernel clock, through `adjtimex`.
-pub struct KernelClockControl;
-
-impl KernelClockControl {
-    fn adjtimex(modes: u32, fill: impl FnOnce(&mut libc::timex)) -> io::Result<libc::timex> {
-        // SAFETY: timex is plain old data.
-        let mut timex: libc::timex = unsafe { std::mem::zeroed() };
-        timex.modes = modes;
-        fill(&mut timex);
-        // SAFETY: `timex` is valid for the kernel to read and write.
-        if unsafe { libc::adjtimex(&mut timex) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(timex)
-    }
-}
-
-/// The kernel's frequency unit: ppm scaled by 2^16.
-const PPM_SCALE: f64 = 65_536.0;
-
-impl ClockControl for KernelClockControl {
-    fn frequency(&self) -> io::Result<f64> {
-        Ok(Self::adjtimex(0, |_| {})?.freq as f64 / PPM_SCALE)
-    }
-
-    fn set_frequency(&mut self, ppm: f64) -> io::Result<()> {
-        let freq =
-            (ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM) * PPM_SCALE).round() as libc::c_long;
-        Self::adjtimex(libc::ADJ_FREQUENCY, |t| t.freq = freq).map(drop)
-    }
-
-    fn step(&mut self, seconds: f64) -> io::Result<()> {
-        let nanos = (seconds * 1e9).round() as i64;
-        Self::adjtimex(libc::ADJ_SETOFFSET | libc::ADJ_NANO, |t| {
-            t.time.tv_sec = nanos.div_euclid(1_000_000_000);
-            t.time.tv_usec = nanos.rem_euclid(1_000_000_000);
-        })
-        .map(drop)
-    }
-
-    fn set_status(&mut self, status: KernelStatus) -> io::Result<()> {
-        let current = Self::adjtimex(0, |_| {})?;
-        let mut flags = current.status & !(libc::STA_INS | libc::STA_DEL | libc::STA_UNSYNC);
-        match status.leap {
-            Leap::InsertSecond => flags |= libc::STA_INS,
-            Leap::DeleteSecond => flags |= libc::STA_DEL,
-            _ => {}
-        }
-        if !(status.synchronised && status.rtcsync) {
-            flags |= libc::STA_UNSYNC;
-        }
-        let max_error = (status.max_error * 1e6).min(16e6) as libc::c_long;
-        let est_error = (status.est_error * 1e6).min(16e6) as libc::c_long;
-        Self::adjtimex(libc::ADJ_MAXERROR | libc::ADJ_ESTERROR | libc::ADJ_STATUS, |t| {
-            t.maxerror = if status.synchronised { max_error } else { 16_000_000 };
-            t.esterror = est_error;
-            t.status = flags;
-        })?;
-        if let Some(offset) = status.tai_offset
-            && offset != current.tai
-        {
-            Self::adjtimex(libc::ADJ_TAI, |t| t.constant = libc::c_long::from(offset))?;
-        }
-        Ok(())
     }
 }
 

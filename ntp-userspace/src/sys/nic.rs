@@ -71,6 +71,24 @@ fn ethtool_flags(interface: &str, cmd: u32, data: u32) -> io::Result<u32> {
     Ok(value.data)
 }
 
+/// Whether the host has an interface called `interface`.
+pub fn interface_exists(interface: &str) -> bool {
+    nix::net::if_::if_nametoindex(interface).is_ok()
+}
+
+/// The addresses of the host's interfaces, IPv4 and IPv6.
+pub fn local_addresses() -> nix::Result<Vec<std::net::IpAddr>> {
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|interface| {
+            let address = interface.address?;
+            address
+                .as_sockaddr_in()
+                .map(|a| std::net::IpAddr::V4(a.ip()))
+                .or_else(|| address.as_sockaddr_in6().map(|a| std::net::IpAddr::V6(a.ip())))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,11 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 
+use super::clock::{realtime_ns, timespec_ns};
+
 mod batch;
 
-pub use batch::Batch;
+pub use batch::{Batch, Datagram};
 
 /// A UDP socket bound to `address`, after `configure` set its options. An IPv6 one is
 /// IPv6-only, so that IPv4 can have a socket of its own on the same port.
@@ -120,16 +122,6 @@ pub fn send_local_now(
     Ok(())
 }
 
-/// A received datagram.
-pub struct Datagram {
-    pub len: usize,
-    pub source: SocketAddr,
-    /// The address the client sent to and the interface it came in on, if the kernel said.
-    pub destination: Option<(IpAddr, u32)>,
-    /// CLOCK_REALTIME when the kernel received it, in ns.
-    pub received_realtime_ns: Option<u64>,
-}
-
 pub struct NtpSocket {
     socket: tokio::net::UdpSocket,
 }
@@ -168,7 +160,9 @@ impl NtpSocket {
 
     /// Waits for the next datagram.
     pub async fn recv(&self, buffer: &mut [u8]) -> io::Result<Datagram> {
-        self.socket.async_io(Interest::READABLE, || receive(self.socket.as_raw_fd(), buffer)).await
+        self.socket
+            .async_io(Interest::READABLE, || batch::receive_one(self.socket.as_raw_fd(), buffer))
+            .await
     }
 
     /// Waits for datagrams and takes those waiting, as many as `batch` holds, into it.
@@ -180,11 +174,11 @@ impl NtpSocket {
     /// socket's first readiness takes a turn of the reactor): returns the CLOCK_REALTIME instant
     /// just before the datagram was handed to the kernel.
     pub async fn send_now(&self, datagram: &[u8], to: SocketAddr) -> io::Result<u64> {
-        let sent = crate::clock::realtime_ns();
+        let sent = realtime_ns();
         match send(self.socket.as_raw_fd(), datagram, to, None) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 self.send(datagram, to, None).await?;
-                Ok(crate::clock::realtime_ns())
+                Ok(realtime_ns())
             }
             result => result.map(|()| sent),
         }
@@ -221,8 +215,7 @@ impl NtpSocket {
         .ok()?;
         message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
             ControlMessageOwned::ScmTimestampsns(stamps) => {
-                let system = stamps.system;
-                let ns = system.tv_sec() as u64 * 1_000_000_000 + system.tv_nsec() as u64;
+                let ns = timespec_ns(stamps.system.tv_sec(), stamps.system.tv_nsec());
                 (ns != 0).then_some(ns)
             }
             _ => None,
@@ -240,43 +233,6 @@ impl NtpSocket {
             .async_io(Interest::WRITABLE, || send(self.socket.as_raw_fd(), reply, to, from))
             .await
     }
-}
-
-fn receive(fd: i32, buffer: &mut [u8]) -> io::Result<Datagram> {
-    // Room for a transmit-timestamping socket's receive timestamps too.
-    let mut control =
-        nix::cmsg_space!(nix::sys::time::TimeSpec, libc::in6_pktinfo, socket::Timestamps);
-    let mut iov = [IoSliceMut::new(buffer)];
-    let message =
-        socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::empty())?;
-    let source = message
-        .address
-        .and_then(|a| {
-            a.as_sockaddr_in().map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a))).or_else(
-                || a.as_sockaddr_in6().map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))),
-            )
-        })
-        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-    let mut datagram =
-        Datagram { len: message.bytes, source, destination: None, received_realtime_ns: None };
-    for cmsg in message.cmsgs()? {
-        match cmsg {
-            ControlMessageOwned::ScmTimestampns(ts) => {
-                datagram.received_realtime_ns =
-                    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
-            }
-            ControlMessageOwned::Ipv4PacketInfo(info) => {
-                let address = IpAddr::from(u32::from_be(info.ipi_addr.s_addr).to_be_bytes());
-                datagram.destination = Some((address, info.ipi_ifindex as u32));
-            }
-            ControlMessageOwned::Ipv6PacketInfo(info) => {
-                datagram.destination =
-                    Some((IpAddr::from(info.ipi6_addr.s6_addr), info.ipi6_ifindex));
-            }
-            _ => {}
-        }
-    }
-    Ok(datagram)
 }
 
 fn send(fd: i32, reply: &[u8], to: SocketAddr, from: Option<(IpAddr, u32)>) -> io::Result<()> {
@@ -337,5 +293,42 @@ mod tests {
         unnamed.send_to(b"anyone?", dir.path().join("server.sock")).unwrap();
         let datagram = recv_local(&server, &mut buffer).unwrap();
         assert_eq!((datagram.len, datagram.sender), (7, None));
+    }
+
+    #[test]
+    fn a_batch_holds_each_datagram_with_its_source_destination_and_timestamp() {
+        let server = NtpSocket::bind_std("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent: [&[u8]; 3] = [&[1; 48], &[2; 68], &[3; batch::DATAGRAM_CAPACITY]];
+        for datagram in sent {
+            client.send_to(datagram, server.local_addr().unwrap()).unwrap();
+        }
+        // Longer than a batch's buffer: taken, without its bytes.
+        client.send_to(&[4; batch::DATAGRAM_CAPACITY + 1], server.local_addr().unwrap()).unwrap();
+        let mut batch = Batch::default();
+        assert_eq!(batch.receive(server.as_raw_fd()).unwrap(), 4);
+        let received: Vec<_> = batch.datagrams().collect();
+        assert_eq!(received.len(), 4);
+        assert_eq!(received[3].1, None, "the truncated datagram");
+        for ((datagram, bytes), sent) in received.into_iter().zip(sent) {
+            assert_eq!(bytes, Some(sent));
+            assert_eq!(datagram.source, client.local_addr().unwrap());
+            assert_eq!(
+                datagram.destination.map(|(address, _)| address),
+                Some([127, 0, 0, 1].into())
+            );
+            assert!(datagram.received_realtime_ns.is_some());
+        }
+        // Nothing waiting: the socket would block, and the batch is empty.
+        let error = batch.receive(server.as_raw_fd()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(batch.datagrams().count(), 0);
+        // One at a time, through the same control-message parser.
+        client.send_to(&[5; 48], server.local_addr().unwrap()).unwrap();
+        let mut buffer = [0u8; 64];
+        let datagram = batch::receive_one(server.as_raw_fd(), &mut buffer).unwrap();
+        assert_eq!((datagram.len, datagram.source), (48, client.local_addr().unwrap()));
+        assert_eq!(datagram.destination.map(|(address, _)| address), Some([127, 0, 0, 1].into()));
+        assert!(datagram.received_realtime_ns.is_some());
     }
 }

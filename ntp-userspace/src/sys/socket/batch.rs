@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
 };
 
-use super::Datagram;
+use super::super::clock::timespec_ns;
 
 /// Datagrams a slow-path thread takes in one system call: enough that a loaded socket is drained
 /// with few calls, few enough that the first waits little for the last to be answered.
@@ -19,7 +19,7 @@ pub const BATCH: usize = 32;
 
 /// The longest datagram kept whole, the longest NTP datagram; longer ones are truncated (and
 /// not answered).
-const DATAGRAM_CAPACITY: usize = ntp_common::extension::MAX_PACKET_LEN;
+pub const DATAGRAM_CAPACITY: usize = ntp_common::extension::MAX_PACKET_LEN;
 
 /// A message's control buffer, aligned as cmsghdr wants: room for a receive timestamp,
 /// IPv6 packet info and a timestamping socket's three timestamps.
@@ -115,6 +115,48 @@ impl Batch {
     }
 }
 
+/// A received datagram.
+pub struct Datagram {
+    pub len: usize,
+    pub source: SocketAddr,
+    /// The address the client sent to and the interface it came in on, if the kernel said.
+    pub destination: Option<(IpAddr, u32)>,
+    /// CLOCK_REALTIME when the kernel received it, in ns.
+    pub received_realtime_ns: Option<u64>,
+}
+
+/// Takes the one datagram waiting on `fd` into `buffer` (a longer one is cut to its length),
+/// without waiting.
+pub fn receive_one(fd: i32, buffer: &mut [u8]) -> io::Result<Datagram> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (unspecified) value.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = Control([0; 192]);
+    let mut iovec = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+    // SAFETY: msghdr is plain data; every pointer is set below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_name = std::ptr::from_mut(&mut name).cast();
+    message.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+    message.msg_iov = &raw mut iovec;
+    message.msg_iovlen = 1;
+    message.msg_control = control.0.as_mut_ptr().cast();
+    message.msg_controllen = control.0.len();
+    // SAFETY: the message points at its own name, iovec, buffer and control buffer, valid for
+    // the lengths given and alive for the call.
+    let len = unsafe { libc::recvmsg(fd, &raw mut message, libc::MSG_DONTWAIT) };
+    let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
+    let source = socket_address(&name)
+        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    let mut datagram = Datagram {
+        len: len.min(buffer.len()),
+        source,
+        destination: None,
+        received_realtime_ns: None,
+    };
+    // SAFETY: the kernel filled `msg_controllen` bytes of the control buffer.
+    unsafe { read_control_messages(&message, &mut datagram) };
+    Ok(datagram)
+}
+
 fn socket_address(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(name.ss_family) {
         libc::AF_INET => {
@@ -152,8 +194,7 @@ unsafe fn read_control_messages(message: &libc::msghdr, datagram: &mut Datagram)
                     if data_len >= size_of::<libc::timespec>() =>
                 {
                     let ts = data.cast::<libc::timespec>().read_unaligned();
-                    datagram.received_realtime_ns =
-                        Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                    datagram.received_realtime_ns = Some(timespec_ns(ts.tv_sec, ts.tv_nsec));
                 }
                 (libc::IPPROTO_IP, libc::IP_PKTINFO)
                     if data_len >= size_of::<libc::in_pktinfo>() =>
@@ -173,43 +214,5 @@ unsafe fn read_control_messages(message: &libc::msghdr, datagram: &mut Datagram)
             }
             cmsg = libc::CMSG_NXTHDR(message, cmsg);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::fd::AsRawFd as _;
-
-    use super::*;
-    use crate::socket::NtpSocket;
-
-    #[test]
-    fn a_batch_holds_each_datagram_with_its_source_destination_and_timestamp() {
-        let server = NtpSocket::bind_std("127.0.0.1:0".parse().unwrap()).unwrap();
-        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sent: [&[u8]; 3] = [&[1; 48], &[2; 68], &[3; DATAGRAM_CAPACITY]];
-        for datagram in sent {
-            client.send_to(datagram, server.local_addr().unwrap()).unwrap();
-        }
-        // Longer than a batch's buffer: taken, without its bytes.
-        client.send_to(&[4; DATAGRAM_CAPACITY + 1], server.local_addr().unwrap()).unwrap();
-        let mut batch = Batch::default();
-        assert_eq!(batch.receive(server.as_raw_fd()).unwrap(), 4);
-        let received: Vec<_> = batch.datagrams().collect();
-        assert_eq!(received.len(), 4);
-        assert_eq!(received[3].1, None, "the truncated datagram");
-        for ((datagram, bytes), sent) in received.into_iter().zip(sent) {
-            assert_eq!(bytes, Some(sent));
-            assert_eq!(datagram.source, client.local_addr().unwrap());
-            assert_eq!(
-                datagram.destination.map(|(address, _)| address),
-                Some([127, 0, 0, 1].into())
-            );
-            assert!(datagram.received_realtime_ns.is_some());
-        }
-        // Nothing waiting: the socket would block, and the batch is empty.
-        let error = batch.receive(server.as_raw_fd()).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
-        assert_eq!(batch.datagrams().count(), 0);
     }
 }

@@ -1,5 +1,11 @@
-//! Telling the service manager how ntpxd is doing (systemd's `Type=notify` protocol). Outside
-//! systemd (no `NOTIFY_SOCKET`) every notification is a no-op.
+//! ntpxd as a service: detaching from the terminal as a classic daemon, and telling the service
+//! manager how it is doing (systemd's `Type=notify` protocol; outside systemd, no
+//! `NOTIFY_SOCKET`, every notification is a no-op).
+
+/// Detaches from the terminal and the session, as chronyd does without `-n` or `-d`.
+pub fn detach() -> nix::Result<()> {
+    nix::unistd::daemon(false, false)
+}
 
 /// What ntpxd tells the service manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,9 +6,10 @@
 
 use anyhow::{Context as _, bail};
 use caps::{CapSet, Capability, CapsHashSet};
+pub use nix::unistd::User;
 use nix::{
     sys::resource::{Resource, getrlimit, setrlimit},
-    unistd::{Uid, User},
+    unistd::Uid,
 };
 
 /// The user ntpxd runs as when the configuration names none, if it exists (the package
@@ -115,4 +116,15 @@ pub fn raise_open_files_limit() -> nix::Result<u64> {
 /// How many descriptors the process has open.
 pub fn open_descriptors() -> std::io::Result<u64> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
+}
+
+/// Gives `path` to `user` and its group.
+pub fn give_to(path: &std::path::Path, user: &User) -> nix::Result<()> {
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+}
+
+/// Whether a peer running as `uid` may change ntpxd's state: root, or ntpxd's own user (as
+/// chronyd lets only root and its user through its socket).
+pub fn may_change_state(uid: Option<u32>) -> bool {
+    uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }

@@ -11,7 +11,7 @@ use ntp_common::{
 };
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
-    client_table::ClientLogSettings,
+    client_log::ClientLogSettings,
     config::LocalReference,
     dataplane::Dataplane,
     reference::{Reference, TaiReading},

@@ -11,65 +11,23 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{Mutex, RwLock},
 };
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use ntp_common::{
-    maps::client_key_v4,
-    ratelimit::{self, ClientRecord, Limit, RateLimit},
-};
+use ntp_common::ratelimit::{ClientRecord, Limit};
 
 use crate::{
+    client_log::{ClientLog, ClientLogSettings, Cursor, address_of, key_of},
     random,
     sys::bpf::{lookup_batch, update_batch},
 };
 
-/// How the client log logs and limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientLogSettings {
-    pub enabled: bool,
-    pub limit: RateLimit,
-    /// CLOCK_TAI instant record timestamps count from.
-    pub epoch_tai_ns: u64,
-}
-
-impl ClientLogSettings {
-    /// The record timestamp of a CLOCK_TAI instant.
-    pub fn timestamp(&self, tai_ns: u64) -> u32 {
-        ratelimit::timestamp_since(tai_ns, self.epoch_tai_ns)
-    }
-}
-
-/// Logs a client's request and decides its fate (the slow path's view of the client log).
-pub trait ClientLog: Send + Sync {
-    fn log(&self, client: IpAddr, received_tai_ns: u64) -> Limit;
-
-    /// The least poll replies carry (see `RateLimit::min_poll`).
-    fn min_poll(&self) -> i8;
-}
-
-/// No client log (`port 0`: nothing served, nothing logged).
-pub struct NoClientLog;
-
-impl ClientLog for NoClientLog {
-    fn log(&self, _: IpAddr, _: u64) -> Limit {
-        Limit::Answer
-    }
-
-    fn min_poll(&self) -> i8 {
-        i8::MIN
-    }
-}
-
 /// Records read with one system call: a page of `clients`.
 const BATCH: usize = 8192;
-
-/// A position in the client table between two pages (the kernel's batch token).
-pub type Cursor = u64;
 
 /// The kernel's client table.
 pub struct ClientTable {
@@ -342,33 +300,6 @@ fn reset_counts(record: &mut ClientRecord) {
     record.kods = 0;
 }
 
-/// A client's key: IPv4 as IPv4-mapped IPv6, as the XDP program keys it.
-pub fn key_of(address: IpAddr) -> [u8; 16] {
-    match address {
-        IpAddr::V4(a) => client_key_v4(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
-fn address_of(key: &[u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(*key);
-    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-}
-
 fn map_fd(map: &HashMap<MapData, [u8; 16], ClientRecord>) -> i32 {
     map.map().fd().as_fd().as_raw_fd()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv4_clients_are_keyed_as_mapped_addresses() {
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(key_of(v4)[10..], [0xff, 0xff, 192, 0, 2, 7]);
-        assert_eq!(address_of(&key_of(v4)), v4);
-        let v6: IpAddr = "2001:db8::7".parse().unwrap();
-        assert_eq!(address_of(&key_of(v6)), v6);
-    }
 }

@@ -11,13 +11,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ntp_common::ratelimit::RateLimit;
-
 use crate::{
     access::{Access, AccessRule, Subnet},
-    dataplane::AttachMode,
     sync::{discipline::MakeStep, source::PollSettings},
 };
+pub use crate::{client_log::RateLimitConfig, control::AttachMode, reference::LocalReference};
 
 /// Where ntpxd looks for its configuration by default.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ntpx/ntpx.conf";
@@ -59,39 +57,6 @@ pub struct Warning {
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.location, self.message)
-    }
-}
-
-/// `local [stratum N] [distance D]`: serve the local clock when nothing better: when
-/// unsynchronised, or synchronised with a root distance over D (default 1 s), as chrony does.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LocalReference {
-    pub stratum: u8,
-    pub distance: f64,
-}
-
-/// `ratelimit [interval L] [burst B] [leak K] [kod K]`, as written (chrony's defaults: 3, 8, 2,
-/// and no kiss-o'-death).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimitConfig {
-    pub interval: i32,
-    pub burst: i32,
-    pub leak: i32,
-    pub kod: i32,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self { interval: 3, burst: 8, leak: 2, kod: 0 }
-    }
-}
-
-impl RateLimitConfig {
-    /// `ntsratelimit`'s defaults: chrony's, one connection per 64 s (interval 6).
-    pub const NTS_KE: Self = Self { interval: 6, burst: 8, leak: 2, kod: 0 };
-
-    pub fn bucket(&self) -> RateLimit {
-        RateLimit::new(self.interval, self.burst, self.leak, self.kod)
     }
 }
 
@@ -423,10 +388,7 @@ impl fmt::Display for Config {
             writeln!(f, "user {user}")?;
         }
         for XdpInterface { interface, mode } in xdp {
-            let mode = match mode {
-                AttachMode::Native => "native",
-                AttachMode::Generic => "generic",
-            };
+            let mode = mode.name();
             writeln!(f, "xdp {interface} {mode}")?;
         }
         if let Some(RateLimitConfig { interval, burst, leak, kod }) = rate_limit {

@@ -26,7 +26,8 @@ mod nts_ke;
 
 use crate::{
     access::{AccessRule, AccessTable, Subnet},
-    client_table::{Client, ClientLog, ClientLogSettings, ClientTable, NoClientLog},
+    client_log::{ClientLog, ClientLogSettings, NoClientLog},
+    client_table::{Client, ClientTable},
     config::{self, ClientLogSize, Config},
     control::{
         AuthData, ClientReport, KernelCounters, Request, Response, ServerStats, XdpAttachment,

@@ -16,8 +16,10 @@ use ntp_common::{
 
 use crate::{
     access::{Access, AccessTable},
-    client_table::{ClientLogSettings, ClientTable},
+    client_log::ClientLogSettings,
+    client_table::ClientTable,
     config::ClientLogSize,
+    control::AttachMode,
     sys::{
         bpf::{self, MappedPage},
         nic,
@@ -27,22 +29,11 @@ use crate::{
 /// The XDP program, built for the BPF target by build.rs.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ntp-ebpf"));
 
-/// How to attach the program to an interface (the `xdp IFACE [native|generic]` directive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// In the driver; the fastest, where the driver supports it.
-    Native,
-    /// In the kernel's network stack, after the socket buffer is built; works everywhere.
-    Generic,
-}
-
-impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
-        match self {
-            Self::Native => XdpMode::Driver,
-            Self::Generic => XdpMode::Skb,
-        }
+/// aya's mode for an attach mode.
+fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Generic => XdpMode::Skb,
     }
 }
 
@@ -148,7 +139,7 @@ impl Dataplane {
             );
         }
         let program = program_mut(&mut self.ebpf)?;
-        let (used, link) = match program.attach(interface, mode.xdp_mode()) {
+        let (used, link) = match program.attach(interface, xdp_mode(mode)) {
             Ok(link) => (mode, link),
             Err(native_error) if mode == AttachMode::Native => {
                 let link = program.attach(interface, XdpMode::Skb).map_err(|generic_error| {

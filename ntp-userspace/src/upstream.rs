@@ -23,7 +23,7 @@ use crate::{
     config::{LeapSecondSource, SourceConfig, SourceKind, SyncConfig},
     control::NtsAuthData,
     nts::{
-        self, ALPN, COOKIES, SessionKeys,
+        ALPN, COOKIES, SessionKeys,
         ke::{self, Granted},
         packet::{self, ReplyError},
     },
@@ -518,10 +518,10 @@ pub async fn nts_key_exchange(
         bail!("the server did not agree to ntske/1");
     }
     session.write_all(&ke::client_request()).await?;
-    let granted = nts::read_message(&mut session, "response", 64 * 1024, ke::read_response)
+    let granted = crate::tls::read_message(&mut session, "response", 64 * 1024, ke::read_response)
         .await?
         .map_err(anyhow::Error::msg)?;
-    Ok((SessionKeys::exported(session.get_ref().1)?, granted))
+    Ok((crate::tls::session_keys(session.get_ref().1)?, granted))
 }
 
 /// A request on its way: to `destination` (the source's address, or the NTP server an NTS-KE

@@ -176,7 +176,7 @@ impl Ntpxd {
         for i in 0..entries {
             let [_, b, c, d] = i.to_be_bytes();
             let address = std::net::Ipv4Addr::new(10, 128 | b, c, d);
-            table.insert(ntp_userspace::client_table::key_of(address.into()), record, 0).unwrap();
+            table.insert(ntp_userspace::client_log::key_of(address.into()), record, 0).unwrap();
         }
     }
 

@@ -16,7 +16,7 @@ use ntp_common::{
 };
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
-    client_table::{ClientLog as _, ClientLogSettings},
+    client_log::{ClientLog as _, ClientLogSettings},
     config::{ClientLogSize, LocalReference},
     dataplane::Dataplane,
     reference::{Reference, TaiReading},

@@ -8,7 +8,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use ntp_common::wire::{Leap, Mode};
-use ntp_userspace::dataplane::AttachMode;
+use ntp_userspace::control::AttachMode;
 use ntpx_tests::{
     client::{self, BackgroundLoad, PacketSocket},
     frame::{self, Frame},

@@ -13,7 +13,7 @@ use ntp_common::{
 };
 use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
-    client_table::ClientLogSettings,
+    client_log::ClientLogSettings,
     dataplane::Dataplane,
     sys::clock,
 };

@@ -17,7 +17,8 @@ use super::{ControlContext, client_report, reload, server_stats, tracking};
 use crate::{
     access::{Access, AccessRule, AccessTable, Subnet},
     chronyc::{CLIENTS_PER_REPLY, Command, MAX_REQUEST, Request, Status},
-    client_table::{ClientTable, Cursor},
+    client_log::Cursor,
+    client_table::ClientTable,
     config::{self, ChronycConfig},
     control::ClientReport,
     sys::{clock, privileges, socket},

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     config::{DEFAULT_NTP_PORT, NtsServerConfig},
     nts::{
-        self, ALPN, SessionKeys,
+        ALPN,
         connections::ConnectionLog,
         cookie::KeyRing,
         ke::{self, Negotiation, NtpServer, Read},
@@ -198,7 +198,7 @@ async fn session(
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         bail!("the client did not ask for ntske/1");
     }
-    let negotiation = nts::read_message(&mut tls, "request", ke::MAX_REQUEST, |request| {
+    let negotiation = crate::tls::read_message(&mut tls, "request", ke::MAX_REQUEST, |request| {
         match ke::read_request(request) {
             Read::Complete(negotiation) => Some(negotiation),
             Read::Incomplete => None,
@@ -206,7 +206,7 @@ async fn session(
     })
     .await?;
     let keys = if negotiation == Negotiation::Agreed {
-        Some(SessionKeys::exported(tls.get_ref().1)?)
+        Some(crate::tls::session_keys(tls.get_ref().1)?)
     } else {
         None
     };

@@ -20,13 +20,13 @@ use ntp_common::{
 
 use crate::{
     access::AccessTable,
-    client_table::ClientLog,
-    config::LocalReference,
+    client_log::ClientLog,
     control::{SlowPathCounters, UnansweredCounters},
     nts::{
         cookie::KeyRing,
         packet::{self, Rejected},
     },
+    reference::LocalReference,
     reference::{Reference, TaiReading},
     sync::Served,
 };

@@ -10,7 +10,15 @@ use ntp_common::{
     wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
 };
 
-use crate::{config::LocalReference, sync::Served};
+use crate::sync::Served;
+
+/// `local [stratum N] [distance D]`: serve the local clock when nothing better: when
+/// unsynchronised, or synchronised with a root distance over D (default 1 s), as chrony does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalReference {
+    pub stratum: u8,
+    pub distance: f64,
+}
 
 /// A CLOCK_TAI reading and the kernel's TAI - UTC offset at that time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,6 @@ use prometheus_client::{
 
 use crate::{
     control::ServerStats,
-    dataplane::AttachMode,
     sync::{SourceReport, Tracking, source::SourceState},
 };
 
@@ -332,11 +331,7 @@ impl Collector for Snapshot {
             "Interfaces the XDP program is attached to, and how",
             None,
             stats.xdp.iter().map(|x| {
-                let mode = match x.mode {
-                    AttachMode::Native => "native",
-                    AttachMode::Generic => "generic",
-                };
-                (vec![("interface", x.interface.clone()), ("mode", mode.to_owned())], 1)
+                (vec![("interface", x.interface.clone()), ("mode", x.mode.name().to_owned())], 1)
             }),
         )?;
         f.gauge(
@@ -354,7 +349,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::control::{KernelCounters, XdpAttachment};
+    use crate::control::{AttachMode, KernelCounters, XdpAttachment};
 
     #[test]
     fn counters_get_total_units_get_their_suffix_and_labels_are_escaped() {

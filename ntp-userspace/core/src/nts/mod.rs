@@ -1,8 +1,8 @@
 //! Network Time Security (RFC 8915), the server's side: NTS-KE hands a client keys and cookies
 //! over TLS ([`ke`]); the cookies carry the keys, sealed with a server key only the server
 //! holds ([`cookie`]); the client's NTP requests bring a cookie and are authenticated with the
-//! keys it carries, and so are the replies ([`packet`]). Sans-IO: the daemon does the TLS and
-//! the sockets; both sides read an NTS-KE message from their TLS stream with [`read_message`].
+//! keys it carries, and so are the replies ([`packet`]). Sans-IO: the daemon does the TLS (and
+//! reads NTS-KE's messages from it) and the sockets.
 //!
 //! One AEAD algorithm, AEAD_AES_SIV_CMAC_256 (the one chrony 4.3 asks for), from RustCrypto's
 //! `aes-siv`; one next protocol, NTPv4.
@@ -24,32 +24,6 @@ pub const COOKIES: usize = 8;
 pub const ALPN: &[u8] = b"ntske/1";
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-network-time-security";
 
-/// Reads `stream` until `parse` makes a whole NTS-KE message (request or response, `what`) of
-/// what came, refusing more than `limit` bytes or a connection that ends first.
-pub async fn read_message<T>(
-    stream: &mut (impl tokio::io::AsyncRead + Unpin),
-    what: &str,
-    limit: usize,
-    mut parse: impl FnMut(&[u8]) -> Option<T>,
-) -> anyhow::Result<T> {
-    use tokio::io::AsyncReadExt as _;
-    let mut message = Vec::new();
-    let mut buffer = [0u8; 1024];
-    loop {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            anyhow::bail!("the connection ended inside the {what}");
-        }
-        message.extend_from_slice(&buffer[..read]);
-        if message.len() > limit {
-            anyhow::bail!("a {what} longer than {limit} bytes");
-        }
-        if let Some(parsed) = parse(&message) {
-            return Ok(parsed);
-        }
-    }
-}
-
 /// The keys of one client's association: client to server and server to client.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionKeys {
@@ -64,18 +38,9 @@ impl std::fmt::Debug for SessionKeys {
 }
 
 impl SessionKeys {
-    /// The keys a finished NTS-KE session exports (RFC 8915 5.1), on either side of it.
-    pub fn exported<Data>(tls: &rustls::ConnectionCommon<Data>) -> Result<Self, rustls::Error> {
-        let export = |server_to_client| {
-            let context = Self::exporter_context(server_to_client);
-            tls.export_keying_material([0u8; KEY_LEN], EXPORTER_LABEL, Some(&context))
-        };
-        Ok(Self { c2s: export(false)?, s2c: export(true)? })
-    }
-
     /// The TLS exporter's context for one direction: the next protocol, the AEAD algorithm,
     /// and 0 for client to server, 1 for server to client.
-    fn exporter_context(server_to_client: bool) -> [u8; 5] {
+    pub fn exporter_context(server_to_client: bool) -> [u8; 5] {
         let [p0, p1] = NEXT_PROTOCOL_NTPV4.to_be_bytes();
         let [a0, a1] = AEAD_AES_SIV_CMAC_256.to_be_bytes();
         [p0, p1, a0, a1, u8::from(server_to_client)]

@@ -56,7 +56,7 @@ impl ConnectionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateLimitConfig;
+    use crate::client_log::RateLimitConfig;
 
     const SECOND: u64 = 1_000_000_000;
 

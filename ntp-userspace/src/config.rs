@@ -1094,6 +1094,48 @@ fn files_in(dir: &str, ext: &str) -> Vec<PathBuf> {
     files
 }
 
+/// What a reload applies: `new`, except for what only a restart can change, which keeps its
+/// running value from `old` (so that the configuration kept always describes what runs); and
+/// the names of those parts that changed.
+pub fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    fn keep<T: PartialEq + Clone>(what: &'static str, new: &mut T, old: &T, kept: &mut Vec<&str>) {
+        if new != old {
+            kept.push(what);
+            new.clone_from(old);
+        }
+    }
+    let mut kept = Vec::new();
+    keep("port", &mut new.port, &old.port, &mut kept);
+    keep("bindaddress", &mut new.bind_v4, &old.bind_v4, &mut kept);
+    keep("bindaddress", &mut new.bind_v6, &old.bind_v6, &mut kept);
+    keep("bindcmdaddress", &mut new.command_socket, &old.command_socket, &mut kept);
+    keep(
+        "chronyc's sockets (chronycsocket, cmdport, bindcmdaddress, cmdallow, cmddeny)",
+        &mut new.chronyc,
+        &old.chronyc,
+        &mut kept,
+    );
+    keep("metricsaddress", &mut new.metrics, &old.metrics, &mut kept);
+    keep(
+        "NTS (ntsservercert, ntsserverkey, ntsport, ntsdumpdir, ...)",
+        &mut new.nts,
+        &old.nts,
+        &mut kept,
+    );
+    keep("pidfile", &mut new.pidfile, &old.pidfile, &mut kept);
+    keep("user", &mut new.user, &old.user, &mut kept);
+    keep("xdp", &mut new.xdp, &old.xdp, &mut kept);
+    keep("the sources or the clock discipline", &mut new.sync, &old.sync, &mut kept);
+    // The kernel's table is sized at start (one entry under noclientlog), and rate limits live
+    // in it: limits on a table sized for no clients would limit everybody.
+    if new.client_log.entries() != old.client_log.entries() {
+        kept.push("the client log (with its rate limits)");
+        (new.client_log, new.rate_limit) = (old.client_log, old.rate_limit);
+    }
+    kept.dedup();
+    (new, kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1404,5 +1446,19 @@ mod tests {
             assert!(error.starts_with("test.conf:1: "), "{error}");
             assert!(error.contains(message), "{line}: {error}");
         }
+    }
+
+    #[test]
+    fn a_reload_applies_the_rules_and_keeps_what_needs_a_restart() {
+        let old = parse_text("allow 10.0.0.0/8\nport 123\nratelimit interval 1\n").unwrap().config;
+        let new = parse_text("deny 10.0.0.0/8\nport 1123\nratelimit interval 3\n").unwrap().config;
+        let (applied, needs_restart) = reloadable(&old, new.clone());
+        assert_eq!(needs_restart, ["port"]);
+        assert_eq!(applied.port, 123);
+        assert_eq!(applied.access, new.access);
+        assert_eq!(applied.rate_limit, new.rate_limit);
+        let (unchanged, nothing) = reloadable(&old, old.clone());
+        assert!(nothing.is_empty());
+        assert_eq!(unchanged, old);
     }
 }

@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{ControlContext, client_report, reload, server_stats, tracking};
+use super::{
+    context::{Ask, ControlContext, reload},
+    reports::{client_report, server_stats, tracking},
+};
 use crate::{
     access::{Access, AccessRule, AccessTable, Subnet},
     chronyc::{CLIENTS_PER_REPLY, Command, MAX_REQUEST, Request, Status},
@@ -314,7 +317,7 @@ fn answer(
             };
             let access = if allow { Access::Allow } else { Access::Deny };
             let rule = AccessRule { access, all, subnet };
-            context.ask(|done| super::Ask::AddRule(rule, done))??;
+            context.ask(|done| Ask::AddRule(rule, done))??;
             request.status(Status::Success)
         }
         Command::AccessCheck { address } => match address {

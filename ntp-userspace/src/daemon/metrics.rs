@@ -19,7 +19,11 @@ use tokio::{
     sync::Semaphore,
 };
 
-use super::{Ask, ControlContext, rest_after_accept, server_stats_from, tracking};
+use super::{
+    accept::rest_after_accept,
+    context::{Ask, ControlContext},
+    reports::{server_stats_from, tracking},
+};
 use crate::{
     access::AccessTable,
     metrics::{Format, Snapshot},

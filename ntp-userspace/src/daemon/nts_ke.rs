@@ -134,7 +134,7 @@ async fn accept(listener: tokio::net::TcpListener, doors: Arc<Doors>, server: Ar
         let (stream, peer) = match listener.accept().await {
             Ok(connection) => connection,
             Err(error) => {
-                super::rest_after_accept(&error, &server, "NTS-KE").await;
+                super::accept::rest_after_accept(&error, &server, "NTS-KE").await;
                 continue;
             }
         };

@@ -1,0 +1,183 @@
+//! The configuration printed back in chrony.conf's syntax (`ntpxd -p`): reading what it prints
+//! gives the same configuration.
+
+use std::fmt;
+
+use super::model::{
+    ChronycConfig, ClientLogSize, Config, LeapSecondSource, NtsServerConfig, SourceConfig,
+    SourceKind, SyncConfig, XdpInterface,
+};
+use super::{LocalReference, RateLimitConfig};
+use crate::{
+    access::{Access, AccessRule, Subnet},
+    sync::{discipline::MakeStep, source::PollSettings},
+};
+
+/// The effective configuration in chrony.conf syntax (what `ntpxd -p` prints); parsing it
+/// gives the same configuration back.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            local,
+            access,
+            port,
+            bind_v4,
+            bind_v6,
+            command_socket,
+            chronyc,
+            metrics,
+            nts,
+            pidfile,
+            user,
+            xdp,
+            rate_limit,
+            client_log,
+            sync,
+        } = self;
+        if let Some(LocalReference { stratum, distance }) = local {
+            writeln!(f, "local stratum {stratum} distance {distance}")?;
+        }
+        fn write_rules(
+            f: &mut fmt::Formatter<'_>,
+            rules: &[AccessRule],
+            prefix: &str,
+        ) -> fmt::Result {
+            for AccessRule { access, all, subnet } in rules {
+                let directive = match access {
+                    Access::Allow => "allow",
+                    Access::Deny => "deny",
+                };
+                let all = if *all { " all" } else { "" };
+                match subnet {
+                    Subnet::Everything => writeln!(f, "{prefix}{directive}{all}")?,
+                    subnet => writeln!(f, "{prefix}{directive}{all} {subnet}")?,
+                }
+            }
+            Ok(())
+        }
+        write_rules(f, access, "")?;
+        writeln!(f, "port {port}")?;
+        if let Some(address) = bind_v4 {
+            writeln!(f, "bindaddress {address}")?;
+        }
+        if let Some(address) = bind_v6 {
+            writeln!(f, "bindaddress {address}")?;
+        }
+        writeln!(f, "bindcmdaddress {}", command_socket.display())?;
+        let ChronycConfig { socket, port, bind_v4, bind_v6, access } = chronyc;
+        match socket {
+            Some(path) => writeln!(f, "chronycsocket {}", path.display())?,
+            None => writeln!(f, "chronycsocket none")?,
+        }
+        writeln!(f, "cmdport {port}")?;
+        writeln!(f, "bindcmdaddress {bind_v4}")?;
+        writeln!(f, "bindcmdaddress {bind_v6}")?;
+        write_rules(f, access, "cmd")?;
+        match metrics {
+            Some(address) => writeln!(f, "metricsaddress {address}")?,
+            None => writeln!(f, "metricsaddress none")?,
+        }
+        let NtsServerConfig {
+            certificate,
+            key,
+            port,
+            dump_dir,
+            rotate_s,
+            ntp_server,
+            max_connections,
+            rate_limit: nts_rate_limit,
+        } = nts;
+        if let Some(path) = certificate {
+            writeln!(f, "ntsservercert {}", path.display())?;
+        }
+        if let Some(path) = key {
+            writeln!(f, "ntsserverkey {}", path.display())?;
+        }
+        writeln!(f, "ntsport {port}")?;
+        if let Some(dir) = dump_dir {
+            writeln!(f, "ntsdumpdir {}", dir.display())?;
+        }
+        writeln!(f, "ntsrotate {rotate_s}")?;
+        if let Some(name) = ntp_server {
+            writeln!(f, "ntsntpserver {name}")?;
+        }
+        writeln!(f, "maxntsconnections {max_connections}")?;
+        if let Some(RateLimitConfig { interval, burst, leak, kod: _ }) = nts_rate_limit {
+            writeln!(f, "ntsratelimit interval {interval} burst {burst} leak {leak}")?;
+        }
+        writeln!(f, "pidfile {}", pidfile.display())?;
+        if let Some(user) = user {
+            writeln!(f, "user {user}")?;
+        }
+        for XdpInterface { interface, mode } in xdp {
+            let mode = mode.name();
+            writeln!(f, "xdp {interface} {mode}")?;
+        }
+        if let Some(RateLimitConfig { interval, burst, leak, kod }) = rate_limit {
+            writeln!(f, "ratelimit interval {interval} burst {burst} leak {leak} kod {kod}")?;
+        }
+        match client_log {
+            ClientLogSize::Bytes(bytes) => writeln!(f, "clientloglimit {bytes}")?,
+            ClientLogSize::Entries(entries) => writeln!(f, "clientlog entries {entries}")?,
+            ClientLogSize::Disabled => writeln!(f, "noclientlog")?,
+        }
+        write!(f, "{sync}")
+    }
+}
+
+impl fmt::Display for SyncConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            sources,
+            makestep,
+            max_distance,
+            max_clock_error_ppm,
+            driftfile,
+            rtcsync,
+            leap_seconds,
+            nts_trusted_certs,
+            nts_system_certs,
+        } = self;
+        for SourceConfig { kind, name, port, poll, nts } in sources {
+            let PollSettings { minpoll, maxpoll, iburst, prefer, noselect, maxdelay } = poll;
+            match kind {
+                SourceKind::Server => write!(f, "server {name}")?,
+                SourceKind::Pool { max_sources } => {
+                    write!(f, "pool {name} maxsources {max_sources}")?
+                }
+            }
+            write!(f, " port {port} minpoll {minpoll} maxpoll {maxpoll} maxdelay {maxdelay}")?;
+            let flags =
+                [("iburst", iburst), ("prefer", prefer), ("noselect", noselect), ("nts", nts)];
+            for (flag, on) in flags {
+                if *on {
+                    write!(f, " {flag}")?;
+                }
+            }
+            writeln!(f)?;
+        }
+        if let Some(MakeStep { threshold, limit }) = makestep {
+            writeln!(f, "makestep {threshold} {limit}")?;
+        }
+        writeln!(f, "maxdistance {max_distance}")?;
+        writeln!(f, "maxclockerror {max_clock_error_ppm}")?;
+        if let Some(path) = driftfile {
+            writeln!(f, "driftfile {}", path.display())?;
+        }
+        if *rtcsync {
+            writeln!(f, "rtcsync")?;
+        }
+        match leap_seconds {
+            Some(LeapSecondSource::TimeZone(zone)) => writeln!(f, "leapsectz {zone}")?,
+            Some(LeapSecondSource::List(path)) => writeln!(f, "leapseclist {}", path.display())?,
+            None => {}
+        }
+        for path in nts_trusted_certs {
+            writeln!(f, "ntstrustedcerts {}", path.display())?;
+        }
+        if !nts_system_certs {
+            writeln!(f, "nosystemcert")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! The values directives take: numbers, polls, sources' options, rate limits, `local`, access
+//! rules and chrony's address forms.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::model::{DEFAULT_NTP_PORT, SourceConfig, SourceKind};
+use super::resolve;
+use super::{LocalReference, RateLimitConfig};
+use crate::{
+    access::{Access, AccessRule, Subnet},
+    sync::source::PollSettings,
+};
+
+pub(super) fn one<'a>(args: &[&'a str]) -> Result<&'a str, String> {
+    match args {
+        [value] => Ok(value),
+        [] => Err("a value is missing".into()),
+        _ => Err(format!("one value expected, found {}", args.len())),
+    }
+}
+
+pub(super) fn parse_number<T: std::str::FromStr>(word: &str, what: &str) -> Result<T, String> {
+    word.parse().map_err(|_| format!("{word:?} is not {what}"))
+}
+
+pub(super) fn parse_positive(word: &str, what: &str) -> Result<f64, String> {
+    match word.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("expected {what} above zero, not {word:?}")),
+    }
+}
+
+/// chrony's `server`/`pool` options that ntpxd accepts without acting on them; those that
+/// would change what the source means (authentication) are errors instead.
+pub(super) const IGNORED_SOURCE_OPTIONS: &[(&str, bool)] = &[
+    // (option, takes a value)
+    ("burst", false),
+    ("trust", false),
+    ("require", false),
+    ("offline", false),
+    ("auto_offline", false),
+    ("xleave", false),
+    ("copy", false),
+    ("maxdelayratio", true),
+    ("maxdelaydevratio", true),
+    ("mindelay", true),
+    ("asymmetry", true),
+    ("offset", true),
+    ("minstratum", true),
+    ("polltarget", true),
+    ("presend", true),
+    ("maxsamples", true),
+    ("minsamples", true),
+    ("filter", true),
+    ("version", true),
+    ("extfield", true),
+];
+
+/// `server|pool NAME [OPTION]...`; also returns the options accepted without effect.
+pub(super) fn parse_source(
+    directive: &str,
+    args: &[&str],
+) -> Result<(SourceConfig, Vec<String>), String> {
+    let Some((name, mut options)) = args.split_first() else {
+        return Err(format!("usage: {directive} NAME [OPTION]..."));
+    };
+    let mut poll = PollSettings::default();
+    let mut port = DEFAULT_NTP_PORT;
+    let mut max_sources = None;
+    let mut nts = false;
+    let mut ignored = Vec::new();
+    while let Some((option, rest)) = options.split_first() {
+        options = rest;
+        let mut value = |what: &str| -> Result<&str, String> {
+            let (value, rest) =
+                options.split_first().ok_or_else(|| format!("{option} needs {what}"))?;
+            options = rest;
+            Ok(value)
+        };
+        match *option {
+            "iburst" => poll.iburst = true,
+            "prefer" => poll.prefer = true,
+            "noselect" => poll.noselect = true,
+            "minpoll" => poll.minpoll = parse_poll(value("a poll exponent")?)?,
+            "maxpoll" => poll.maxpoll = parse_poll(value("a poll exponent")?)?,
+            "maxdelay" => poll.maxdelay = parse_positive(value("a delay in seconds")?, "a delay")?,
+            "port" => port = parse_number(value("a UDP port")?, "a UDP port")?,
+            "maxsources" => {
+                let count: u8 = parse_number(value("a number of sources")?, "a number")?;
+                if !(1..=16).contains(&count) {
+                    return Err("maxsources must be 1 to 16".into());
+                }
+                max_sources = Some(count);
+            }
+            "nts" => nts = true,
+            "key" | "certset" => {
+                return Err(format!(
+                    "`{option}`: symmetric keys and certificate sets are not supported by ntpxd"
+                ));
+            }
+            other => match IGNORED_SOURCE_OPTIONS.iter().find(|(name, _)| *name == other) {
+                Some((_, takes_value)) => {
+                    if *takes_value {
+                        value("a value")?;
+                    }
+                    ignored.push(other.to_owned());
+                }
+                None => return Err(format!("unknown {directive} option `{other}`")),
+            },
+        }
+    }
+    if poll.maxpoll < poll.minpoll {
+        poll.maxpoll = poll.minpoll;
+    }
+    let kind = match (directive, max_sources) {
+        ("pool", max_sources) => SourceKind::Pool { max_sources: max_sources.unwrap_or(4) },
+        (_, Some(_)) => return Err("maxsources is an option of pool".into()),
+        _ => SourceKind::Server,
+    };
+    Ok((SourceConfig { kind, name: (*name).to_owned(), port, poll, nts }, ignored))
+}
+
+pub(super) fn parse_poll(word: &str) -> Result<i8, String> {
+    match word.parse::<i8>() {
+        Ok(poll) if (-7..=24).contains(&poll) => Ok(poll),
+        _ => Err(format!("a poll exponent is -7 to 24, not {word:?}")),
+    }
+}
+
+/// `ratelimit`'s or `ntsratelimit`'s options over `defaults`.
+pub(super) fn parse_rate_limit(
+    directive: &str,
+    defaults: RateLimitConfig,
+    args: &[&str],
+) -> Result<RateLimitConfig, String> {
+    let mut limit = defaults;
+    let mut args = args.iter();
+    while let Some(&option) = args.next() {
+        let value = args.next().copied().ok_or(format!("{directive} {option} needs a value"))?;
+        let value: i32 = parse_number(value, "a number")?;
+        let (field, range) = match option.to_ascii_lowercase().as_str() {
+            "interval" => (&mut limit.interval, -19..=12),
+            "burst" => (&mut limit.burst, 1..=255),
+            "leak" => (&mut limit.leak, 1..=4),
+            "kod" => (&mut limit.kod, 0..=4),
+            other => return Err(format!("unknown {directive} option `{other}`")),
+        };
+        if !range.contains(&value) {
+            return Err(format!(
+                "{directive} {option} must be {} to {}, not {value}",
+                range.start(),
+                range.end()
+            ));
+        }
+        *field = value;
+    }
+    Ok(limit)
+}
+
+pub(super) fn parse_local(args: &[&str]) -> Result<LocalReference, String> {
+    let mut local = LocalReference { stratum: 10, distance: 1.0 };
+    let mut args = args.iter();
+    while let Some(&option) = args.next() {
+        let mut value =
+            |what: &str| args.next().copied().ok_or(format!("local {option} needs {what}"));
+        match option.to_ascii_lowercase().as_str() {
+            "stratum" => {
+                local.stratum = parse_number(value("a stratum")?, "a stratum")?;
+                if !(1..=15).contains(&local.stratum) {
+                    return Err(format!("local stratum must be 1 to 15, not {}", local.stratum));
+                }
+            }
+            "distance" => {
+                local.distance = parse_number(value("a distance")?, "a distance in seconds")?
+            }
+            // Refused rather than accepted without effect: each changes when chrony serves.
+            "orphan" => {
+                return Err("local orphan is not supported: ntpxd has no orphan mode (servers \
+                    that poll each other would synchronise to each other)"
+                    .into());
+            }
+            "activate" | "waitsynced" | "waitunsynced" => {
+                return Err(format!("local {option} is not supported by ntpxd"));
+            }
+            other => return Err(format!("unknown local option `{other}`")),
+        }
+    }
+    Ok(local)
+}
+
+/// `allow|deny [all] [SUBNET]` with chrony's address forms: an address, ADDRESS/BITS, one to
+/// three decimal numbers (a shortened IPv4 network, 8 bits each), or a host name.
+pub(super) fn parse_access(access: Access, args: &[&str]) -> Result<AccessRule, String> {
+    let (all, subnet) = match args {
+        [] => (false, None),
+        ["all"] => (true, None),
+        ["all", subnet] => (true, Some(*subnet)),
+        [subnet] => (false, Some(*subnet)),
+        _ => return Err("usage: allow|deny [all] [SUBNET]".into()),
+    };
+    let subnet = match subnet {
+        None => Subnet::Everything,
+        Some(text) => parse_subnet(text)?,
+    };
+    Ok(AccessRule { access, all, subnet })
+}
+
+pub fn parse_subnet(text: &str) -> Result<Subnet, String> {
+    let (net, bits) = match text.split_once('/') {
+        Some((net, bits)) => {
+            let bits: u8 = parse_number(bits, "a prefix length")?;
+            (net, Some(bits))
+        }
+        None => (text, None),
+    };
+    let too_long =
+        |max: u8| format!("prefix length {} is longer than {max} bits", bits.unwrap_or(0));
+    if let Ok(address) = net.parse::<IpAddr>() {
+        return match address {
+            IpAddr::V4(a) if bits.unwrap_or(32) <= 32 => Ok(Subnet::V4(a, bits.unwrap_or(32))),
+            IpAddr::V6(a) if bits.unwrap_or(128) <= 128 => Ok(Subnet::V6(a, bits.unwrap_or(128))),
+            IpAddr::V4(_) => Err(too_long(32)),
+            IpAddr::V6(_) => Err(too_long(128)),
+        };
+    }
+    let parts: Vec<&str> = net.split('.').collect();
+    if (1..=3).contains(&parts.len())
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let mut octets = [0u8; 4];
+        for (octet, part) in octets.iter_mut().zip(&parts) {
+            *octet =
+                part.parse().map_err(|_| format!("{text:?}: {part} is not a number 0 to 255"))?;
+        }
+        let bits = bits.unwrap_or(8 * parts.len() as u8);
+        if bits > 32 {
+            return Err(too_long(32));
+        }
+        return Ok(Subnet::V4(Ipv4Addr::from(octets), bits));
+    }
+    if bits.is_none()
+        && !net.is_empty()
+        && net.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        let address =
+            resolve::host_address(net).ok_or_else(|| format!("cannot resolve {net:?}"))?;
+        return Ok(match address {
+            IpAddr::V4(a) => Subnet::V4(a, 32),
+            IpAddr::V6(a) => Subnet::V6(a, 128),
+        });
+    }
+    Err(format!("{text:?} is not an address, a subnet or a host name"))
+}

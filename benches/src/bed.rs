@@ -19,8 +19,8 @@ use ntpx_tests::{
 
 use crate::{
     frames::Flow,
-    programs::{Attached, Counter, Generator, Tally},
-    report::StepReport,
+    programs::{Attached, Counter, Generator},
+    step::{Step, StepReport},
     sweep::Sweep,
 };
 
@@ -109,32 +109,6 @@ pub struct Bed {
     counter: Counter,
     link: Link,
     flow: Flow,
-}
-
-/// One step of a sweep: what was offered and what came back.
-#[derive(Clone, Debug)]
-pub struct Step {
-    pub target_rate: f64,
-    pub offered: u64,
-    pub seconds: f64,
-    pub tally: Tally,
-}
-
-impl Step {
-    pub fn offered_rate(&self) -> f64 {
-        self.offered as f64 / self.seconds
-    }
-
-    pub fn answered_rate(&self) -> f64 {
-        (self.tally.valid + self.tally.kiss_of_death) as f64 / self.seconds
-    }
-
-    pub fn loss(&self) -> f64 {
-        if self.offered == 0 {
-            return 0.0;
-        }
-        1.0 - (self.tally.valid + self.tally.kiss_of_death) as f64 / self.offered as f64
-    }
 }
 
 impl Bed {

@@ -12,4 +12,5 @@ pub mod response;
 pub mod scaling;
 pub mod soak;
 pub mod socket_load;
+pub mod step;
 pub mod sweep;

@@ -9,9 +9,10 @@ use ntpx_bench::{
     bed::{Bed, ServerKind},
     cost,
     nts_load::{NtsBed, NtsServer},
-    report::{Report, ServerReport, StepReport},
+    report::{Report, ServerReport},
     response::ResponseTimes,
     scaling, soak, socket_load,
+    step::StepReport,
     sweep::{self, Sweep},
 };
 

@@ -27,9 +27,10 @@ use ntpx_tests::{
 };
 
 use crate::{
-    bed::{LOAD_CPU, SERVER_CPU, Step, pin},
+    bed::{LOAD_CPU, SERVER_CPU, pin},
     programs::Tally,
     socket_load::{self, BATCH},
+    step::Step,
 };
 
 /// Source ports the load comes from (the kernel spreads them over ntpxd's sockets).

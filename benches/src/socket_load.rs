@@ -19,9 +19,9 @@ use ntp_common::wire::{HEADER_LEN, NtpHeader, NtpTimestamp};
 use ntp_userspace::sys::clock;
 
 use crate::{
-    bed::Step,
     frames::{Reply, check_reply},
     programs::Tally,
+    step::Step,
 };
 
 pub const BATCH: usize = 32;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bed::Step;
+use crate::step::Step;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Sweep {

@@ -6,7 +6,10 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{run, setup, workspace};
+use crate::{
+    process::{run, workspace},
+    setup,
+};
 
 /// Every target in fuzz/Cargo.toml.
 pub const TARGETS: [&str; 9] = [

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{is_root, run, workspace};
+use crate::process::{is_root, run, workspace};
 
 /// qemu-system-x86 and the libraries and firmware it needs that a build machine lacks.
 const QEMU_PACKAGES: &[&str] = &[

@@ -3,6 +3,7 @@
 
 mod fuzz;
 mod guest;
+mod process;
 mod setup;
 
 use std::{
@@ -12,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+use crate::process::{is_root, run, workspace};
 
 #[derive(Parser)]
 #[command(about = "Set up, build, run, demonstrate and test ntpx")]
@@ -86,10 +89,6 @@ fn main() -> anyhow::Result<()> {
             fuzz::fuzz(target.as_deref(), seconds)
         }
     }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_owned()
 }
 
 /// A cargo command in the workspace, with cargo's bin directory (bpf-linker) on PATH.
@@ -240,27 +239,4 @@ fn bench(arguments: &[&str]) -> anyhow::Result<()> {
         .arg("--out")
         .arg(&out)
         .env("NTPX_BIN_DIR", &release))
-}
-
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Runs a command, failing with its name if it fails.
-pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed ({status})");
-    }
-    Ok(())
-}
-
-/// A command's standard output, if it succeeds.
-pub(crate) fn command_output(command: &mut Command) -> anyhow::Result<String> {
-    let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
-    if !output.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

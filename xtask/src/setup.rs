@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{command_output, guest, is_root, run};
+use crate::{
+    guest,
+    process::{command_output, is_root, run},
+};
 
 /// Debian packages the tests and the demo run (tzdata: the leap seconds list; util-linux:
 /// setpriv, to act as an unprivileged user; prometheus: promtool, installed without starting

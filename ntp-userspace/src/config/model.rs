@@ -7,11 +7,11 @@ use std::{
     path::PathBuf,
 };
 
-use super::{AttachMode, LocalReference, RateLimitConfig};
 use crate::{
     access::AccessRule,
     sync::{discipline::MakeStep, source::PollSettings},
 };
+use crate::{client_log::RateLimitConfig, control::AttachMode, reference::LocalReference};
 
 /// Where ntpxd looks for its configuration by default.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ntpx/ntpx.conf";

@@ -9,7 +9,6 @@ use std::{
 use super::model::{
     ClientLogSize, Config, ConfigError, LeapSecondSource, Loaded, Location, Warning, XdpInterface,
 };
-use super::{AttachMode, RateLimitConfig};
 use super::{
     include::{expand_glob, files_in},
     values::{
@@ -18,6 +17,7 @@ use super::{
     },
 };
 use crate::{access::Access, sync::discipline::MakeStep};
+use crate::{client_log::RateLimitConfig, control::AttachMode};
 
 /// What ntpxd does with a chrony directive it does not implement.
 enum Unsupported {

@@ -7,11 +7,11 @@ use super::model::{
     ChronycConfig, ClientLogSize, Config, LeapSecondSource, NtsServerConfig, SourceConfig,
     SourceKind, SyncConfig, XdpInterface,
 };
-use super::{LocalReference, RateLimitConfig};
 use crate::{
     access::{Access, AccessRule, Subnet},
     sync::{discipline::MakeStep, source::PollSettings},
 };
+use crate::{client_log::RateLimitConfig, reference::LocalReference};
 
 /// The effective configuration in chrony.conf syntax (what `ntpxd -p` prints); parsing it
 /// gives the same configuration back.

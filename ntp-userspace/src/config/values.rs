@@ -5,11 +5,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::model::{DEFAULT_NTP_PORT, SourceConfig, SourceKind};
 use super::resolve;
-use super::{LocalReference, RateLimitConfig};
 use crate::{
     access::{Access, AccessRule, Subnet},
     sync::source::PollSettings,
 };
+use crate::{client_log::RateLimitConfig, reference::LocalReference};
 
 pub(super) fn one<'a>(args: &[&'a str]) -> Result<&'a str, String> {
     match args {

@@ -16,8 +16,9 @@ use crate::{
     upstream::Upstream,
 };
 
-/// What control connections and SIGHUP ask of the [`Owner`], each with where its answer goes.
-/// Whatever takes time (reading the file, resolving names) is done before it is asked.
+/// What control connections and SIGHUP ask of the [`Owner`](super::owner::Owner), each with
+/// where its answer goes. Whatever takes time (reading the file, resolving names) is done
+/// before it is asked.
 pub(super) enum Ask {
     AddRule(AccessRule, oneshot::Sender<anyhow::Result<()>>),
     Reload(Box<config::Loaded>, oneshot::Sender<anyhow::Result<()>>),

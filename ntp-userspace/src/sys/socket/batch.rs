@@ -56,7 +56,7 @@ impl Default for Batch {
 
 impl Batch {
     /// The datagrams the last receive took, with their bytes, or None for one that was
-    /// longer than [`DATAGRAM_CAPACITY`] (truncated).
+    /// longer than the longest NTP datagram (truncated).
     pub fn datagrams(&self) -> impl Iterator<Item = (&Datagram, Option<&[u8]>)> {
         self.received.iter().map(|r| {
             let bytes = &self.buffers[r.index][..r.datagram.len];

@@ -44,5 +44,7 @@ fn only_sys_names_libc_or_nix() {
         })
         .collect();
     assert!(offenders.is_empty(), "system calls outside sys/:\n{}", offenders.join("\n"));
-    assert!(names_a_system_crate("    let fd = libc::socket(") && !names_a_system_crate("unix::net"));
+    assert!(
+        names_a_system_crate("    let fd = libc::socket(") && !names_a_system_crate("unix::net")
+    );
 }

@@ -218,7 +218,10 @@ mod in_guest {
             .unwrap_or_else(|| panic!("ntpxd did not read the drift file:\n{read_back}"));
         eprintln!("client: drift file {drift_ppm:+.3} ppm, read back at start {read_ppm:+.3} ppm");
         assert!((read_ppm - drift_ppm).abs() < 1e-3, "{read_ppm} vs {drift_ppm}");
-        assert!((-75.0..25.0).contains(&drift_ppm), "drift file {drift_ppm} ppm: not compensating");
+        // The frequency itself is TCG's: its estimate over these few minutes has been +1 and
+        // +34 ppm in two runs of the same build (TCG wanders by about 30 ppm), so it cannot tell
+        // a compensated +50 ppm from an uncompensated one; the kernel's frequency above can.
+        assert!(drift_ppm.abs() < 100.0, "drift file {drift_ppm} ppm: not a frequency TCG gives");
 
         // After a reboot the service comes back by itself, and synchronises again.
         guest.reboot();

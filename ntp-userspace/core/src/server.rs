@@ -26,8 +26,7 @@ use crate::{
         cookie::KeyRing,
         packet::{self, Rejected},
     },
-    reference::LocalReference,
-    reference::{Reference, TaiReading},
+    reference::{LocalReference, Reference, TaiReading},
     sync::Served,
 };
 
@@ -41,8 +40,8 @@ const _: () = assert!(STATE_FRESHNESS_NS <= MAX_STATE_AGE_NS);
 /// Why the slow path did not answer a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unanswered {
-    /// Longer than the socket reads whole ([`ntp_common::extension::MAX_PACKET_LEN`]), or the kernel did
-    /// not say where it was sent.
+    /// Longer than the socket reads whole ([`ntp_common::extension::MAX_PACKET_LEN`]), or the
+    /// kernel did not say where it was sent.
     Unreadable,
     /// Not for this server to answer by its addresses (see [`admission::check`]).
     Address(AddressRefusal),

@@ -118,8 +118,8 @@ impl Doors {
         }
         if let Some(connections) = &self.connections {
             let elapsed_ns = self.started.elapsed().as_nanos() as u64;
-            let random = || u32::from_ne_bytes(random::bytes());
-            if !connections.lock().expect("NTS-KE connection log").admit(peer, elapsed_ns, random) {
+            let mut connections = connections.lock().expect("NTS-KE connection log");
+            if !connections.admit(peer, elapsed_ns, random::next_u32) {
                 return Err("rate limit");
             }
         }

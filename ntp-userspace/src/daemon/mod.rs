@@ -206,7 +206,7 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
 
 /// Descriptors that connections may take at once besides those open at start: ntpxc's,
 /// scrapes, NTS-KE sessions, and a socket and a key exchange per source.
-pub(super) fn descriptors_for_connections(config: &Config) -> u64 {
+fn descriptors_for_connections(config: &Config) -> u64 {
     let nts_ke = if config.nts.enabled() { config.nts.max_connections } else { 0 };
     let scrapes = if config.metrics.is_some() { metrics::MAX_SCRAPES } else { 0 };
     let sources = 2 * config.sync.sources.len();
@@ -314,7 +314,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn bind_addresses(config: &Config) -> [SocketAddr; 2] {
+fn bind_addresses(config: &Config) -> [SocketAddr; 2] {
     [
         SocketAddr::new(config.bind_v4.unwrap_or(Ipv4Addr::UNSPECIFIED).into(), config.port),
         SocketAddr::new(config.bind_v6.unwrap_or(Ipv6Addr::UNSPECIFIED).into(), config.port),

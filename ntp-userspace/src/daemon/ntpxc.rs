@@ -40,13 +40,13 @@ pub(super) struct ControlSocket {
 }
 
 /// The longest control request, bytes (a request is a line of JSON).
-pub(super) const MAX_REQUEST_LEN: u64 = 4096;
+const MAX_REQUEST_LEN: u64 = 4096;
 
 /// At most this many control connections are served at once; more are closed at once.
 pub(super) const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 /// How long a control peer has to send its request, and then to read the response.
-pub(super) const CONTROL_DEADLINE: Duration = Duration::from_secs(5);
+const CONTROL_DEADLINE: Duration = Duration::from_secs(5);
 
 impl ControlSocket {
     pub(super) fn bind(path: &Path) -> anyhow::Result<Self> {
@@ -105,7 +105,7 @@ pub(super) async fn accept_control(
     }
 }
 
-pub(super) async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlContext>) {
+async fn serve_control(stream: tokio::net::UnixStream, context: Arc<ControlContext>) {
     let peer_uid = stream.peer_cred().ok().map(|credentials| credentials.uid());
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();

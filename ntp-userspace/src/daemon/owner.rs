@@ -60,7 +60,7 @@ impl Owner {
         }
     }
 
-    pub(super) fn add_rule(&mut self, rule: AccessRule, server: &Server) -> anyhow::Result<()> {
+    fn add_rule(&mut self, rule: AccessRule, server: &Server) -> anyhow::Result<()> {
         let mut rules = self.rules.clone();
         rules.push(rule);
         let table = AccessTable::from_rules(&rules);
@@ -95,7 +95,7 @@ impl Owner {
         Ok(())
     }
 
-    pub(super) fn kernel_view(&mut self) -> anyhow::Result<KernelView> {
+    fn kernel_view(&mut self) -> anyhow::Result<KernelView> {
         let Some(dataplane) = self.dataplane.as_mut() else {
             return Ok(KernelView::default());
         };
@@ -135,7 +135,7 @@ pub(super) fn start_dataplane(
     Ok(())
 }
 
-pub(super) fn client_log_settings(config: &Config, epoch_tai_ns: u64) -> ClientLogSettings {
+fn client_log_settings(config: &Config, epoch_tai_ns: u64) -> ClientLogSettings {
     ClientLogSettings {
         enabled: config.client_log != ClientLogSize::Disabled,
         limit: config.rate_limit.map_or(RateLimit::DISABLED, |limit| limit.bucket()),
@@ -145,7 +145,7 @@ pub(super) fn client_log_settings(config: &Config, epoch_tai_ns: u64) -> ClientL
 
 /// Follows the kernel clock and the synchronisation and, with the program loaded, publishes a
 /// fresh state and the local addresses.
-pub(super) fn refresh(
+fn refresh(
     server: &Server,
     dataplane: Option<&mut Dataplane>,
     upstream: Option<&Upstream>,
@@ -171,7 +171,7 @@ pub(super) fn refresh(
 }
 
 /// The addresses the server answers for: the bind addresses, or all of this host's.
-pub(super) fn served_addresses(config: &Config) -> anyhow::Result<Vec<IpAddr>> {
+fn served_addresses(config: &Config) -> anyhow::Result<Vec<IpAddr>> {
     let mut addresses: Vec<IpAddr> = nic::local_addresses()
         .context("listing local addresses")?
         .into_iter()

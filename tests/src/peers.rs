@@ -120,7 +120,7 @@ impl Ntpxd {
     /// Starts ntpxd with `config` (its bindcmdaddress and pidfile are added) and waits until
     /// its control socket answers.
     pub fn start(netns: &Netns, config: &str) -> Self {
-        let ntpxd = Self::spawn(netns, config);
+        let ntpxd = Self::spawn(netns, config, &[]);
         ntpxd.wait_for_the_control_socket();
         ntpxd
     }
@@ -136,16 +136,7 @@ impl Ntpxd {
     /// Starts ntpxd as [`Ntpxd::start`] does, run by `wrapper` (a command that runs the rest of
     /// its arguments in its place, such as `prlimit --nofile=64:4096`).
     pub fn start_under(netns: &Netns, config: &str, wrapper: &[&str]) -> Self {
-        let dir = scratch_dir();
-        let socket = dir.path().join("ntpxd.sock");
-        let config_path = dir.path().join("ntpxd.conf");
-        fs::write(&config_path, Self::complete(&socket, config)).expect("writing the config");
-        let ntpxd = binary("ntpxd");
-        let mut args: Vec<&str> = wrapper[1..].to_vec();
-        args.extend([ntpxd.to_str().unwrap(), "-d", "-x", "-f", config_path.to_str().unwrap()]);
-        let log = dir.path().join("ntpxd.log");
-        let process = Process::spawn("ntpxd", netns, Path::new(wrapper[0]), &args, log);
-        let ntpxd = Self { process, socket, config_file: config_path, _dir: dir };
+        let ntpxd = Self::spawn(netns, config, wrapper);
         ntpxd.wait_for_the_control_socket();
         ntpxd
     }
@@ -185,7 +176,7 @@ impl Ntpxd {
         netns: &Netns,
         config: &str,
     ) -> (std::process::ExitStatus, String) {
-        let mut ntpxd = Self::spawn(netns, config);
+        let mut ntpxd = Self::spawn(netns, config, &[]);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = ntpxd.process.child.try_wait() {
@@ -196,18 +187,22 @@ impl Ntpxd {
         }
     }
 
-    fn spawn(netns: &Netns, config: &str) -> Self {
+    fn spawn(netns: &Netns, config: &str, wrapper: &[&str]) -> Self {
         let dir = scratch_dir();
         let socket = dir.path().join("ntpxd.sock");
         let config_path = dir.path().join("ntpxd.conf");
         fs::write(&config_path, Self::complete(&socket, config)).expect("writing the config");
-        let process = Self::spawn_process(netns, &config_path, dir.path().join("ntpxd.log"));
+        let log = dir.path().join("ntpxd.log");
+        let process = Self::spawn_process(netns, &config_path, log, wrapper);
         Self { process, socket, config_file: config_path, _dir: dir }
     }
 
-    fn spawn_process(netns: &Netns, config: &Path, log: PathBuf) -> Process {
-        let args = ["-d", "-x", "-f", config.to_str().unwrap()];
-        Process::spawn("ntpxd", netns, &binary("ntpxd"), &args, log)
+    /// ntpxd on `config`, run by `wrapper` when there is one.
+    fn spawn_process(netns: &Netns, config: &Path, log: PathBuf, wrapper: &[&str]) -> Process {
+        let ntpxd = binary("ntpxd");
+        let command = [ntpxd.to_str().unwrap(), "-d", "-x", "-f", config.to_str().unwrap()];
+        let all: Vec<&str> = wrapper.iter().copied().chain(command).collect();
+        Process::spawn("ntpxd", netns, Path::new(all[0]), &all[1..], log)
     }
 
     /// Kills ntpxd as a crash would (SIGKILL: no cleanup), leaving its pidfile and control
@@ -223,7 +218,7 @@ impl Ntpxd {
     /// when its control socket answers.
     pub fn restart(&mut self, netns: &Netns, log_name: &str) {
         let log = self.config_file.with_file_name(log_name);
-        self.process = Self::spawn_process(netns, &self.config_file, log);
+        self.process = Self::spawn_process(netns, &self.config_file, log, &[]);
         self.wait_for_the_control_socket();
     }
 
@@ -302,6 +297,15 @@ fn chronyc_output(command: &mut std::process::Command) -> (String, bool) {
         .collect();
     eprintln!("$ {} ({})\n{text}", words.join(" "), output.status);
     (text, output.status.success())
+}
+
+/// A request of chronyc's protocol (version 6) for `tracking` (command 33), padded to its
+/// reply's 104 bytes, as chronyc sends it.
+pub fn chronyc_tracking_request() -> Vec<u8> {
+    let mut request = vec![0u8; 104];
+    request[..2].copy_from_slice(&[6, 1]);
+    request[4..6].copy_from_slice(&33u16.to_be_bytes());
+    request
 }
 
 /// chronyd in a namespace with `-x` (never touching the clock), as a client or a server.

@@ -282,10 +282,7 @@ fn malformed_chronyc_requests_get_chronyds_outcomes_and_never_a_longer_reply() {
         let mut reply = [0u8; 1024];
         client.recv(&mut reply).ok().map(|n| reply[..n].to_vec())
     };
-    // A tracking request (command 33), padded to its reply's 104 bytes.
-    let mut tracking = vec![0u8; 104];
-    tracking[..2].copy_from_slice(&[6, 1]);
-    tracking[4..6].copy_from_slice(&33u16.to_be_bytes());
+    let tracking = peers::chronyc_tracking_request();
     let status = |reply: &[u8]| u16::from_be_bytes([reply[8], reply[9]]);
 
     // Ignored: shorter than a reply's header, not a request, an old version.

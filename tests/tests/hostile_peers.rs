@@ -533,9 +533,7 @@ fn chronycs_socket_trusts_its_senders_user_and_only_a_closed_directory() {
 
     // A peer that sends and never reads: ntpxd's replies are dropped, chronyc still answered.
     let flooder = UnixDatagram::bind(dir.path().join("flooder.sock")).unwrap();
-    let mut tracking_request = vec![0u8; 104];
-    tracking_request[..2].copy_from_slice(&[6, 1]);
-    tracking_request[4..6].copy_from_slice(&33u16.to_be_bytes());
+    let tracking_request = peers::chronyc_tracking_request();
     flooder.set_nonblocking(true).unwrap();
     let mut sent = 0;
     for _ in 0..2000 {
@@ -588,9 +586,7 @@ fn chronycs_udp_port_and_ntp_answer_denied_hosts_and_garbage_with_nothing() {
              cmdallow {CLIENT_V4}\n"
         ),
     );
-    let mut tracking = vec![0u8; 104];
-    tracking[..2].copy_from_slice(&[6, 1]);
-    tracking[4..6].copy_from_slice(&33u16.to_be_bytes());
+    let tracking = peers::chronyc_tracking_request();
     let udp = |source: &str, port: u16, bytes: &[u8]| -> Option<usize> {
         link.client_ns.enter(|| {
             let socket = UdpSocket::bind((source, 0)).unwrap();

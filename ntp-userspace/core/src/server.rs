@@ -260,7 +260,7 @@ impl Server {
             .map_err(Unanswered::Address)?;
         drop(local);
         let source = source.ip();
-        if !self.access.read().expect("access lock").is_allowed(source) {
+        if !self.is_allowed(source) {
             return Err(Unanswered::Denied);
         }
         let checked = responder::check_request(request).map_err(Unanswered::NotServed)?;

@@ -76,13 +76,7 @@ impl Batch {
                 iov_base: self.buffers[i].as_mut_ptr().cast(),
                 iov_len: DATAGRAM_CAPACITY,
             };
-            let message = &mut header.msg_hdr;
-            message.msg_name = std::ptr::from_mut(&mut self.names[i]).cast();
-            message.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-            message.msg_iov = iovec;
-            message.msg_iovlen = 1;
-            message.msg_control = self.controls[i].0.as_mut_ptr().cast();
-            message.msg_controllen = self.controls[i].0.len();
+            header.msg_hdr = message_into(&mut self.names[i], iovec, &mut self.controls[i]);
         }
         // SAFETY: each header points at its own name, iovec, buffer and control buffer, valid
         // for the lengths given and alive for the call.
@@ -98,16 +92,12 @@ impl Batch {
         let count = usize::try_from(count).map_err(|_| io::Error::last_os_error())?;
         for (index, header) in headers[..count].iter().enumerate() {
             let message = &header.msg_hdr;
-            let Some(source) = socket_address(&self.names[index]) else { continue };
-            let mut datagram = Datagram {
-                len: (header.msg_len as usize).min(DATAGRAM_CAPACITY),
-                source,
-                destination: None,
-                received_realtime_ns: None,
+            let length = header.msg_len as usize;
+            // SAFETY: recvmmsg filled this message.
+            let Some(datagram) = (unsafe { datagram_of(message, length, DATAGRAM_CAPACITY) })
+            else {
+                continue;
             };
-            // SAFETY: the kernel filled `msg_controllen` bytes of the control buffer with
-            // control messages; the macros stay within them.
-            unsafe { read_control_messages(message, &mut datagram) };
             let truncated = message.msg_flags & libc::MSG_TRUNC != 0;
             self.received.push(Received { datagram, index, truncated });
         }
@@ -132,29 +122,54 @@ pub fn receive_one(fd: i32, buffer: &mut [u8]) -> io::Result<Datagram> {
     let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut control = Control([0; 192]);
     let mut iovec = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+    let mut message = message_into(&mut name, &mut iovec, &mut control);
+    // SAFETY: the message points at its own name, iovec, buffer and control buffer, valid for
+    // the lengths given and alive for the call.
+    let length = unsafe { libc::recvmsg(fd, &raw mut message, libc::MSG_DONTWAIT) };
+    let length = usize::try_from(length).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: recvmsg filled the message.
+    unsafe { datagram_of(&message, length, buffer.len()) }
+        .ok_or_else(|| io::Error::other("datagram without a source address"))
+}
+
+/// A message header that receives into `iovec`, the sender's address into `name` and the
+/// control messages into `control`.
+fn message_into(
+    name: &mut libc::sockaddr_storage,
+    iovec: &mut libc::iovec,
+    control: &mut Control,
+) -> libc::msghdr {
     // SAFETY: msghdr is plain data; every pointer is set below.
     let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_name = std::ptr::from_mut(&mut name).cast();
+    message.msg_name = std::ptr::from_mut(name).cast();
     message.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
-    message.msg_iov = &raw mut iovec;
+    message.msg_iov = iovec;
     message.msg_iovlen = 1;
     message.msg_control = control.0.as_mut_ptr().cast();
     message.msg_controllen = control.0.len();
-    // SAFETY: the message points at its own name, iovec, buffer and control buffer, valid for
-    // the lengths given and alive for the call.
-    let len = unsafe { libc::recvmsg(fd, &raw mut message, libc::MSG_DONTWAIT) };
-    let len = usize::try_from(len).map_err(|_| io::Error::last_os_error())?;
-    let source = socket_address(&name)
-        .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    message
+}
+
+/// The datagram a message from [`message_into`] received, `length` bytes long (at most
+/// `capacity` of them kept): its sender, destination and receive timestamp. None without a
+/// sender of a family ntpxd serves.
+///
+/// # Safety
+/// The kernel filled `message` (recvmsg or recvmmsg): its name and `msg_controllen` bytes of
+/// its control buffer.
+unsafe fn datagram_of(message: &libc::msghdr, length: usize, capacity: usize) -> Option<Datagram> {
+    // SAFETY: the name is the sockaddr_storage message_into pointed at.
+    let name = unsafe { &*message.msg_name.cast::<libc::sockaddr_storage>() };
+    let source = socket_address(name)?;
     let mut datagram = Datagram {
-        len: len.min(buffer.len()),
+        len: length.min(capacity),
         source,
         destination: None,
         received_realtime_ns: None,
     };
-    // SAFETY: the kernel filled `msg_controllen` bytes of the control buffer.
-    unsafe { read_control_messages(&message, &mut datagram) };
-    Ok(datagram)
+    // SAFETY: the caller vouches for the control buffer; the macros stay within it.
+    unsafe { read_control_messages(message, &mut datagram) };
+    Some(datagram)
 }
 
 fn socket_address(name: &libc::sockaddr_storage) -> Option<SocketAddr> {

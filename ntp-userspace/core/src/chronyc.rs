@@ -352,7 +352,8 @@ impl Request {
             SourceState::Combined => 4,
             SourceState::NotCombined => 5,
         });
-        reply.u16(0); // mode: client
+        // chrony's RPY_SD_MD_*: 0 a server we are a client of, 2 a reference clock.
+        reply.u16(if s.reference_clock { 2 } else { 0 });
         reply.u16(0); // flags
         reply.u16(u16::from(s.reach));
         reply.u32(s.last_rx.map_or(u32::MAX, |seconds| seconds as u32));
@@ -365,11 +366,12 @@ impl Request {
     pub fn source_stats(&self, s: &SourceReport) -> Vec<u8> {
         let mut reply = Reply::new(self, RPY_SOURCESTATS, Status::Success);
         // An NTP source's reference ID: its IPv4 address (0 for IPv6, which chronyc then names).
+        // A reference clock has no address: chronyc names it by its reference ID.
         reply.u32(match s.address {
             IpAddr::V4(a) => u32::from(a),
             IpAddr::V6(_) => 0,
         });
-        reply.ip(Some(s.address));
+        reply.ip((!s.reference_clock).then_some(s.address));
         reply.u32(s.samples as u32);
         reply.u32(s.runs as u32);
         reply.u32(s.span as u32);

@@ -356,6 +356,7 @@ mod tests {
         let source = SourceReport {
             name: "a \"quoted\" name".into(),
             address: IpAddr::from([192, 0, 2, 1]),
+            reference_clock: false,
             state: SourceState::Selected,
             stratum: 1,
             poll: 6,

@@ -245,7 +245,8 @@ pub fn sources_text(sources: &[SourceReport], verbose: bool) -> String {
     );
     for s in sources {
         text.push_str(&format!(
-            "^{} {:<27}  {:>2}  {:>2}   {:>3o}  {:>4}  {}[{}] +/- {}\n",
+            "{}{} {:<27}  {:>2}  {:>2}   {:>3o}  {:>4}  {}[{}] +/- {}\n",
+            mode_symbol(s),
             s.state.symbol(),
             s.name,
             s.stratum,
@@ -258,6 +259,11 @@ pub fn sources_text(sources: &[SourceReport], verbose: bool) -> String {
         ));
     }
     text
+}
+
+/// chronyc's mode column: `^` a server, `#` a reference clock.
+fn mode_symbol(source: &SourceReport) -> char {
+    if source.reference_clock { '#' } else { '^' }
 }
 
 /// chronyc's `authdata`.
@@ -298,9 +304,10 @@ pub fn sources_csv(sources: &[SourceReport]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "^,{},{},{},{},{:o},{},{:.9},{:.9},{:.9}\n",
+                "{},{},{},{},{},{:o},{},{:.9},{:.9},{:.9}\n",
+                mode_symbol(s),
                 s.state.symbol(),
-                s.address,
+                if s.reference_clock { s.name.clone() } else { s.address.to_string() },
                 s.stratum,
                 s.poll,
                 s.reach,
@@ -346,7 +353,7 @@ pub fn sourcestats_csv(sources: &[SourceReport]) -> String {
         .map(|s| {
             format!(
                 "{},{},{},{},{:.3},{:.3},{:.9},{:.9}\n",
-                s.address,
+                if s.reference_clock { s.name.clone() } else { s.address.to_string() },
                 s.samples,
                 s.runs,
                 s.span as u32,
@@ -453,6 +460,7 @@ mod tests {
         SourceReport {
             name: name.into(),
             address: "127.0.0.1".parse().unwrap(),
+            reference_clock: false,
             state: crate::sync::source::SourceState::Combined,
             stratum: 8,
             poll: 1,

@@ -4,6 +4,7 @@
 
 pub mod discipline;
 pub mod leap;
+pub mod refclock;
 pub mod regression;
 pub mod selection;
 pub mod source;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use self::{
     discipline::{Action, Discipline, KernelStatus},
     leap::LeapTable,
+    refclock::{ClockSettings, Ignored, Reading, ReferenceClock},
     regression::{Sample, seconds_between},
     selection::{Candidate, Combined, select},
     source::{Exchanges, LastReply, PHI, PollSettings, Request, Source, SourceState},
@@ -104,7 +106,11 @@ pub struct Tracking {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {
     pub name: String,
+    /// A server's address; a reference clock's reference ID as an IPv4 address.
     pub address: IpAddr,
+    /// A reference clock (chronyc's mode `#`), not a server (`^`).
+    #[serde(default)]
+    pub reference_clock: bool,
     pub state: SourceState,
     pub stratum: u8,
     pub poll: i8,
@@ -200,6 +206,127 @@ impl Synchroniser {
         self.sources.len() - 1
     }
 
+    /// Adds a reference clock (`refclock`), named by its reference ID in reports.
+    pub fn add_reference_clock(
+        &mut self,
+        clock: ClockSettings,
+        settings: PollSettings,
+        now_system_ns: i64,
+    ) -> SourceId {
+        let now = self.discipline.raw_ns(now_system_ns);
+        let name = reference_id_name(clock.reference_id);
+        let clock = ReferenceClock::new(clock);
+        self.sources.push(Source::reference_clock(name, clock, settings, now));
+        self.sources.len() - 1
+    }
+
+    /// A reading of reference clock `id`'s driver, made at system time `now`. A time of day
+    /// becomes a sample against the raw clock; a pulse takes its second from the clock it is
+    /// locked to or, without `lock`, from the time served (which must then be good to well
+    /// within half a pulse).
+    pub fn reference_clock_reading(
+        &mut self,
+        id: SourceId,
+        reading: Reading,
+        now_system_ns: i64,
+    ) -> Result<(), Ignored> {
+        let now = self.discipline.raw_ns(now_system_ns);
+        let time = self.discipline.raw_ns(reading.system_ns());
+        // chrony's sanity check: not from the future, nor older than two polls.
+        let settings = match self.sources.get(id).and_then(|s| s.reference_clock.as_ref()) {
+            Some(clock) => clock.settings.clone(),
+            None => return Err(Ignored::Stale),
+        };
+        let age = seconds_between(time, now);
+        let lock = settings.lock.and_then(|lock| {
+            self.sources
+                .iter()
+                .filter_map(|s| s.reference_clock.as_ref())
+                .find(|c| {
+                    c.settings.reference_id == lock
+                        && c.settings.reference_id != settings.reference_id
+                })
+                .map(|c| (c.last_sample(), c.leap))
+        });
+        let synchronised_within =
+            (self.root_distance(now) < 0.5 / f64::from(settings.rate.max(1))).then_some(());
+        let estimate_now = self.offset_at(time);
+        let tai_offset = |true_s: i64| {
+            let table = self.leap_table.as_ref()?;
+            let approximate = table.tai_offset(true_s)?;
+            table.tai_offset(true_s - i64::from(approximate))
+        };
+        let applied = self.discipline.applied_at(time);
+        let clock = self.sources[id].reference_clock.as_mut().expect("a reference clock");
+        clock.reached();
+        if !(0.0..=2f64.powi(i32::from(settings.poll) + 1)).contains(&age) {
+            return Err(Ignored::Stale);
+        }
+        let dispersion = settings.precision;
+        // chrony's `pps` option: a time of day used for its pulse only.
+        let reading = match reading {
+            Reading::Time { system_ns, offset, .. } if settings.pulses_only => {
+                Reading::Pulse { system_ns, second: -offset }
+            }
+            reading => reading,
+        };
+        let (offset, leap) = match reading {
+            Reading::Time { offset, leap, .. } => {
+                if leap == Leap::Unsynchronised {
+                    return Err(Ignored::Unsynchronised);
+                }
+                // Against the raw clock: the system clock was `applied` ahead of it.
+                let mut offset = offset + applied + settings.offset;
+                if settings.tai {
+                    let true_s = (reading.system_ns() as f64 * 1e-9 + offset - applied) as i64;
+                    offset -= f64::from(tai_offset(true_s).ok_or(Ignored::NoTaiOffset)?);
+                }
+                (offset, leap)
+            }
+            Reading::Pulse { second, .. } => {
+                // Against our estimate of true time, wrapped into the pulse interval, then
+                // against the raw clock.
+                let served_correction = estimate_now - applied;
+                let past = clock.wrap_pulse(-second + settings.offset - served_correction);
+                let offset = estimate_now + past;
+                match lock {
+                    Some((last, leap)) => {
+                        let sample = Sample { time_ns: time, offset, delay: 0.0, dispersion };
+                        (clock.lock_pulse(sample, last)?, leap)
+                    }
+                    None if settings.lock.is_some() => return Err(Ignored::NoSecond),
+                    None => {
+                        if synchronised_within.is_none() {
+                            clock.drop_samples();
+                            return Err(Ignored::NoSecond);
+                        }
+                        (offset, self.reference.map_or(Leap::NoWarning, |r| r.leap))
+                    }
+                }
+            }
+        };
+        let sample = Sample { time_ns: time, offset, delay: settings.delay, dispersion };
+        clock.keep(sample, leap, matches!(reading, Reading::Pulse { .. }))
+    }
+
+    /// Reference clock `id`'s poll (every 2^poll s): its filtered sample, if any, goes into
+    /// selection. Returns what the discipline did, if the sample brought a new estimate.
+    pub fn poll_reference_clock(&mut self, id: SourceId, now_system_ns: i64) -> Option<Action> {
+        let now = self.discipline.raw_ns(now_system_ns);
+        self.apply_due_leap(now);
+        let source = self.sources.get_mut(id)?;
+        let (reached, sample) = source.reference_clock.as_mut()?.poll();
+        let was_reachable = source.reach != 0;
+        source.reference_clock_polled(reached, sample, now);
+        if sample.is_some() {
+            return Some(self.update(now));
+        }
+        if was_reachable && self.sources[id].reach == 0 {
+            self.select_sources(now);
+        }
+        None
+    }
+
     /// Puts a new server in the place of source `id` (a pool replacing an unreachable one).
     pub fn replace_source(
         &mut self,
@@ -258,7 +385,12 @@ impl Synchroniser {
 
     /// The earliest time (system ns) a source wants polling.
     pub fn next_poll_ns(&self) -> Option<i64> {
-        let next = self.sources.iter().filter(|s| !s.refused).map(Source::next_poll_ns).min()?;
+        let next = self
+            .sources
+            .iter()
+            .filter(|s| !s.refused && s.reference_clock.is_none())
+            .map(Source::next_poll_ns)
+            .min()?;
         Some(self.discipline.system_ns(next))
     }
 
@@ -354,10 +486,12 @@ impl Synchroniser {
                         frequency: estimate.frequency,
                         stratum: s.stratum,
                         prefer: s.settings.prefer,
+                        trust: s.settings.trust,
                     })
             })
             .collect();
-        let selection = select(&candidates);
+        let required: Vec<bool> = self.sources.iter().map(|s| s.settings.require).collect();
+        let selection = select(&candidates, &required);
         for (source, state) in self.sources.iter_mut().zip(&selection.states) {
             source.state = *state;
         }
@@ -579,6 +713,7 @@ impl Synchroniser {
                 SourceReport {
                     name: s.name.clone(),
                     address: s.address.ip(),
+                    reference_clock: s.reference_clock.is_some(),
                     state: s.state,
                     stratum: s.stratum,
                     poll: s.poll,
@@ -601,7 +736,10 @@ impl Synchroniser {
 
     /// The source polled at `address`, for `ntpdata`.
     pub fn ntp_data(&self, address: IpAddr) -> Option<NtpData> {
-        let source = self.sources.iter().find(|s| s.address.ip() == address)?;
+        let source = self
+            .sources
+            .iter()
+            .find(|s| s.reference_clock.is_none() && s.address.ip() == address)?;
         Some(NtpData {
             remote: source.address,
             exchanges: source.exchanges,
@@ -679,6 +817,16 @@ fn combined_leap(sources: &[Source]) -> Leap {
         }
     }
     Leap::NoWarning
+}
+
+/// A reference clock's name in reports: its reference ID as text ("GPS", "PPS0").
+pub fn reference_id_name(reference_id: ReferenceId) -> String {
+    reference_id
+        .to_bits()
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| if b.is_ascii_graphic() { char::from(*b) } else { '?' })
+        .collect()
 }
 
 /// The reference ID of an upstream server: its IPv4 address, or the first four bytes of the

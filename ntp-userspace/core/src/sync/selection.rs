@@ -16,6 +16,8 @@ pub struct Candidate {
     pub frequency: f64,
     pub stratum: u8,
     pub prefer: bool,
+    /// Outvoted only by other trusted sources (`trust`).
+    pub trust: bool,
 }
 
 /// The outcome: a state for each candidate, and the combined estimate if there is one.
@@ -41,48 +43,20 @@ const TOO_VARIABLE: f64 = 10.0;
 const COMBINE_LIMIT: f64 = 3.0;
 
 /// Selects among `candidates`; `None` entries are not selectable and come out `Unusable`.
-pub fn select(candidates: &[Option<Candidate>]) -> Selection {
+/// `required[i]`: candidate `i` was configured with `require`; if any was, the clock is updated
+/// only while one of them is a truechimer.
+pub fn select(candidates: &[Option<Candidate>], required: &[bool]) -> Selection {
     let mut states = vec![SourceState::Unusable; candidates.len()];
     let usable: Vec<(usize, Candidate)> =
         candidates.iter().enumerate().filter_map(|(i, c)| c.map(|c| (i, c))).collect();
     if usable.is_empty() {
         return Selection { states, combined: None };
     }
-    // The intersection of the most intervals: sweep the interval edges, allowing f falsetickers
-    // for f = 0, 1, ... until a majority overlaps.
-    let n = usable.len();
-    let mut edges: Vec<(f64, i32)> = Vec::with_capacity(2 * n);
-    for (_, c) in &usable {
-        edges.push((c.offset - c.distance, -1));
-        edges.push((c.offset + c.distance, 1));
-    }
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut interval = None;
-    for allowed_false in 0..n.div_ceil(2).max(1) {
-        let needed = (n - allowed_false) as i32;
-        let (mut count, mut low) = (0, None);
-        for &(edge, kind) in &edges {
-            count -= kind;
-            if count >= needed {
-                low = Some(edge);
-                break;
-            }
-        }
-        let (mut count, mut high) = (0, None);
-        for &(edge, kind) in edges.iter().rev() {
-            count += kind;
-            if count >= needed {
-                high = Some(edge);
-                break;
-            }
-        }
-        if let (Some(low), Some(high)) = (low, high)
-            && low <= high
-        {
-            interval = Some((low, high));
-            break;
-        }
-    }
+    // Trusted sources decide among themselves where true time is; the others must agree.
+    let trusted: Vec<(usize, Candidate)> =
+        usable.iter().copied().filter(|(_, c)| c.trust).collect();
+    let interval =
+        if trusted.is_empty() { majority_interval(&usable) } else { majority_interval(&trusted) };
     let Some((low, high)) = interval else {
         // No majority agrees: nothing can be trusted.
         for (i, _) in &usable {
@@ -122,6 +96,8 @@ pub fn select(candidates: &[Option<Candidate>]) -> Selection {
     let Some((peer_index, peer)) = peer else {
         return Selection { states, combined: None };
     };
+    let requirement_met = !required.contains(&true)
+        || survivors.iter().any(|(i, _)| required.get(*i).copied().unwrap_or(false));
     // Combine the peer with the survivors not much worse than it, weighted by 1/distance.
     let mut weight_sum = 0.0;
     let (mut offset, mut frequency) = (0.0, 0.0);
@@ -144,7 +120,46 @@ pub fn select(candidates: &[Option<Candidate>]) -> Selection {
     let jitter = (combined.iter().map(|(_, c)| (c.offset - offset).powi(2)).sum::<f64>()
         / combined.len() as f64)
         .sqrt();
-    Selection { states, combined: Some(Combined { peer: peer_index, offset, frequency, jitter }) }
+    let combined =
+        requirement_met.then_some(Combined { peer: peer_index, offset, frequency, jitter });
+    Selection { states, combined }
+}
+
+/// The intersection of the most correctness intervals (Marzullo's algorithm as RFC 5905 uses
+/// it): allowing f falsetickers for f = 0, 1, ... until a majority overlaps.
+fn majority_interval(candidates: &[(usize, Candidate)]) -> Option<(f64, f64)> {
+    let n = candidates.len();
+    let mut edges: Vec<(f64, i32)> = Vec::with_capacity(2 * n);
+    for (_, c) in candidates {
+        edges.push((c.offset - c.distance, -1));
+        edges.push((c.offset + c.distance, 1));
+    }
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for allowed_false in 0..n.div_ceil(2).max(1) {
+        let needed = (n - allowed_false) as i32;
+        let (mut count, mut low) = (0, None);
+        for &(edge, kind) in &edges {
+            count -= kind;
+            if count >= needed {
+                low = Some(edge);
+                break;
+            }
+        }
+        let (mut count, mut high) = (0, None);
+        for &(edge, kind) in edges.iter().rev() {
+            count += kind;
+            if count >= needed {
+                high = Some(edge);
+                break;
+            }
+        }
+        if let (Some(low), Some(high)) = (low, high)
+            && low <= high
+        {
+            return Some((low, high));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -159,13 +174,14 @@ mod tests {
             frequency: 0.0,
             stratum: 1,
             prefer: false,
+            trust: false,
         })
     }
 
     #[test]
     fn one_falseticker_among_three_is_rejected() {
         let selection =
-            select(&[candidate(0.0, 1e-3), candidate(50e-3, 1e-3), candidate(0.2e-3, 1e-3)]);
+            select(&[candidate(0.0, 1e-3), candidate(50e-3, 1e-3), candidate(0.2e-3, 1e-3)], &[]);
         assert_eq!(selection.states[1], SourceState::Falseticker);
         let combined = selection.combined.unwrap();
         assert!(combined.offset.abs() < 0.2e-3, "{}", combined.offset);
@@ -175,7 +191,7 @@ mod tests {
 
     #[test]
     fn two_agreeing_sources_are_combined_and_the_closer_leads() {
-        let selection = select(&[candidate(1e-4, 2e-3), candidate(2e-4, 1e-3), None]);
+        let selection = select(&[candidate(1e-4, 2e-3), candidate(2e-4, 1e-3), None], &[]);
         assert_eq!(
             selection.states,
             [SourceState::Combined, SourceState::Selected, SourceState::Unusable]
@@ -186,7 +202,7 @@ mod tests {
 
     #[test]
     fn two_disagreeing_sources_give_nothing() {
-        let selection = select(&[candidate(0.0, 1e-3), candidate(1.0, 1e-3)]);
+        let selection = select(&[candidate(0.0, 1e-3), candidate(1.0, 1e-3)], &[]);
         assert_eq!(selection.combined, None);
         assert_eq!(selection.states, [SourceState::Falseticker, SourceState::Falseticker]);
     }
@@ -195,7 +211,7 @@ mod tests {
     fn a_jittery_source_is_not_combined() {
         let mut jittery = candidate(0.0, 1e-3).unwrap();
         jittery.jitter = 1e-2;
-        let selection = select(&[candidate(0.0, 1e-3), Some(jittery)]);
+        let selection = select(&[candidate(0.0, 1e-3), Some(jittery)], &[]);
         assert_eq!(selection.states[1], SourceState::TooVariable);
     }
 
@@ -203,7 +219,30 @@ mod tests {
     fn a_preferred_source_leads() {
         let mut preferred = candidate(1e-4, 2e-3).unwrap();
         preferred.prefer = true;
-        let selection = select(&[candidate(0.0, 1e-3), Some(preferred)]);
+        let selection = select(&[candidate(0.0, 1e-3), Some(preferred)], &[]);
         assert_eq!(selection.states[1], SourceState::Selected);
+    }
+
+    #[test]
+    fn a_trusted_source_outvotes_a_majority() {
+        let mut trusted = candidate(0.0, 1e-3).unwrap();
+        trusted.trust = true;
+        let selection =
+            select(&[Some(trusted), candidate(0.1, 1e-3), candidate(0.1005, 1e-3)], &[]);
+        assert_eq!(
+            selection.states,
+            [SourceState::Selected, SourceState::Falseticker, SourceState::Falseticker]
+        );
+    }
+
+    #[test]
+    fn without_a_required_source_nothing_is_combined() {
+        let sources = [candidate(0.0, 1e-3), candidate(50e-3, 1e-3), candidate(0.2e-3, 1e-3)];
+        // The required source is the falseticker: states are given, the clock is not updated.
+        let selection = select(&sources, &[false, true, false]);
+        assert_eq!(selection.states[1], SourceState::Falseticker);
+        assert_eq!(selection.combined, None);
+        // Required and a truechimer: combined as usual.
+        assert!(select(&sources, &[true, false, false]).combined.is_some());
     }
 }

@@ -1,14 +1,19 @@
-//! One upstream server: when to poll it, its requests and the checks on their replies, the
-//! reachability register, the clock filter, and its samples. Sans-IO: times and bytes in,
-//! requests and samples out.
+//! One source: an upstream server (when to poll it, its requests and the checks on their
+//! replies, the clock filter) or a reference clock (its median filter is `refclock`'s); the
+//! reachability register and the samples both have. Sans-IO: times and bytes in, requests and
+//! samples out.
 
 use std::net::SocketAddr;
 
 use ntp_common::wire::{HEADER_LEN, Leap, Mode, NtpHeader, NtpTimestamp, ReferenceId, offset};
 
-use super::regression::{Estimate, Sample, SampleSet, seconds_between};
+use super::{
+    refclock::ReferenceClock,
+    reference_id_of,
+    regression::{Estimate, Sample, SampleSet, seconds_between},
+};
 
-/// What `server` / `pool` say about polling a source.
+/// What `server`, `pool` and `refclock` say about polling and selecting a source.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PollSettings {
     pub minpoll: i8,
@@ -16,6 +21,10 @@ pub struct PollSettings {
     pub iburst: bool,
     pub prefer: bool,
     pub noselect: bool,
+    /// Its time is taken as true: only another trusted source can outvote it (`trust`).
+    pub trust: bool,
+    /// The clock is updated only while one of the `require` sources is selectable.
+    pub require: bool,
     /// Samples with a longer round trip are ignored, s.
     pub maxdelay: f64,
 }
@@ -28,6 +37,8 @@ impl Default for PollSettings {
             iburst: false,
             prefer: false,
             noselect: false,
+            trust: false,
+            require: false,
             maxdelay: 3.0,
         }
     }
@@ -151,7 +162,11 @@ pub const PHI: f64 = 15e-6;
 
 pub struct Source {
     pub name: String,
+    /// The server's address; a reference clock's reference ID as an IPv4 address (as chronyc's
+    /// protocol carries it), port 0.
     pub address: SocketAddr,
+    /// A reference clock's filter and settings (None: a server).
+    pub reference_clock: Option<ReferenceClock>,
     pub settings: PollSettings,
     /// log2 of the poll interval, s.
     pub poll: i8,
@@ -189,6 +204,7 @@ impl Source {
         Self {
             name,
             address,
+            reference_clock: None,
             settings,
             poll: settings.minpoll,
             reach: 0,
@@ -214,6 +230,42 @@ impl Source {
         }
     }
 
+    /// A reference clock, polled by its driver: it sends no requests.
+    pub fn reference_clock(
+        name: String,
+        clock: ReferenceClock,
+        settings: PollSettings,
+        now_ns: i64,
+    ) -> Self {
+        let reference_id = clock.settings.reference_id;
+        let address = SocketAddr::new(reference_id.to_bits().into(), 0);
+        debug_assert_eq!(reference_id_of(address.ip()), reference_id);
+        let poll = clock.settings.poll;
+        let stratum = clock.settings.stratum;
+        let settings = PollSettings { minpoll: poll, maxpoll: poll, iburst: false, ..settings };
+        Self {
+            reference_clock: Some(clock),
+            stratum,
+            reference_id,
+            ..Self::new(name, address, settings, now_ns)
+        }
+    }
+
+    /// A reference clock's poll, with what its filter gave (None: nothing usable): the reach
+    /// register shifts in whether the driver read anything, and a sample is kept.
+    pub fn reference_clock_polled(&mut self, reached: bool, sample: Option<Sample>, now_ns: i64) {
+        self.reach = self.reach << 1 | u8::from(reached);
+        let Some(clock) = &self.reference_clock else { return };
+        let Some(sample) = sample else { return };
+        self.leap = clock.leap;
+        self.stratum = clock.settings.stratum;
+        self.last_rx_ns = Some(now_ns);
+        self.last_sample = Some(sample);
+        self.samples.push(sample);
+        self.estimate = self.samples.estimate();
+        self.exchanges.good = self.exchanges.good.wrapping_add(1);
+    }
+
     fn poll_interval_ns(&self) -> i64 {
         (2f64.powi(i32::from(self.poll)) * 1e9) as i64
     }
@@ -226,7 +278,7 @@ impl Source {
     /// A request if one is due at `now_ns`, with `random` as its transmit timestamp (so that a
     /// reply must echo something unguessable). The request in flight, if any, is abandoned.
     pub fn poll(&mut self, now_ns: i64, random: u64) -> Option<Request> {
-        if self.refused || now_ns < self.next_poll_ns {
+        if self.refused || self.reference_clock.is_some() || now_ns < self.next_poll_ns {
             return None;
         }
         // A request without a reply: the register shifts in a zero.
@@ -433,6 +485,9 @@ impl Source {
 
     /// Shifts the source's samples by `delta` (the local raw timescale moved).
     pub fn shift(&mut self, delta: f64) {
+        if let Some(clock) = &mut self.reference_clock {
+            clock.shift(delta);
+        }
         self.samples.shift(delta);
         self.estimate = self.samples.estimate();
     }

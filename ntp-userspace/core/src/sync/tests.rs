@@ -126,12 +126,24 @@ fn reply_to(
     .to_bytes()
 }
 
+/// A simulated reference clock's driver: it reads once a second.
+struct Device {
+    source: SourceId,
+    /// Its time minus true time, s.
+    error: f64,
+    /// Pulses only (a PPS line), not a time of day.
+    pulses: bool,
+    reading: bool,
+    poll: i8,
+}
+
 struct Simulation {
     /// Unix time of true time 0, ns.
     start_ns: i64,
     sync: Synchroniser,
     clock: LocalClock,
     upstreams: Vec<Upstream>,
+    devices: Vec<Device>,
     network: Network,
     rng: Rng,
     in_flight: Vec<InFlight>,
@@ -175,6 +187,7 @@ impl Simulation {
             sync: Synchroniser::new(settings, discipline, None, system),
             clock,
             upstreams: Vec::new(),
+            devices: Vec::new(),
             // Round trips of 100 to 200 us.
             network: Network { base: 50e-6, jitter: 50e-6, rng: Rng(7) },
             rng: Rng(11),
@@ -210,6 +223,51 @@ impl Simulation {
         self.sync.add_source(address.to_string(), address, settings, system);
     }
 
+    /// A reference clock reading true time plus `error` (pulses: only its fraction of a
+    /// second), polled every 2^`poll` s.
+    fn add_device(&mut self, error: f64, pulses: bool, clock: ClockSettings) -> SourceId {
+        let poll = clock.poll;
+        let system = self.system_ns();
+        let source = self.sync.add_reference_clock(clock, PollSettings::default(), system);
+        // Keeps the upstreams indexed by source.
+        self.upstreams.push(Upstream {
+            address: "0.0.0.0:0".parse().unwrap(),
+            error: 0.0,
+            stratum: 0,
+            leap: Leap::NoWarning,
+            answering: false,
+        });
+        self.devices.push(Device { source, error, pulses, reading: true, poll });
+        source
+    }
+
+    /// The devices read at each whole second and are polled at their poll.
+    fn read_devices(&mut self) {
+        if self.now.fract() != 0.0 {
+            return;
+        }
+        let system = self.system_ns();
+        let system_s = self.clock.system(self.now);
+        for device in &self.devices {
+            if device.reading {
+                let offset = self.now + device.error - system_s;
+                let reading = if device.pulses {
+                    // The system clock's time past the device's second.
+                    let second = (system_s - (self.now + device.error)).rem_euclid(1.0);
+                    Reading::Pulse { system_ns: system, second }
+                } else {
+                    Reading::Time { system_ns: system, offset, leap: Leap::NoWarning }
+                };
+                let _ = self.sync.reference_clock_reading(device.source, reading, system);
+            }
+            if (self.now as i64) % (1 << device.poll) == 0
+                && self.sync.poll_reference_clock(device.source, system).is_some()
+            {
+                self.updates += 1;
+            }
+        }
+    }
+
     /// Runs for `seconds` of true time in 1/8 s steps, exchanging what is due. Replies are
     /// delivered in order of arrival, so that the clock is only ever advanced.
     fn run(&mut self, seconds: f64) {
@@ -228,6 +286,7 @@ impl Simulation {
             }
             self.now = next;
             self.clock.advance(self.now);
+            self.read_devices();
             let system = self.system_ns();
             let rng = &mut self.rng;
             for (source, request) in self.sync.poll(system, || rng.next()) {
@@ -564,4 +623,149 @@ fn the_residual_frequency_is_the_reference_sources_estimate_against_the_one_in_u
     assert_eq!(combined.iter().filter(used).count(), 2, "both sources combined: {combined:?}");
     let residual = tracking.residual_frequency_ppm;
     assert!((0.02..0.3).contains(&residual.abs()), "two sources: residual {residual} ppm");
+}
+
+fn gps() -> ClockSettings {
+    ClockSettings { poll: 2, ..ClockSettings::new(ReferenceId::from_bits(*b"GPS\0")) }
+}
+
+#[test]
+fn a_reference_clock_makes_the_server_stratum_1_with_its_reference_id() {
+    // `-x`, the system clock 50 ppm fast from 10 ms ahead; a GPS read each second, polled
+    // every 4 s.
+    let clock = LocalClock::Free { frequency: 50e-6, offset: 10e-3 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_device(0.0, false, gps());
+    simulation.run(120.0);
+    let error = simulation.served_error();
+    assert!(error.abs() < 5e-6, "served time error {error}");
+    let header = simulation.sync.served(simulation.system_ns()).header.expect("synchronised");
+    assert_eq!((header.stratum, header.reference_id), (1, ReferenceId::from_bits(*b"GPS\0")));
+    let tracking = simulation.sync.tracking(simulation.system_ns());
+    assert_eq!((tracking.reference_id, tracking.reference_name.as_str()), (0x4750_5300, "GPS"));
+    let sources = simulation.sync.sources(simulation.system_ns());
+    assert!(sources[0].reference_clock);
+    assert_eq!(
+        (sources[0].state, sources[0].reach, sources[0].poll),
+        (SourceState::Selected, 0o377, 2)
+    );
+    assert_eq!(sources[0].address, IpAddr::from(*b"GPS\0"));
+}
+
+#[test]
+fn the_offset_option_moves_the_served_time_by_it() {
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_device(0.0, false, ClockSettings { offset: 0.2, ..gps() });
+    simulation.run(60.0);
+    let error = simulation.served_error();
+    assert!((error - 0.2).abs() < 5e-6, "served time error {error}");
+}
+
+#[test]
+fn a_clock_100_ms_off_is_outvoted_by_a_server_and_another_clock() {
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 2);
+    let good = simulation.add_device(0.0, false, gps());
+    let bad = simulation.add_device(
+        0.1,
+        false,
+        ClockSettings { reference_id: ReferenceId::from_bits(*b"BAD\0"), ..gps() },
+    );
+    simulation.run(120.0);
+    let sources = simulation.sync.sources(simulation.system_ns());
+    assert_eq!(sources[bad].state, SourceState::Falseticker);
+    assert_eq!(sources[good].state, SourceState::Selected, "stratum 0 leads the stratum 1 server");
+    assert!(simulation.served_error().abs() < 50e-6);
+}
+
+#[test]
+fn a_stopped_clock_is_held_over_then_the_server_is_unsynchronised_then_it_recovers() {
+    // maxdistance 10 ms and an error growing 100 us/s: about 100 s of holdover.
+    let settings =
+        SyncSettings { max_distance: 0.01, clock_error: 100e-6, ..SyncSettings::default() };
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, settings);
+    simulation.add_device(0.0, false, gps());
+    simulation.run(60.0);
+    assert!(simulation.sync.served(simulation.system_ns()).header.is_some());
+    simulation.devices[0].reading = false;
+    simulation.run(40.0);
+    // Eight polls without readings: unreachable, yet the time is served in holdover.
+    let sources = simulation.sync.sources(simulation.system_ns());
+    assert_eq!((sources[0].reach, sources[0].state), (0, SourceState::Unusable));
+    assert!(simulation.sync.served(simulation.system_ns()).header.is_some(), "holdover");
+    simulation.run(80.0);
+    assert_eq!(simulation.sync.served(simulation.system_ns()).header, None);
+    simulation.devices[0].reading = true;
+    simulation.run(12.0);
+    assert!(simulation.sync.served(simulation.system_ns()).header.is_some(), "resynchronised");
+}
+
+#[test]
+fn pulses_locked_to_a_coarse_clock_give_the_time_to_microseconds() {
+    // NMEA sentences arrive 123 ms late (as the lock, noselect); the PPS line is exact.
+    let clock = LocalClock::Free { frequency: 20e-6, offset: 0.3 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    let nmea = ReferenceId::from_bits(*b"NMEA");
+    let nmea_settings = ClockSettings { reference_id: nmea, ..gps() };
+    simulation.add_device(-0.123, false, nmea_settings);
+    let pps = ClockSettings {
+        reference_id: ReferenceId::from_bits(*b"PPS\0"),
+        lock: Some(nmea),
+        ..gps()
+    };
+    let pps = simulation.add_device(0.0, true, pps);
+    simulation.sync.sources[0].settings.noselect = true;
+    simulation.run(120.0);
+    let error = simulation.served_error();
+    assert!(error.abs() < 5e-6, "served time error {error}");
+    let header = simulation.sync.served(simulation.system_ns()).header.unwrap();
+    assert_eq!(header.reference_id, ReferenceId::from_bits(*b"PPS\0"));
+    assert_eq!(simulation.sync.sources(simulation.system_ns())[pps].state, SourceState::Selected);
+}
+
+#[test]
+fn pulses_without_a_lock_wait_for_the_server_to_tell_the_second() {
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.3 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    simulation.add_upstream(0.0, 2);
+    let pps = ClockSettings { reference_id: ReferenceId::from_bits(*b"PPS\0"), ..gps() };
+    let pps = simulation.add_device(0.0, true, pps);
+    // While the server does not answer, the pulses reach but are of no use.
+    simulation.upstreams[0].answering = false;
+    simulation.run(8.0);
+    assert_eq!(simulation.sync.sources(simulation.system_ns())[pps].reach & 1, 1);
+    assert_eq!(simulation.sync.source(pps).estimate, None);
+    simulation.upstreams[0].answering = true;
+    simulation.run(120.0);
+    let sources = simulation.sync.sources(simulation.system_ns());
+    assert_eq!(sources[pps].state, SourceState::Selected);
+    assert!(simulation.served_error().abs() < 20e-6, "{}", simulation.served_error());
+}
+
+#[test]
+fn a_tai_clock_is_read_as_utc_through_the_leap_second_table() {
+    let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
+    let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
+    // TAI - UTC = 37 s since 2017.
+    simulation.sync.leap_table =
+        Some(LeapTable::parse("3692217600 37 # 1 Jan 2017\n#@ 4000000000\n").unwrap());
+    let phc = ClockSettings { tai: true, ..gps() };
+    simulation.add_device(37.0, false, phc);
+    simulation.run(60.0);
+    let error = simulation.served_error();
+    assert!(error.abs() < 5e-6, "served time error {error}");
+    // Without the table, no sample is taken.
+    let mut simulation = Simulation::new(
+        LocalClock::Free { frequency: 0.0, offset: 0.0 },
+        false,
+        None,
+        SyncSettings::default(),
+    );
+    let phc = simulation.add_device(37.0, false, ClockSettings { tai: true, ..gps() });
+    simulation.run(20.0);
+    assert_eq!(simulation.sync.served(simulation.system_ns()).header, None);
+    assert_eq!(simulation.sync.source(phc).estimate, None);
 }

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     access::AccessRule,
-    sync::{discipline::MakeStep, source::PollSettings},
+    sync::{discipline::MakeStep, refclock::ClockSettings, source::PollSettings},
 };
 use crate::{client_log::RateLimitConfig, control::AttachMode, reference::LocalReference};
 
@@ -125,6 +125,64 @@ pub struct SourceConfig {
     pub nts: bool,
 }
 
+/// A reference clock's driver, with its options (`PARAMETER[:OPTION]...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefclockDriver {
+    /// `SHM UNIT[:perm=MODE]`: the NTP shared-memory segment of key 0x4E545030 + unit that gpsd,
+    /// ntpd's tools and phc2sys write, created with `perm` (octal, 0600) if it does not exist.
+    Shm { unit: u32, perm: u32 },
+    /// `SOCK PATH`: chrony's `sock_sample` datagrams on a Unix socket ntpxd creates.
+    Sock { path: PathBuf },
+    /// `PPS DEVICE[:clear]`: the Linux PPS API, the assert (or clear) edge.
+    Pps { device: PathBuf, clear: bool },
+    /// `PHC DEVICE[:nocrossts][:extpps][:pin=N][:channel=N][:clear]`: a PTP hardware clock.
+    Phc { device: PathBuf, nocrossts: bool, extpps: Option<ExternalPulse> },
+}
+
+impl RefclockDriver {
+    /// chrony's name of the driver.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Shm { .. } => "SHM",
+            Self::Sock { .. } => "SOCK",
+            Self::Pps { .. } => "PPS",
+            Self::Phc { .. } => "PHC",
+        }
+    }
+}
+
+/// A PHC's `extpps`: pulses time-stamped by the PHC on an input pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalPulse {
+    pub pin: u32,
+    pub channel: u32,
+    /// The falling edge rather than the rising one.
+    pub clear: bool,
+}
+
+/// `refclock DRIVER PARAMETER[:OPTION]... [OPTION]...`.
+#[derive(Clone, Debug)]
+pub struct RefclockConfig {
+    pub driver: RefclockDriver,
+    pub clock: ClockSettings,
+    /// `prefer`, `noselect`, `trust`, `require`.
+    pub selection: PollSettings,
+    /// log2 of the interval the driver is read at, s (`dpoll`, 0; at most `poll`).
+    pub dpoll: i8,
+    /// `precision` as given (0: the system clock's).
+    pub precision: f64,
+    /// Where it was written, for errors met when the driver starts; not part of its meaning.
+    pub location: Location,
+}
+
+impl PartialEq for RefclockConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let Self { driver, clock, selection, dpoll, precision, location: _ } = self;
+        (driver, clock, selection, dpoll, precision)
+            == (&other.driver, &other.clock, &other.selection, &other.dpoll, &other.precision)
+    }
+}
+
 /// Where leap seconds come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeapSecondSource {
@@ -138,6 +196,7 @@ pub enum LeapSecondSource {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyncConfig {
     pub sources: Vec<SourceConfig>,
+    pub refclocks: Vec<RefclockConfig>,
     pub makestep: Option<MakeStep>,
     /// `maxdistance`, s.
     pub max_distance: f64,
@@ -156,6 +215,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             sources: Vec::new(),
+            refclocks: Vec::new(),
             makestep: None,
             max_distance: 3.0,
             max_clock_error_ppm: 1.0,

@@ -13,7 +13,7 @@ use super::{
     include::{expand_glob, files_in},
     values::{
         one, parse_access, parse_local, parse_number, parse_positive, parse_rate_limit,
-        parse_source,
+        parse_refclock, parse_source,
     },
 };
 use crate::{access::Access, sync::discipline::MakeStep};
@@ -31,7 +31,7 @@ enum Unsupported {
 fn unsupported(directive: &str) -> Option<Unsupported> {
     use Unsupported::{NoEffect, NotYet};
     Some(match directive {
-        "peer" | "refclock" | "leapsecmode" | "maxupdateskew" | "maxchange" | "maxdrift"
+        "peer" | "leapsecmode" | "maxupdateskew" | "maxchange" | "maxdrift"
         | "maxslewrate" | "minsources" | "maxjitter" | "minsamples" | "maxsamples"
         | "combinelimit" | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift"
         | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
@@ -107,6 +107,24 @@ impl Parser {
                     rate_limit.line, no_client_log.line
                 ),
             });
+        }
+        for refclock in &self.config.sync.refclocks {
+            let error = |message: String| ConfigError { location: refclock.location.clone(), message };
+            if refclock.clock.tai && self.config.sync.leap_seconds.is_none() {
+                return Err(error("refclock tai needs leapsectz or leapseclist".into()));
+            }
+            if let Some(lock) = refclock.clock.lock {
+                let lockable = self.config.sync.refclocks.iter().any(|other| {
+                    other.clock.reference_id == lock
+                        && other.clock.reference_id != refclock.clock.reference_id
+                });
+                if !lockable {
+                    return Err(error(format!(
+                        "lock {} names no other refclock",
+                        crate::sync::reference_id_name(lock)
+                    )));
+                }
+            }
         }
         Ok(Loaded { config: self.config, warnings: self.warnings })
     }
@@ -283,6 +301,24 @@ impl Parser {
                     );
                 }
                 self.config.sync.sources.push(source);
+            }
+            "refclock" => {
+                let index = config.sync.refclocks.len();
+                let (refclock, ignored) = parse_refclock(args, index, location)?;
+                for option in ignored {
+                    self.warn(
+                        location,
+                        &format!("refclock option `{option}` is not implemented by ntpxd; ignored"),
+                    );
+                }
+                let id = refclock.clock.reference_id;
+                if self.config.sync.refclocks.iter().any(|r| r.clock.reference_id == id) {
+                    return Err(format!(
+                        "refid {} is given to another refclock",
+                        crate::sync::reference_id_name(id)
+                    ));
+                }
+                self.config.sync.refclocks.push(refclock);
             }
             "makestep" => {
                 let [threshold, limit] = args else {

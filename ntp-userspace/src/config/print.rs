@@ -4,12 +4,14 @@
 use std::fmt;
 
 use super::model::{
-    ChronycConfig, ClientLogSize, Config, LeapSecondSource, NtsServerConfig, SourceConfig,
-    SourceKind, SyncConfig, XdpInterface,
+    ChronycConfig, ClientLogSize, Config, ExternalPulse, LeapSecondSource, NtsServerConfig,
+    RefclockConfig, RefclockDriver, SourceConfig, SourceKind, SyncConfig, XdpInterface,
 };
 use crate::{
     access::{Access, AccessRule, Subnet},
-    sync::{discipline::MakeStep, source::PollSettings},
+    sync::{
+        discipline::MakeStep, reference_id_name, refclock::ClockSettings, source::PollSettings,
+    },
 };
 use crate::{client_log::RateLimitConfig, reference::LocalReference};
 
@@ -129,6 +131,7 @@ impl fmt::Display for SyncConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self {
             sources,
+            refclocks,
             makestep,
             max_distance,
             max_clock_error_ppm,
@@ -139,7 +142,16 @@ impl fmt::Display for SyncConfig {
             nts_system_certs,
         } = self;
         for SourceConfig { kind, name, port, poll, nts } in sources {
-            let PollSettings { minpoll, maxpoll, iburst, prefer, noselect, maxdelay } = poll;
+            let PollSettings {
+                minpoll,
+                maxpoll,
+                iburst,
+                prefer,
+                noselect,
+                trust,
+                require,
+                maxdelay,
+            } = poll;
             match kind {
                 SourceKind::Server => write!(f, "server {name}")?,
                 SourceKind::Pool { max_sources } => {
@@ -147,14 +159,19 @@ impl fmt::Display for SyncConfig {
                 }
             }
             write!(f, " port {port} minpoll {minpoll} maxpoll {maxpoll} maxdelay {maxdelay}")?;
-            let flags =
-                [("iburst", iburst), ("prefer", prefer), ("noselect", noselect), ("nts", nts)];
-            for (flag, on) in flags {
-                if *on {
-                    write!(f, " {flag}")?;
-                }
-            }
+            let flags = [
+                ("iburst", iburst),
+                ("prefer", prefer),
+                ("noselect", noselect),
+                ("trust", trust),
+                ("require", require),
+                ("nts", nts),
+            ];
+            write_flags(f, &flags)?;
             writeln!(f)?;
+        }
+        for refclock in refclocks {
+            writeln!(f, "{refclock}")?;
         }
         if let Some(MakeStep { threshold, limit }) = makestep {
             writeln!(f, "makestep {threshold} {limit}")?;
@@ -180,4 +197,78 @@ impl fmt::Display for SyncConfig {
         }
         Ok(())
     }
+}
+
+impl fmt::Display for RefclockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { driver, clock, selection, dpoll, precision, location: _ } = self;
+        match driver {
+            RefclockDriver::Shm { unit, perm } => write!(f, "refclock SHM {unit}:perm={perm:o}")?,
+            RefclockDriver::Sock { path } => write!(f, "refclock SOCK {}", path.display())?,
+            RefclockDriver::Pps { device, clear } => {
+                write!(f, "refclock PPS {}{}", device.display(), if *clear { ":clear" } else { "" })?
+            }
+            RefclockDriver::Phc { device, nocrossts, extpps } => {
+                write!(f, "refclock PHC {}", device.display())?;
+                if *nocrossts {
+                    write!(f, ":nocrossts")?;
+                }
+                if let Some(ExternalPulse { pin, channel, clear }) = extpps {
+                    write!(f, ":extpps:pin={pin}:channel={channel}")?;
+                    if *clear {
+                        write!(f, ":clear")?;
+                    }
+                }
+            }
+        }
+        let ClockSettings {
+            reference_id,
+            poll,
+            filter,
+            rate,
+            lock,
+            max_lock_age,
+            offset,
+            delay,
+            precision: _,
+            max_dispersion,
+            stratum,
+            tai,
+            pulses_only,
+        } = clock;
+        write!(
+            f,
+            " refid {} poll {poll} dpoll {dpoll} filter {filter} rate {rate} maxlockage \
+             {max_lock_age} offset {offset} delay {delay} stratum {stratum}",
+            reference_id_name(*reference_id)
+        )?;
+        if let Some(lock) = lock {
+            write!(f, " lock {}", reference_id_name(*lock))?;
+        }
+        if *precision > 0.0 {
+            write!(f, " precision {precision}")?;
+        }
+        if *max_dispersion > 0.0 {
+            write!(f, " maxdispersion {max_dispersion}")?;
+        }
+        let flags = [
+            ("tai", tai),
+            ("pps", pulses_only),
+            ("prefer", &selection.prefer),
+            ("noselect", &selection.noselect),
+            ("trust", &selection.trust),
+            ("require", &selection.require),
+        ];
+        write_flags(f, &flags)
+    }
+}
+
+/// Each flag that is on, as a word after a space.
+fn write_flags(f: &mut fmt::Formatter<'_>, flags: &[(&str, &bool)]) -> fmt::Result {
+    for (flag, on) in flags {
+        if **on {
+            write!(f, " {flag}")?;
+        }
+    }
+    Ok(())
 }

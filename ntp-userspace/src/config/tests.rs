@@ -184,7 +184,11 @@ fn the_printed_configuration_reads_back_the_same() {
     let text = "local stratum 8 distance 0.25\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
         port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nuser _ntpx\nxdp eth0\nxdp eth1 generic\n\
         ratelimit interval 2 kod 1\nclientlog entries 77\n\
-        server 192.0.2.1 iburst minpoll 2\npool p.example maxsources 2 noselect\n\
+        server 192.0.2.1 iburst minpoll 2 trust\npool p.example maxsources 2 noselect require\n\
+        refclock SHM 0:perm=0644 refid NMEA offset 0.2 delay 0.1 noselect\n\
+        refclock PPS /dev/pps0:clear lock NMEA rate 2 prefer precision 1e-7\n\
+        refclock PHC /dev/ptp0:nocrossts:extpps:pin=1 poll 0 dpoll -2 tai stratum 1\n\
+        refclock SOCK /run/ntpx/gps.sock maxdispersion 0.01 filter 8 trust require\n\
         makestep 1 3\nmaxdistance 2\ndriftfile /tmp/drift\nrtcsync\nleapsectz right/UTC\n\
         bindcmdaddress 0.0.0.0\ncmdport 1323\ncmdallow 192.0.2.0/24\ncmddeny all 192.0.2.7\n\
         chronycsocket none\nmetricsaddress [::1]:9975\nntsservercert /c.pem\nntsserverkey /k.pem\n\
@@ -272,6 +276,8 @@ fn reads_sources_and_the_discipline() {
             iburst: true,
             prefer: true,
             noselect: false,
+            trust: false,
+            require: false,
             maxdelay: 0.05
         }
     );
@@ -325,3 +331,66 @@ fn a_reload_applies_the_rules_and_keeps_what_needs_a_restart() {
     assert!(nothing.is_empty());
     assert_eq!(unchanged, old);
 }
+
+#[test]
+fn reads_refclocks_with_chronys_defaults_and_options() {
+    use ntp_common::wire::ReferenceId;
+    let config = parse_text(
+        "refclock SHM 0 refid GPS\n\
+         refclock SHM 1:perm=0644 offset 0.2 delay 0.2\n\
+         refclock PPS /dev/pps0 lock GPS refid PPS prefer\n\
+         refclock PHC /dev/ptp0 poll 0 dpoll -2 tai\n\
+         refclock SOCK /run/ntpx/ttyS0.sock\n\
+         leapsectz right/UTC\n",
+    )
+    .unwrap()
+    .config;
+    let [gps, shm1, pps, phc, sock] = &config.sync.refclocks[..] else { panic!("five refclocks") };
+    assert_eq!(gps.driver, RefclockDriver::Shm { unit: 0, perm: 0o600 });
+    assert_eq!(gps.clock.reference_id, ReferenceId::from_bits(*b"GPS\0"));
+    assert_eq!((gps.clock.poll, gps.dpoll, gps.clock.filter, gps.clock.rate), (4, 0, 64, 1));
+    assert_eq!((gps.clock.delay, gps.clock.stratum, gps.clock.max_lock_age), (1e-9, 0, 2));
+    // Unnamed, a refclock is called by its driver and its place, as chrony calls it.
+    assert_eq!(shm1.clock.reference_id, ReferenceId::from_bits(*b"SHM1"));
+    assert_eq!(shm1.driver, RefclockDriver::Shm { unit: 1, perm: 0o644 });
+    assert_eq!((shm1.clock.offset, shm1.clock.delay), (0.2, 0.2));
+    assert!(pps.clock.pulses_only && pps.selection.prefer);
+    assert_eq!(pps.clock.lock, Some(ReferenceId::from_bits(*b"GPS\0")));
+    assert_eq!((phc.clock.poll, phc.dpoll, phc.clock.tai), (0, -2, true));
+    assert_eq!(phc.clock.reference_id, ReferenceId::from_bits(*b"PHC3"));
+    assert_eq!(sock.driver, RefclockDriver::Sock { path: "/run/ntpx/ttyS0.sock".into() });
+    assert_eq!(sock.clock.reference_id, ReferenceId::from_bits(*b"SOC4"));
+    assert_eq!(gps.location.line, 1);
+    assert_eq!(sock.location.line, 5);
+}
+
+#[test]
+fn bad_refclock_lines_are_errors_with_file_and_line() {
+    for (text, message) in [
+        ("refclock GPS 0", "test.conf:1: unknown refclock driver `GPS`"),
+        ("refclock SHM", "test.conf:1: usage: refclock DRIVER"),
+        ("refclock SHM zero", "not a shared memory unit"),
+        ("refclock SHM 0:perm=999", "perm=999 is not a number"),
+        ("refclock SHM 0:mode=600", "refclock SHM has no driver option `mode`"),
+        ("refclock PPS pps0", "refclock PPS needs a path"),
+        ("refclock PHC /dev/ptp0:pin", "option pin needs =VALUE"),
+        ("refclock SHM 0 poll", "poll needs a poll exponent"),
+        ("refclock SHM 0 poll 40", "poll exponent is -6 to 12"),
+        ("refclock SHM 0 refid TOOLONG", "1 to 4 ASCII characters"),
+        ("refclock SHM 0 frobnicate", "unknown refclock option `frobnicate`"),
+        ("refclock SHM 0 rate 0", "rate must be at least 1"),
+        ("refclock SHM 0 local", "not supported"),
+        ("refclock RTC /dev/rtc0", "RTC reference clock driver is not supported"),
+        ("refclock SHM 0 refid GPS\nrefclock SHM 1 refid GPS", "test.conf:2: refid GPS is given"),
+        ("\nrefclock PHC /dev/ptp0 tai", "test.conf:2: refclock tai needs leapsectz"),
+        ("refclock PPS /dev/pps0 lock NMEA", "test.conf:1: lock NMEA names no other refclock"),
+        ("refclock PPS /dev/pps0 refid PPS lock PPS", "lock PPS names no other refclock"),
+    ] {
+        let error = error_of(text);
+        assert!(error.contains(message), "{text}: {error}");
+    }
+    // chrony's options ntpxd does not act on are warnings.
+    let loaded = parse_text("refclock SHM 0 width 0.1 minsamples 4").unwrap();
+    assert_eq!(loaded.warnings.len(), 2);
+}
+

@@ -1,13 +1,21 @@
 //! The values directives take: numbers, polls, sources' options, rate limits, `local`, access
 //! rules and chrony's address forms.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
-use super::model::{DEFAULT_NTP_PORT, SourceConfig, SourceKind};
+use ntp_common::wire::ReferenceId;
+
+use super::model::{
+    DEFAULT_NTP_PORT, ExternalPulse, Location, RefclockConfig, RefclockDriver, SourceConfig,
+    SourceKind,
+};
 use super::resolve;
 use crate::{
     access::{Access, AccessRule, Subnet},
-    sync::source::PollSettings,
+    sync::{refclock::ClockSettings, source::PollSettings},
 };
 use crate::{client_log::RateLimitConfig, reference::LocalReference};
 
@@ -35,8 +43,6 @@ pub(super) fn parse_positive(word: &str, what: &str) -> Result<f64, String> {
 pub(super) const IGNORED_SOURCE_OPTIONS: &[(&str, bool)] = &[
     // (option, takes a value)
     ("burst", false),
-    ("trust", false),
-    ("require", false),
     ("offline", false),
     ("auto_offline", false),
     ("xleave", false),
@@ -81,6 +87,8 @@ pub(super) fn parse_source(
             "iburst" => poll.iburst = true,
             "prefer" => poll.prefer = true,
             "noselect" => poll.noselect = true,
+            "trust" => poll.trust = true,
+            "require" => poll.require = true,
             "minpoll" => poll.minpoll = parse_poll(value("a poll exponent")?)?,
             "maxpoll" => poll.maxpoll = parse_poll(value("a poll exponent")?)?,
             "maxdelay" => poll.maxdelay = parse_positive(value("a delay in seconds")?, "a delay")?,
@@ -118,6 +126,180 @@ pub(super) fn parse_source(
         _ => SourceKind::Server,
     };
     Ok((SourceConfig { kind, name: (*name).to_owned(), port, poll, nts }, ignored))
+}
+
+/// chrony's `refclock` options that ntpxd accepts without acting on them (all take a value).
+const IGNORED_REFCLOCK_OPTIONS: &[&str] = &["minsamples", "maxsamples", "maxunreach", "width"];
+
+/// `refclock DRIVER PARAMETER[:OPTION]... [OPTION]...`, the `index`th refclock (which names it
+/// by default, as chrony does: "SHM0", "SOC1", "PPS2"); and the options ignored.
+pub(super) fn parse_refclock(
+    args: &[&str],
+    index: usize,
+    location: &Location,
+) -> Result<(RefclockConfig, Vec<String>), String> {
+    let [driver, parameter, options @ ..] = args else {
+        return Err("usage: refclock DRIVER PARAMETER[:OPTION]... [OPTION]...".into());
+    };
+    let driver_name = driver.to_ascii_uppercase();
+    let driver = parse_refclock_driver(&driver_name, parameter)?;
+    let mut default_id = [0u8; 4];
+    for (byte, name) in default_id.iter_mut().zip(driver_name.bytes().take(3)) {
+        *byte = name;
+    }
+    default_id[3] = b'0' + (index % 10) as u8;
+    if index >= 10 {
+        default_id[2] = b'0' + (index / 10 % 10) as u8;
+    }
+    let mut clock = ClockSettings::new(ReferenceId::from_bits(default_id));
+    clock.pulses_only = matches!(driver, RefclockDriver::Pps { .. });
+    let mut selection = PollSettings::default();
+    let (mut dpoll, mut precision) = (0, 0.0);
+    let mut ignored = Vec::new();
+    let mut options = options.iter();
+    while let Some(option) = options.next() {
+        let mut value = |what: &str| {
+            options.next().copied().ok_or_else(|| format!("{option} needs {what}"))
+        };
+        match option.to_ascii_lowercase().as_str() {
+            "refid" => clock.reference_id = parse_reference_id(value("a reference ID")?)?,
+            "lock" => clock.lock = Some(parse_reference_id(value("a reference ID")?)?),
+            "poll" => clock.poll = parse_refclock_poll(value("a poll exponent")?)?,
+            "dpoll" => dpoll = parse_refclock_poll(value("a poll exponent")?)?,
+            "filter" => clock.filter = parse_number(value("a length")?, "a filter length")?,
+            "rate" => {
+                clock.rate = parse_number(value("pulses per second")?, "a pulse rate")?;
+                if clock.rate == 0 {
+                    return Err("rate must be at least 1".into());
+                }
+            }
+            "maxlockage" => {
+                clock.max_lock_age = parse_number(value("a number of pulses")?, "a number")?
+            }
+            "offset" => clock.offset = parse_seconds(value("seconds")?)?,
+            "delay" => clock.delay = parse_positive(value("seconds")?, "a delay")?,
+            "precision" => precision = parse_positive(value("seconds")?, "a precision")?,
+            "maxdispersion" => {
+                clock.max_dispersion = parse_positive(value("seconds")?, "a dispersion")?
+            }
+            "stratum" => {
+                clock.stratum = parse_number(value("a stratum")?, "a stratum")?;
+                if clock.stratum > 15 {
+                    return Err("a reference clock's stratum is 0 to 15".into());
+                }
+            }
+            "tai" => clock.tai = true,
+            "pps" => clock.pulses_only = true,
+            "prefer" => selection.prefer = true,
+            "noselect" => selection.noselect = true,
+            "trust" => selection.trust = true,
+            "require" => selection.require = true,
+            "local" => {
+                return Err("`local` (a free-running reference clock) is not supported by ntpxd"
+                    .into());
+            }
+            other if IGNORED_REFCLOCK_OPTIONS.contains(&other) => {
+                value("a value")?;
+                ignored.push(other.to_owned());
+            }
+            other => return Err(format!("unknown refclock option `{other}`")),
+        }
+    }
+    // chrony reads a polled driver no less often than it polls the filter.
+    dpoll = dpoll.min(clock.poll);
+    let refclock =
+        RefclockConfig { driver, clock, selection, dpoll, precision, location: location.clone() };
+    Ok((refclock, ignored))
+}
+
+fn parse_refclock_driver(name: &str, parameter: &str) -> Result<RefclockDriver, String> {
+    let mut parts = parameter.split(':');
+    let parameter = parts.next().unwrap_or_default();
+    let options: Vec<(&str, Option<&str>)> = parts
+        .map(|option| match option.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (option, None),
+        })
+        .collect();
+    let known = |allowed: &[&str]| -> Result<(), String> {
+        match options.iter().find(|(option, _)| !allowed.contains(option)) {
+            Some((option, _)) => Err(format!("refclock {name} has no driver option `{option}`")),
+            None => Ok(()),
+        }
+    };
+    let flag = |wanted: &str| options.iter().any(|(option, _)| *option == wanted);
+    let number = |wanted: &str, radix: u32| -> Result<Option<u32>, String> {
+        match options.iter().find(|(option, _)| *option == wanted) {
+            None => Ok(None),
+            Some((_, Some(value))) => u32::from_str_radix(value, radix)
+                .map(Some)
+                .map_err(|_| format!("refclock {name} option {wanted}={value} is not a number")),
+            Some((_, None)) => Err(format!("refclock {name} option {wanted} needs =VALUE")),
+        }
+    };
+    let device = || -> Result<PathBuf, String> {
+        if parameter.starts_with('/') {
+            Ok(PathBuf::from(parameter))
+        } else {
+            Err(format!("refclock {name} needs a path, not {parameter:?}"))
+        }
+    };
+    Ok(match name {
+        "SHM" => {
+            known(&["perm"])?;
+            let unit = parse_number(parameter, "a shared memory unit (0, 1, ...)")?;
+            let perm = number("perm", 8)?.unwrap_or(0o600);
+            if perm > 0o777 {
+                return Err(format!("refclock SHM perm={perm:o} is not a file mode"));
+            }
+            RefclockDriver::Shm { unit, perm }
+        }
+        "SOCK" => {
+            known(&[])?;
+            RefclockDriver::Sock { path: device()? }
+        }
+        "PPS" => {
+            known(&["clear"])?;
+            RefclockDriver::Pps { device: device()?, clear: flag("clear") }
+        }
+        "PHC" => {
+            known(&["nocrossts", "extpps", "pin", "channel", "clear"])?;
+            let extpps = flag("extpps").then_some(ExternalPulse {
+                pin: number("pin", 10)?.unwrap_or(0),
+                channel: number("channel", 10)?.unwrap_or(0),
+                clear: flag("clear"),
+            });
+            RefclockDriver::Phc { device: device()?, nocrossts: flag("nocrossts"), extpps }
+        }
+        "RTC" => return Err("the RTC reference clock driver is not supported by ntpxd".into()),
+        other => {
+            return Err(format!("unknown refclock driver `{other}` (SHM, SOCK, PPS or PHC)"));
+        }
+    })
+}
+
+/// A reference ID: one to four printable ASCII characters ("GPS", "PPS1").
+fn parse_reference_id(word: &str) -> Result<ReferenceId, String> {
+    if word.is_empty() || word.len() > 4 || !word.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("a reference ID is 1 to 4 ASCII characters, not {word:?}"));
+    }
+    let mut bits = [0; 4];
+    bits[..word.len()].copy_from_slice(word.as_bytes());
+    Ok(ReferenceId::from_bits(bits))
+}
+
+fn parse_refclock_poll(word: &str) -> Result<i8, String> {
+    match word.parse::<i8>() {
+        Ok(poll) if (-6..=12).contains(&poll) => Ok(poll),
+        _ => Err(format!("a reference clock's poll exponent is -6 to 12, not {word:?}")),
+    }
+}
+
+fn parse_seconds(word: &str) -> Result<f64, String> {
+    match word.parse::<f64>() {
+        Ok(value) if value.is_finite() && value.abs() < 1e6 => Ok(value),
+        _ => Err(format!("expected seconds, not {word:?}")),
+    }
 }
 
 pub(super) fn parse_poll(word: &str) -> Result<i8, String> {

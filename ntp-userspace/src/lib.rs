@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod refclock;
 #[expect(unsafe_code, reason = "the one room for system calls and unsafe code")]
 pub mod sys;
 pub mod tls;

@@ -4,7 +4,7 @@
 //! `sync`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -258,8 +258,8 @@ struct Reply {
 /// Polls the configured sources until the daemon stops.
 pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
     let (events_tx, mut events) = mpsc::channel(256);
-    // Which configured line each source came from.
-    let mut origins: Vec<usize> = Vec::new();
+    // Which configured line each server came from (reference clocks are sources too).
+    let mut origins: Origins = BTreeMap::new();
     let mut looking_up = vec![false; sources.len()];
     let mut lookups = tokio::time::interval(LOOKUP_INTERVAL);
     loop {
@@ -282,7 +282,7 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
                     }).collect()
                 };
                 for (source, request, timeout) in exchanges {
-                    let config = &sources[origins[source]];
+                    let config = &sources[origins[&source]];
                     let (Some(tls), true) = (&upstream.nts_tls, config.nts) else {
                         let wire = request.bytes.to_vec();
                         let sent = Sent { source, destination: request.to, request, protection: None };
@@ -383,7 +383,7 @@ pub async fn poll_sources(upstream: Arc<Upstream>, sources: Vec<SourceConfig>) {
 /// unreachable members, then up to `maxsources`.
 fn add_resolved(
     sync: &mut Synchroniser,
-    origins: &mut Vec<usize>,
+    origins: &mut Origins,
     index: usize,
     source: &SourceConfig,
     addresses: &[SocketAddr],
@@ -412,14 +412,17 @@ fn add_resolved(
     }
     for address in fresh.take(source.kind.max_sources().saturating_sub(members.len())) {
         tracing::info!(name = source.name, %address, "new source");
-        sync.add_source(name_of(&address), address, source.poll, now);
-        origins.push(index);
+        let id = sync.add_source(name_of(&address), address, source.poll, now);
+        origins.insert(id, index);
     }
 }
 
+/// The configured server or pool line each source came from.
+type Origins = BTreeMap<SourceId, usize>;
+
 /// The sources that came from configured line `index`.
-fn members_of(origins: &[usize], index: usize) -> Vec<SourceId> {
-    (0..origins.len()).filter(|&id| origins[id] == index).collect()
+fn members_of(origins: &Origins, index: usize) -> Vec<SourceId> {
+    origins.iter().filter(|(_, line)| **line == index).map(|(id, _)| *id).collect()
 }
 
 async fn look_up(index: usize, source: SourceConfig, events: mpsc::Sender<Event>) {
@@ -628,7 +631,7 @@ mod tests {
         };
         let [a, b, c]: [SocketAddr; 3] =
             ["192.0.2.1:123", "192.0.2.2:123", "192.0.2.3:123"].map(|a| a.parse().unwrap());
-        let mut origins = Vec::new();
+        let mut origins = Origins::new();
         add_resolved(&mut sync, &mut origins, 0, &pool, &[a, b, c]);
         let addresses = |sync: &Synchroniser| {
             (0..sync.source_count()).map(|id| sync.source(id).address).collect::<Vec<_>>()

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod gnss;
 pub mod guest;
 pub mod netns;
 pub mod peers;

@@ -47,7 +47,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(
+    /// Runs `program` in `netns`, its output to `log`.
+    pub fn spawn(
         name: &'static str,
         netns: &Netns,
         program: &Path,

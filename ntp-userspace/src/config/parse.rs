@@ -31,13 +31,13 @@ enum Unsupported {
 fn unsupported(directive: &str) -> Option<Unsupported> {
     use Unsupported::{NoEffect, NotYet};
     Some(match directive {
-        "peer" | "leapsecmode" | "maxupdateskew" | "maxchange" | "maxdrift"
-        | "maxslewrate" | "minsources" | "maxjitter" | "minsamples" | "maxsamples"
-        | "combinelimit" | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift"
-        | "corrtimeratio" | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp"
-        | "clockprecision" | "hwtimestamp" | "hwtstimeout" | "acquisitionport"
-        | "bindacqaddress" | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual"
-        | "refresh" | "cmdratelimit" => NotYet,
+        "peer" | "leapsecmode" | "maxupdateskew" | "maxchange" | "maxdrift" | "maxslewrate"
+        | "minsources" | "maxjitter" | "minsamples" | "maxsamples" | "combinelimit"
+        | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift" | "corrtimeratio"
+        | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp" | "clockprecision"
+        | "hwtimestamp" | "hwtstimeout" | "acquisitionport" | "bindacqaddress"
+        | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual" | "refresh"
+        | "cmdratelimit" => NotYet,
         "bindcmddevice" => NoEffect("bindcmdaddress names the addresses chronyc is answered on"),
         "ntsprocesses" => NotYet,
         "nocerttimecheck" | "ntsrefresh" => NotYet,
@@ -109,7 +109,8 @@ impl Parser {
             });
         }
         for refclock in &self.config.sync.refclocks {
-            let error = |message: String| ConfigError { location: refclock.location.clone(), message };
+            let error =
+                |message: String| ConfigError { location: refclock.location.clone(), message };
             if refclock.clock.tai && self.config.sync.leap_seconds.is_none() {
                 return Err(error("refclock tai needs leapsectz or leapseclist".into()));
             }

@@ -10,7 +10,7 @@ use super::model::{
 use crate::{
     access::{Access, AccessRule, Subnet},
     sync::{
-        discipline::MakeStep, reference_id_name, refclock::ClockSettings, source::PollSettings,
+        discipline::MakeStep, refclock::ClockSettings, reference_id_name, source::PollSettings,
     },
 };
 use crate::{client_log::RateLimitConfig, reference::LocalReference};
@@ -205,9 +205,12 @@ impl fmt::Display for RefclockConfig {
         match driver {
             RefclockDriver::Shm { unit, perm } => write!(f, "refclock SHM {unit}:perm={perm:o}")?,
             RefclockDriver::Sock { path } => write!(f, "refclock SOCK {}", path.display())?,
-            RefclockDriver::Pps { device, clear } => {
-                write!(f, "refclock PPS {}{}", device.display(), if *clear { ":clear" } else { "" })?
-            }
+            RefclockDriver::Pps { device, clear } => write!(
+                f,
+                "refclock PPS {}{}",
+                device.display(),
+                if *clear { ":clear" } else { "" }
+            )?,
             RefclockDriver::Phc { device, nocrossts, extpps } => {
                 write!(f, "refclock PHC {}", device.display())?;
                 if *nocrossts {

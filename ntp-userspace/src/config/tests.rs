@@ -393,4 +393,3 @@ fn bad_refclock_lines_are_errors_with_file_and_line() {
     let loaded = parse_text("refclock SHM 0 width 0.1 minsamples 4").unwrap();
     assert_eq!(loaded.warnings.len(), 2);
 }
-

@@ -158,9 +158,8 @@ pub(super) fn parse_refclock(
     let mut ignored = Vec::new();
     let mut options = options.iter();
     while let Some(option) = options.next() {
-        let mut value = |what: &str| {
-            options.next().copied().ok_or_else(|| format!("{option} needs {what}"))
-        };
+        let mut value =
+            |what: &str| options.next().copied().ok_or_else(|| format!("{option} needs {what}"));
         match option.to_ascii_lowercase().as_str() {
             "refid" => clock.reference_id = parse_reference_id(value("a reference ID")?)?,
             "lock" => clock.lock = Some(parse_reference_id(value("a reference ID")?)?),
@@ -195,8 +194,9 @@ pub(super) fn parse_refclock(
             "trust" => selection.trust = true,
             "require" => selection.require = true,
             "local" => {
-                return Err("`local` (a free-running reference clock) is not supported by ntpxd"
-                    .into());
+                return Err(
+                    "`local` (a free-running reference clock) is not supported by ntpxd".into()
+                );
             }
             other if IGNORED_REFCLOCK_OPTIONS.contains(&other) => {
                 value("a value")?;

@@ -27,6 +27,7 @@ use crate::{
     client_log::{ClientLog, NoClientLog},
     config::Config,
     dataplane::Dataplane,
+    refclock,
     reference::Reference,
     server::{PUBLISH_INTERVAL_NS, Server},
     sys::{
@@ -65,6 +66,7 @@ pub struct Prepared {
     server: Arc<Server>,
     dataplane: Option<Dataplane>,
     upstream: Option<Arc<Upstream>>,
+    refclocks: Vec<refclock::OpenClock>,
     ntp_sockets: Vec<std::net::UdpSocket>,
     control: ControlSocket,
     chronyc: chronyc::ChronycSockets,
@@ -137,10 +139,15 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
     };
     let server =
         Arc::new(Server::new(Reference::new(config.local, precision), access.clone(), client_log));
-    let upstream = if config.sync.sources.is_empty() {
+    let upstream = if config.sync.sources.is_empty() && config.sync.refclocks.is_empty() {
         None
     } else {
         Some(Arc::new(Upstream::new(&config.sync, precision, no_clock_control)?))
+    };
+    // Devices are opened as root: /dev/pps* and /dev/ptp* are root's, and so is gpsd's segment.
+    let refclocks = match &upstream {
+        Some(upstream) => refclock::open_all(&config.sync.refclocks, upstream, precision)?,
+        None => Vec::new(),
     };
     if let Some(dataplane) = dataplane.as_mut() {
         start_dataplane(dataplane, &config, &server, upstream.as_deref(), &access)?;
@@ -195,6 +202,7 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         server,
         dataplane,
         upstream,
+        refclocks,
         ntp_sockets,
         control,
         chronyc,
@@ -227,6 +235,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         server,
         dataplane,
         upstream,
+        refclocks,
         ntp_sockets,
         control,
         chronyc,
@@ -236,6 +245,9 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     } = prepared;
     if let Some(upstream) = &upstream {
         tokio::spawn(upstream::poll_sources(upstream.clone(), config.sync.sources.clone()));
+        for clock in refclocks {
+            tokio::spawn(refclock::run(clock, upstream.clone()));
+        }
     }
     for socket in ntp_sockets {
         let socket = Arc::new(NtpSocket::from_std(socket)?);

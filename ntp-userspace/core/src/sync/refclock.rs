@@ -83,6 +83,40 @@ impl Reading {
     }
 }
 
+/// The length of chrony's `struct sock_sample` on a 64-bit system: a timeval, the offset, the
+/// pulse and leap fields, padding, and the magic number.
+pub const SOCK_SAMPLE_LEN: usize = 40;
+const SOCK_MAGIC: i32 = 0x534f_434b;
+
+/// A datagram of chrony's SOCK protocol (native byte order, as gpsd and chrony's own tools
+/// send it): None if it is not one.
+pub fn sock_sample(datagram: &[u8]) -> Option<Reading> {
+    let bytes: &[u8; SOCK_SAMPLE_LEN] = datagram.try_into().ok()?;
+    let i64_at = |at: usize| i64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let i32_at = |at: usize| i32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if i32_at(36) != SOCK_MAGIC {
+        return None;
+    }
+    let (seconds, microseconds) = (i64_at(0), i64_at(8));
+    let offset = f64::from_ne_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if !(0..1_000_000).contains(&microseconds) || !offset.is_finite() || offset.abs() > 1e9 {
+        return None;
+    }
+    let system_ns = seconds.checked_mul(1_000_000_000)?.checked_add(microseconds * 1000)?;
+    let leap = match i32_at(28) {
+        0 => Leap::NoWarning,
+        1 => Leap::InsertSecond,
+        2 => Leap::DeleteSecond,
+        3 => Leap::Unsynchronised,
+        _ => return None,
+    };
+    Some(if i32_at(24) != 0 {
+        Reading::Pulse { system_ns, second: offset }
+    } else {
+        Reading::Time { system_ns, offset, leap }
+    })
+}
+
 /// Why a reading was not kept (the shell counts them, and logs them at debug).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ignored {
@@ -340,6 +374,53 @@ mod tests {
         // The poll used them up; the last one stays for a lock.
         assert_eq!(clock.poll(), (false, None));
         assert_eq!(clock.last_sample().map(|s| s.offset), Some(-0.5));
+    }
+
+    fn sock_datagram(
+        seconds: i64,
+        microseconds: i64,
+        offset: f64,
+        pulse: i32,
+        leap: i32,
+    ) -> Vec<u8> {
+        let mut datagram = Vec::new();
+        datagram.extend(seconds.to_ne_bytes());
+        datagram.extend(microseconds.to_ne_bytes());
+        datagram.extend(offset.to_ne_bytes());
+        for field in [pulse, leap, 0, SOCK_MAGIC] {
+            datagram.extend(field.to_ne_bytes());
+        }
+        datagram
+    }
+
+    #[test]
+    fn chronys_sock_samples_are_read_and_anything_else_is_not() {
+        let time = sock_datagram(1_795_660_000, 250_000, -0.125, 0, 1);
+        assert_eq!(
+            sock_sample(&time),
+            Some(Reading::Time {
+                system_ns: 1_795_660_000_250_000_000,
+                offset: -0.125,
+                leap: Leap::InsertSecond
+            })
+        );
+        let pulse = sock_datagram(1_795_660_000, 0, 0.000_2, 1, 0);
+        assert_eq!(
+            sock_sample(&pulse),
+            Some(Reading::Pulse { system_ns: 1_795_660_000_000_000_000, second: 0.000_2 })
+        );
+        let mut wrong_magic = time.clone();
+        wrong_magic[36] ^= 1;
+        for bad in [
+            &time[..39],
+            &wrong_magic[..],
+            &sock_datagram(1, 1_000_000, 0.0, 0, 0)[..],
+            &sock_datagram(1, 0, f64::NAN, 0, 0)[..],
+            &sock_datagram(1, 0, 0.0, 0, 4)[..],
+            &sock_datagram(i64::MAX, 0, 0.0, 0, 0)[..],
+        ] {
+            assert_eq!(sock_sample(bad), None);
+        }
     }
 
     #[test]

@@ -15,8 +15,9 @@ mod in_guest {
     use ntp_common::wire::{ERA_1_UNIX_NS, Leap};
     use ntpx_tests::{
         client::{self, Exchange},
+        gnss::NmeaServer,
         guest::{GUEST_NTP_PORT_ON_HOST, Guest, HOST_FROM_GUEST},
-        peers::{Chronyd, wait_for},
+        peers::{self, Chronyd, wait_for},
     };
 
     /// Succeeds once `timedatectl` calls the guest's clock synchronised (the kernel's maxerror
@@ -248,17 +249,19 @@ mod in_guest {
             ),
         );
 
-        // The unit's user; of the unit's capabilities (CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN
-        // (12), CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39)), once started only those it
-        // uses: CAP_SYS_TIME, and CAP_BPF where the kernel wants it for map operations (the
-        // guest's 6.1 does, with unprivileged BPF disabled).
+        // The unit's user; of the unit's capabilities (CAP_DAC_OVERRIDE (1) and CAP_IPC_OWNER
+        // (15) to open reference clocks, CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12),
+        // CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39)), once started only those it uses:
+        // CAP_SYS_TIME, and CAP_BPF where the kernel wants it for map operations (the guest's
+        // 6.1 does, with unprivileged BPF disabled).
         let status = guest.run("cat /proc/$(pidof ntpxd)/status");
         let field = |name: &str| {
             status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or("")
         };
         let uid = guest.run("id -u _ntpx");
         assert!(field("Uid:").split_whitespace().all(|id| id == uid.trim()), "{status}");
-        let unit = (1u64 << 10) | (1 << 12) | (1 << 25) | (1 << 38) | (1 << 39);
+        let unit =
+            (1u64 << 1) | (1 << 10) | (1 << 12) | (1 << 15) | (1 << 25) | (1 << 38) | (1 << 39);
         assert_eq!(field("CapBnd:"), format!("{unit:016x}"), "{status}");
         let effective = u64::from_str_radix(field("CapEff:"), 16).unwrap();
         assert_eq!(field("CapPrm:"), field("CapEff:"), "{status}");
@@ -423,6 +426,104 @@ mod in_guest {
         assert!(stats.contains("NTP answered in slow path  : 0\n"), "{stats}");
         let log = guest.run("journalctl -u ntpxd -b --no-pager");
         assert!(log.contains("turned rx-vlan-offload off"), "{log}");
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn as_a_stratum_1_server_ntpxd_disciplines_the_guest_clock_to_gpsd_with_real_pps_and_phc() {
+        // qemu's parallel port, whose interrupt pps_parport time-stamps (a PPS device), and an
+        // e1000e NIC, whose driver registers a PHC; the NIC is connected to nothing.
+        let guest = Guest::boot_with(&["-parallel", "null", "-device", "e1000e"]);
+        let _upstream = host_stratum_one(&guest);
+        // A GNSS receiver's sentences of this machine's time, 20 ms after each second, on the
+        // host side; gpsd in the guest reads them as Debian runs it.
+        let receiver = NmeaServer::start(&guest.netns, Duration::from_millis(20));
+        install(&guest);
+        guest.run("systemctl stop ntpxd");
+        guest.write(
+            "/etc/default/gpsd",
+            &format!(
+                "DEVICES=\"tcp://{HOST_FROM_GUEST}:{}\"\nGPSD_OPTIONS=\"-n -b\"\nUSBAUTO=\"false\"\n",
+                receiver.address.port()
+            ),
+        );
+        guest.run("systemctl restart gpsd");
+        let segment = guest.wait_until("ipcs -m | grep -q 0x4e545030", Duration::from_secs(60));
+        assert!(
+            segment.is_some(),
+            "gpsd made no segment:\n{}",
+            guest.run("journalctl -u gpsd -b --no-pager")
+        );
+        // The PPS line: pps_parport on the port's interrupt (which parport_pc takes only when
+        // told), pulsed at each second of the guest's clock by ntpx-pulse.
+        let pulse = guest.share_file(&peers::binary("ntpx-pulse"));
+        guest.run(&format!(
+            "modprobe -r lp ppdev pps_parport parport_pc 2>/dev/null; \
+             modprobe parport_pc io=0x378 irq=7 && modprobe pps_parport && \
+             systemd-run --quiet --unit ntpx-test-pulse {pulse} && test -c /dev/pps0 && test -c /dev/ptp0"
+        ));
+
+        // The guest's clock 1.5 s ahead of GPS time.
+        let shift = 1.5 + measured_offset(&guest);
+        guest.run(&format!(
+            "date --set @$(awk -v now=$(date +%s.%N) 'BEGIN {{ printf \"%.6f\", now + {shift} }}') >/dev/null"
+        ));
+        // The NMEA sentences' 20 ms are gpsd's segment's `offset`; the pulses and the PHC are
+        // the guest's own (the pulses mark its clock's seconds, and qemu 7.2's e1000e clock does
+        // not run), so they are read but not selected.
+        configure(
+            &guest,
+            "refclock SHM 0 refid GPS poll 2 offset 0.02 delay 0.1\n\
+             refclock PPS /dev/pps0 refid PPS lock GPS poll 2 noselect\n\
+             refclock PHC /dev/ptp0 refid PHC0 poll 2 noselect\n\
+             makestep 1 3\nrtcsync\nallow 10.0.2.0/24\n",
+        );
+        let synchronised = guest
+            .wait_until(SYNCHRONISED, Duration::from_secs(120))
+            .expect("timedatectl never said synchronised");
+        eprintln!(
+            "stratum 1: timedatectl synchronised {:.0} s after start",
+            synchronised.as_secs_f64()
+        );
+        let fields = tracking(&guest);
+        assert_eq!((fields[1].as_str(), fields[2].as_str()), ("GPS", "1"), "tracking: {fields:?}");
+        let journal = guest.run("journalctl -u ntpxd -b --no-pager");
+        assert!(journal.contains("stepped"), "no step:\n{journal}");
+        assert!(journal.contains("method=Extended"), "the PHC's reading method:\n{journal}");
+
+        // Debian's chronyc, as the guide checks a server; the PPS device's pulses and the PHC's
+        // readings reach ntpxd through the kernel's interfaces.
+        let reached = guest.wait_until(
+            "chronyc -n sources | grep -q '^#. PPS .* 377 ' && chronyc -n sources | grep -q '^#. PHC0 .* 377 '",
+            Duration::from_secs(60),
+        );
+        let sources = guest.run("chronyc -n sources");
+        eprintln!("stratum 1: chronyc sources in the guest:\n{sources}");
+        assert!(sources.lines().any(|l| l.starts_with("#* GPS")), "{sources}");
+        assert!(reached.is_some(), "the PPS or the PHC did not reach 377:\n{sources}");
+        let offset = measured_offset(&guest);
+        eprintln!("stratum 1: the guest's clock against this machine's: {offset:+.6} s");
+        assert!(offset.abs() < 0.05, "the guest's clock is {offset} s off");
+
+        // A client on the host side sees a stratum 1 server with GPS as its reference.
+        let client = Chronyd::start(
+            &guest.netns,
+            &format!(
+                "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
+            ),
+        );
+        let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
+        assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
+        let ntpdata = client.chronyc(&["ntpdata", "127.0.0.1"]);
+        assert_eq!(peers::report_value(&ntpdata, "Stratum"), Some("1"), "{ntpdata}");
+        assert_eq!(peers::report_value(&ntpdata, "Reference ID"), Some("47505300 (GPS)"));
+        let served = client.median_offset("127.0.0.1", 5);
+        eprintln!("stratum 1: the client measures the guest's served time at {served:+.6} s");
+
+        // Devices opened at start; once started, only the capabilities ntpxd uses are left.
+        let status = guest.run("grep CapEff /proc/$(pidof ntpxd)/status");
+        let effective = u64::from_str_radix(status.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(effective & ((1 << 1) | (1 << 15)), 0, "{status}");
     }
 
     fn requests_received(guest: &Guest) -> u64 {

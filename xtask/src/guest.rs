@@ -38,8 +38,9 @@ const QEMU_PACKAGES: &[&str] = &[
 
 /// The guest's Debian release and packages: systemd as PID 1 (timedatectl needs dbus), the
 /// kernel and its initramfs (virtio, ext4 and 9p are modules), adduser for the package's
-/// postinst, adjtimex to put the clock's frequency off, and chrony: the daemon the package
-/// takes over from, and the chronyc people check servers with.
+/// postinst, adjtimex to put the clock's frequency off, chrony: the daemon the package
+/// takes over from, and the chronyc people check servers with; and gpsd, a stratum 1 server's
+/// reference clock.
 const SUITE: &str = "bookworm";
 const GUEST_PACKAGES: &[&str] = &[
     "systemd",
@@ -55,6 +56,7 @@ const GUEST_PACKAGES: &[&str] = &[
     "adjtimex",
     "tzdata",
     "chrony",
+    "gpsd",
 ];
 /// Packages the scenarios install in the guest, downloaded into the image's
 /// /var/cache/ntpx-test (systemd-timesyncd conflicts with chrony, so it cannot be preinstalled).

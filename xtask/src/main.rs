@@ -44,7 +44,10 @@ enum Task {
     Deb,
     /// The guest VM tests alone: the .deb installed in a Debian guest under qemu, its own kernel
     /// clock disciplined (needs root; the first run builds the guest image, a few minutes).
-    Vmtest,
+    Vmtest {
+        /// Only the scenarios whose names contain this.
+        filter: Option<String>,
+    },
     /// The load benchmark: ntpxd (XDP and slow path), chronyd and a reflector swept in
     /// namespaces; writes target/bench/results.json and sweep.svg (needs root; a few minutes).
     Bench {
@@ -78,9 +81,9 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Test => test(),
         Task::Deb => deb().map(drop),
-        Task::Vmtest => {
+        Task::Vmtest { filter } => {
             require_root("vmtest")?;
-            vmtest()
+            vmtest(filter.as_deref())
         }
         Task::Bench { step } => bench(&["all", "--step", &step.to_string()]),
         Task::Soak { minutes } => bench(&["soak", "--minutes", &minutes.to_string()]),
@@ -171,7 +174,7 @@ fn test() -> anyhow::Result<()> {
         .env("NTPX_BIN_DIR", bin_dir))?;
     // A smoke run of every fuzz target: the seeds, then a few seconds of new inputs.
     fuzz::fuzz(None, FUZZ_SMOKE_SECONDS)?;
-    vmtest()?;
+    vmtest(None)?;
     println!("xtask: all tests passed, privileged and guest VM ones included");
     Ok(())
 }
@@ -200,10 +203,13 @@ fn deb() -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
-/// The guest VM tests (tests/tests/guest.rs), one guest at a time: each runs qemu on a core.
-fn vmtest() -> anyhow::Result<()> {
+/// The guest VM tests (tests/tests/guest.rs), one guest at a time: each runs qemu on a core;
+/// those whose names contain `filter`, if given.
+fn vmtest(filter: Option<&str>) -> anyhow::Result<()> {
     let deb = deb()?;
     let image = guest::image()?;
+    // The stratum 1 scenario's PPS line in the guest.
+    run(&mut cargo(&["build", "--release", "--package", "ntpx-tests", "--bin", "ntpx-pulse"]))?;
     run(cargo(&[
         "test",
         "--package",
@@ -214,6 +220,7 @@ fn vmtest() -> anyhow::Result<()> {
         "--include-ignored",
         "--test-threads=1",
     ])
+    .args(filter)
     .env("NTPX_QEMU_DIR", guest::qemu_dir())
     .env("NTPX_GUEST_IMAGE", image)
     .env("NTPX_DEB", deb))

@@ -163,8 +163,11 @@ impl Collector for Snapshot {
             one(t.frequency_ppm),
         )?;
 
-        let source =
-            |s: &SourceReport| vec![("name", s.name.clone()), ("address", s.address.to_string())];
+        // A reference clock has no address: its reference ID stands in, as in chronyc -c.
+        let source = |s: &SourceReport| {
+            let address = if s.reference_clock { s.name.clone() } else { s.address.to_string() };
+            vec![("name", s.name.clone()), ("address", address)]
+        };
         let per_source =
             |value: fn(&SourceReport) -> f64| sources.iter().map(move |s| (source(s), value(s)));
         f.gauge(
@@ -384,7 +387,15 @@ mod tests {
                 leap: crate::sync::LeapStatus::Normal,
                 ..Tracking::default()
             },
-            sources: vec![source],
+            sources: vec![
+                source.clone(),
+                SourceReport {
+                    name: "GPS".into(),
+                    address: IpAddr::from(*b"GPS\0"),
+                    reference_clock: true,
+                    ..source
+                },
+            ],
             state_age: Some(0.25),
         };
         let prometheus = snapshot.clone().encode(Format::PrometheusText);
@@ -398,6 +409,7 @@ mod tests {
             "# UNIT ntp_source_offset_seconds seconds",
             r#"ntp_source_offset_seconds{name="a \"quoted\" name",address="192.0.2.1"} -0.0000025"#,
             r#"ntp_source_poll_interval_seconds{name="a \"quoted\" name",address="192.0.2.1"} 64.0"#,
+            r#"ntpx_source_reach{name="GPS",address="GPS"} 255.0"#,
             r#"ntpx_kernel_packets_total{outcome="answered",reason="time"} 7"#,
             r#"ntpx_kernel_packets_total{outcome="passed",reason="length"} 2"#,
             r#"ntpx_xdp_attached{interface="eth1",mode="native"} 1"#,

@@ -144,7 +144,8 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
     } else {
         Some(Arc::new(Upstream::new(&config.sync, precision, no_clock_control)?))
     };
-    // Devices are opened as root: /dev/pps* and /dev/ptp* are root's, and so is gpsd's segment.
+    // Devices are opened with the privileges of the start (root, or the unit's CAP_DAC_OVERRIDE
+    // and CAP_IPC_OWNER): /dev/pps* and /dev/ptp* are root's, and so is gpsd's segment.
     let refclocks = match &upstream {
         Some(upstream) => refclock::open_all(&config.sync.refclocks, upstream, precision)?,
         None => Vec::new(),

@@ -232,11 +232,11 @@ impl Synchroniser {
     ) -> Result<(), Ignored> {
         let now = self.discipline.raw_ns(now_system_ns);
         let time = self.discipline.raw_ns(reading.system_ns());
-        // chrony's sanity check: not from the future, nor older than two polls.
-        let settings = match self.sources.get(id).and_then(|s| s.reference_clock.as_ref()) {
-            Some(clock) => clock.settings.clone(),
-            None => return Err(Ignored::Stale),
+        let Some(settings) = self.sources.get(id).and_then(|s| s.reference_clock.as_ref()) else {
+            // Not a reference clock: nothing to keep.
+            return Err(Ignored::Stale);
         };
+        let settings = settings.settings.clone();
         let age = seconds_between(time, now);
         let lock = settings.lock.and_then(|lock| {
             self.sources
@@ -248,8 +248,8 @@ impl Synchroniser {
                 })
                 .map(|c| (c.last_sample(), c.leap))
         });
-        let synchronised_within =
-            (self.root_distance(now) < 0.5 / f64::from(settings.rate.max(1))).then_some(());
+        // Good enough to tell a pulse's second: well within half a pulse interval.
+        let tells_the_second = self.root_distance(now) < 0.5 / f64::from(settings.rate.max(1));
         let estimate_now = self.offset_at(time);
         let tai_offset = |true_s: i64| {
             let table = self.leap_table.as_ref()?;
@@ -259,6 +259,7 @@ impl Synchroniser {
         let applied = self.discipline.applied_at(time);
         let clock = self.sources[id].reference_clock.as_mut().expect("a reference clock");
         clock.reached();
+        // chrony's sanity check: not from the future, nor older than two polls.
         if !(0.0..=2f64.powi(i32::from(settings.poll) + 1)).contains(&age) {
             return Err(Ignored::Stale);
         }
@@ -296,7 +297,7 @@ impl Synchroniser {
                     }
                     None if settings.lock.is_some() => return Err(Ignored::NoSecond),
                     None => {
-                        if synchronised_within.is_none() {
+                        if !tells_the_second {
                             clock.drop_samples();
                             return Err(Ignored::NoSecond);
                         }

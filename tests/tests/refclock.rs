@@ -152,7 +152,8 @@ fn gpsd_makes_ntpxd_a_stratum_1_server_that_holds_over_and_resynchronises() {
     std::thread::sleep(Duration::from_secs(4));
     let moved = served_offset(&link, 9);
     eprintln!("served offset with offset 0.25: {moved:+.6} s");
-    assert!((moved - lagging - 0.25).abs() < 0.005, "moved by {} s", moved - lagging);
+    // Within what gpsd's scheduling on a loaded machine adds to either measurement.
+    assert!((moved - lagging - 0.25).abs() < 0.02, "moved by {} s", moved - lagging);
     drop(gpsd);
     remove_shm(0);
     remove_shm(1);

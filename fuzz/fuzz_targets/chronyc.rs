@@ -22,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let source = SourceReport {
         name: "a source".into(),
         address,
+        // Both kinds: a server's report and a reference clock's (no address in sourcestats).
+        reference_clock: data.len() % 2 == 1,
         state: SourceState::NotCombined,
         stratum: 15,
         poll: -6,

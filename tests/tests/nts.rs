@@ -270,6 +270,88 @@ fn a_server_sharing_the_key_file_answers_cookies_another_handed_out() {
     assert_eq!(second.slow_path.nts_naks, 0, "{second:?}");
 }
 
+/// A master secret of 32 random bytes at `path`, with `mode`.
+fn write_secret(path: &Path, mode: u32) {
+    let secret: [u8; 32] =
+        std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ std::process::id() as u8);
+    std::fs::write(path, secret).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_fleet_derives_its_cookie_keys_from_one_master_secret_across_key_changes() {
+    require_root();
+    let link = Link::new();
+    let (other, other_v6) = ("10.77.0.3", "fd77::3");
+    link.server_ns.ip(&["addr", "add", &format!("{other}/24"), "dev", "veth-srv"]);
+    link.server_ns.ip(&["addr", "add", &format!("{other_v6}/64"), "dev", "veth-srv", "nodad"]);
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    write_secret(&dir.path().join("master"), 0o600);
+    // Keys of 8 s: the test sees several key changes.
+    let fleet = |address: &str, v6: &str, secret: &str| {
+        format!(
+            "local stratum 2\nallow\nbindaddress {address}\nbindaddress {v6}\n\
+             ntsservercert {}\nntsserverkey {}\nntsmastersecret {} period 8\n",
+            path("server.pem"),
+            path("server.key"),
+            path(secret)
+        )
+    };
+    // A secret others may read is refused.
+    write_secret(&dir.path().join("readable"), 0o644);
+    let (status, log) =
+        Ntpxd::start_expecting_failure(&link.server_ns, &fleet(other, other_v6, "readable"));
+    assert!(!status.success() && log.contains("has mode 0644"), "{log}");
+
+    // NTS-KE on the first, NTP to the second; neither has the other's key file, only the secret.
+    let first = Ntpxd::start(
+        &link.server_ns,
+        &(fleet(SERVER_V4, SERVER_V6, "master") + &format!("ntsntpserver {other}\n")),
+    );
+    let mut second = Ntpxd::start(&link.server_ns, &fleet(other, other_v6, "master"));
+    let chronyd = Chronyd::start(
+        &link.client_ns,
+        &format!(
+            "server {SERVER_V4} iburst nts minpoll 0 maxpoll 0\nntstrustedcerts {}\n",
+            path("ca.pem")
+        ),
+    );
+    let selected = peers::wait_for(Duration::from_secs(60), || chronyd.selects(SERVER_V4));
+    assert!(
+        selected,
+        "chronyd did not select the fleet:\n{}",
+        chronyd.chronyc(&["-n", "authdata"])
+    );
+    // Past three key changes: every request answered, no cookie refused.
+    let answered_before = second.serverstats().authenticated_ntp_packets;
+    std::thread::sleep(Duration::from_secs(26));
+    let row = authdata(&chronyd, SERVER_V4);
+    eprintln!("chronyc -n authdata after three key changes: {row:?}");
+    assert_eq!((row[0].as_str(), row[6].as_str()), ("NTS", "0"), "NAKs: {row:?}");
+    let (first_stats, second_stats) = (first.serverstats(), second.serverstats());
+    assert!(second_stats.authenticated_ntp_packets >= answered_before + 20, "{second_stats:?}");
+    assert_eq!(second_stats.slow_path.nts_naks, 0, "{second_stats:?}");
+    assert_eq!(first_stats.authenticated_ntp_packets, 0, "{first_stats:?}");
+    let offset = chronyd.median_offset(SERVER_V4, 3);
+    assert!(offset.abs() < 1e-3, "offset {offset}");
+
+    // The second server with another secret: the cookies are refused with NTS NAKs.
+    write_secret(&dir.path().join("stranger"), 0o600);
+    std::fs::write(dir.path().join("stranger"), [9u8; 32]).unwrap();
+    second.process.stop();
+    second = Ntpxd::start(&link.server_ns, &fleet(other, other_v6, "stranger"));
+    let refused =
+        peers::wait_for(Duration::from_secs(30), || second.serverstats().slow_path.nts_naks >= 1);
+    assert!(refused, "no NAK: {:?}", second.serverstats());
+    let naks = peers::wait_for(Duration::from_secs(30), || {
+        authdata(&chronyd, SERVER_V4)[6].parse::<u32>().unwrap_or(0) >= 1
+    });
+    assert!(naks, "chronyd saw no NAK: {:?}", authdata(&chronyd, SERVER_V4));
+}
+
 #[test]
 #[ignore = "needs root"]
 fn nts_ke_bounds_its_sessions_refuses_tls_12_and_drops_a_handshake_that_never_finishes() {

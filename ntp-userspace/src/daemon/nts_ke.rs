@@ -3,7 +3,7 @@
 //! `ntsratelimit` limits closed before TLS; at most `maxntsconnections` sessions at once, each
 //! given [`SESSION_TIMEOUT`] to finish; the keys exported from the session sealed into eight
 //! cookies with the server keys, which rotate every `ntsrotate` seconds and are kept in
-//! `ntsdumpdir`.
+//! `ntsdumpdir`, or, in a fleet, are derived from `ntsmastersecret` period by period.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -21,16 +21,16 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    config::{DEFAULT_NTP_PORT, NtsServerConfig},
+    config::{DEFAULT_NTP_PORT, MasterSecret, NtsServerConfig},
     nts::{
         ALPN,
         connections::ConnectionLog,
-        cookie::KeyRing,
+        cookie::{KeyRing, MIN_MASTER_SECRET_LEN},
         ke::{self, Negotiation, NtpServer, Read},
     },
     random,
     server::Server,
-    sys::{files, socket},
+    sys::{clock, files, socket},
 };
 
 /// How long a session may take, handshake to the last byte (chrony gives 2 s).
@@ -43,7 +43,15 @@ pub struct NtsKeListener {
     listeners: Vec<std::net::TcpListener>,
     acceptor: TlsAcceptor,
     config: NtsServerConfig,
-    keys: KeyRing,
+    keys: ServerKeys,
+}
+
+/// Where the server keys come from.
+enum ServerKeys {
+    /// Random keys, rotated every `ntsrotate` seconds (and kept in `ntsdumpdir`'s file).
+    Rotated(KeyRing),
+    /// The fleet's master secret: keys derived from it for each period.
+    Derived { secret: Vec<u8>, period_s: u64 },
 }
 
 impl NtsKeListener {
@@ -60,7 +68,20 @@ impl NtsKeListener {
                     .with_context(|| format!("binding NTS-KE on port {}", config.port))
             })
             .collect::<anyhow::Result<_>>()?;
-        let keys = load_or_create_keys(config)?;
+        let keys = match &config.master_secret {
+            Some(MasterSecret { path, period_s }) => {
+                let secret = files::read_secret(path).context("reading ntsmastersecret")?;
+                if secret.len() < MIN_MASTER_SECRET_LEN {
+                    bail!(
+                        "{}: a master secret is at least {MIN_MASTER_SECRET_LEN} bytes \
+                         (head -c 32 /dev/urandom > FILE)",
+                        path.display()
+                    );
+                }
+                ServerKeys::Derived { secret, period_s: *period_s }
+            }
+            None => ServerKeys::Rotated(load_or_create_keys(config)?),
+        };
         Ok(Self { listeners, acceptor, config: config.clone(), keys })
     }
 
@@ -74,7 +95,6 @@ impl NtsKeListener {
         client_log_size: usize,
     ) -> anyhow::Result<()> {
         let Self { listeners, acceptor, config, keys } = self;
-        server.set_nts_keys(keys.clone());
         let doors = Arc::new(Doors {
             acceptor,
             ntp_server: NtpServer {
@@ -92,8 +112,17 @@ impl NtsKeListener {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tokio::spawn(accept(listener, doors.clone(), server.clone()));
         }
-        if config.rotate_s > 0 {
-            tokio::spawn(rotate(keys, config, server));
+        match keys {
+            ServerKeys::Rotated(keys) => {
+                server.set_nts_keys(keys.clone());
+                if config.rotate_s > 0 {
+                    tokio::spawn(rotate(keys, config, server));
+                }
+            }
+            ServerKeys::Derived { secret, period_s } => {
+                server.set_nts_keys(derive(&secret, period_s));
+                tokio::spawn(follow_the_periods(secret, period_s, server));
+            }
         }
         Ok(())
     }
@@ -184,6 +213,25 @@ async fn rotate(mut keys: KeyRing, config: NtsServerConfig, server: Arc<Server>)
         }
         server.set_nts_keys(keys.clone());
         tracing::info!("NTS server keys rotated");
+    }
+}
+
+/// The fleet's keys now.
+fn derive(secret: &[u8], period_s: u64) -> KeyRing {
+    KeyRing::derived(secret, period_s, clock::realtime_ns() / 1_000_000_000)
+}
+
+/// Derives the fleet's keys again at the start of each period (by the system clock, which the
+/// fleet's servers share to far better than a period).
+async fn follow_the_periods(secret: Vec<u8>, period_s: u64, server: Arc<Server>) {
+    loop {
+        let now_ns = clock::realtime_ns();
+        let period_ns = period_s * 1_000_000_000;
+        let next = (now_ns / period_ns + 1) * period_ns;
+        tokio::time::sleep(Duration::from_nanos(next - now_ns)).await;
+        let keys = derive(&secret, period_s);
+        tracing::info!(?keys, "NTS server keys of the new period");
+        server.set_nts_keys(keys);
     }
 }
 

@@ -54,6 +54,27 @@ fn write_atomically_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Re
     Ok(())
 }
 
+/// A secret's bytes from `path`, refused if others than its owner may read it (its mode has
+/// group or other bits) or if it is not a plain file (a link is not followed).
+pub fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let metadata = file.metadata()?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if !metadata.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    if mode & 0o077 != 0 {
+        bail!("{} has mode {mode:04o}: a secret is its owner's alone (chmod 600)", path.display());
+    }
+    let mut secret = Vec::new();
+    file.read_to_end(&mut secret)?;
+    Ok(secret)
+}
+
 /// Opens a log file for appending, refusing a symbolic link in its place; readable by its
 /// owner and group only when created.
 pub fn open_log(path: &Path) -> io::Result<File> {

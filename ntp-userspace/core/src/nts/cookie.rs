@@ -6,11 +6,15 @@
 //! The server keys rotate (`ntsrotate`); the last [`KEPT`] are kept so that a client's cookies
 //! outlive a rotation or two. They are kept in a file, so that a restart keeps clients working
 //! and several servers behind one name can share them (with `ntsrotate 0`, where none of them
-//! rotates).
+//! rotates). Or, in a fleet (`ntsmastersecret`), every server derives the same keys from one
+//! master secret: a key per period, named by the period's number, rotating by the calendar
+//! with no file to share and no coordination.
 
 use std::{fmt::Write as _, time::SystemTime};
 
 use aes_siv::{aead::KeyInit as _, siv::Aes128Siv};
+use hkdf::Hkdf;
+use sha2::Sha256;
 
 use super::{KEY_LEN, SessionKeys};
 use crate::random;
@@ -151,6 +155,39 @@ impl KeyRing {
     }
 }
 
+/// The shortest master secret taken: as long as the keys derived from it.
+pub const MIN_MASTER_SECRET_LEN: usize = KEY_LEN;
+/// Periods before the current one whose keys still open cookies (a client's cookies outlive
+/// two rotations, as with a key file), and after it (a server whose clock is ahead of this
+/// one's, or that rotated first, seals under the next period's key).
+const PAST_PERIODS: u64 = 2;
+const FUTURE_PERIODS: u64 = 1;
+
+impl KeyRing {
+    /// The fleet's keys at Unix time `now_s`: HKDF-SHA256 of the master secret, one key for
+    /// each `period_s`-second period counted from the epoch (its number is the key's ID);
+    /// cookies are sealed under the current period's and opened under the two before it, it,
+    /// and the next one. Every server with the same secret and period derives the same ring.
+    pub fn derived(master_secret: &[u8], period_s: u64, now_s: u64) -> Self {
+        let period_s = period_s.max(1);
+        let current = now_s / period_s;
+        let hkdf = Hkdf::<Sha256>::new(Some(b"ntpx NTS cookie keys"), master_secret);
+        let key = |period: u64| {
+            let mut info = [0u8; 16];
+            info[..8].copy_from_slice(&period_s.to_be_bytes());
+            info[8..].copy_from_slice(&period.to_be_bytes());
+            let mut key = [0u8; KEY_LEN];
+            hkdf.expand(&info, &mut key).expect("32 bytes are a valid HKDF-SHA256 length");
+            ServerKey { id: period as u32, key }
+        };
+        // The current period's key first: it seals.
+        let periods = std::iter::once(current)
+            .chain((1..=FUTURE_PERIODS).map(|ahead| current + ahead))
+            .chain((1..=PAST_PERIODS).filter_map(|back| current.checked_sub(back)));
+        Self { keys: periods.map(key).collect(), newest_since: current * period_s }
+    }
+}
+
 /// `N` bytes written as exactly `2 * N` hex digits.
 fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let digits = text.as_bytes();
@@ -168,6 +205,30 @@ fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_servers_open_each_others_cookies_across_periods_and_nobody_elses() {
+        let secret = [7u8; 32];
+        const DAY: u64 = 86_400;
+        let now = 1_796_000_000;
+        let sealed = KeyRing::derived(&secret, DAY, now).seal(&keys());
+        // Another server with the secret: the same day, a day or two later, and the day
+        // before (its clock behind this one's across midnight).
+        for later in [0, 1, DAY, 2 * DAY] {
+            let ring = KeyRing::derived(&secret, DAY, now + later);
+            assert_eq!(ring.open(&sealed).map(|k| k.c2s), Some(keys().c2s), "+{later} s");
+        }
+        let yesterday = KeyRing::derived(&secret, DAY, now - DAY);
+        assert!(yesterday.open(&sealed).is_some(), "a server still on the previous day");
+        // Three days on, or another secret, or another period: refused.
+        assert!(KeyRing::derived(&secret, DAY, now + 3 * DAY).open(&sealed).is_none());
+        assert!(KeyRing::derived(&[8u8; 32], DAY, now).open(&sealed).is_none());
+        assert!(KeyRing::derived(&secret, DAY / 2, now).open(&sealed).is_none());
+        // The key's ID is the day's number, and the ring starts at the day's start.
+        let ring = KeyRing::derived(&secret, DAY, now);
+        assert_eq!(&sealed[..4], &((now / DAY) as u32).to_be_bytes());
+        assert_eq!(ring.newest_since, now / DAY * DAY);
+    }
 
     fn keys() -> SessionKeys {
         SessionKeys { c2s: [1; KEY_LEN], s2c: [2; KEY_LEN] }

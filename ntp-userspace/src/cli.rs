@@ -115,5 +115,7 @@ pub mod ntpxc {
         },
         /// The upstream sources' authentication: NTS key exchanges, NAKs, cookies.
         Authdata,
+        /// The service addresses of `announce`: announced to the routing daemon, or why not.
+        Announcements,
     }
 }

@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 
 pub use ntpx_core::{
-    access, chronyc, client_log, metrics, nts, random, reference, report, server, sync,
+    access, announce, chronyc, client_log, metrics, nts, random, reference, report, server, sync,
 };
 
 pub mod cli;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     access::Access,
+    announce::AnnouncementReport,
     client_log::Cursor,
     sync::{SourceReport, Tracking},
 };
@@ -66,6 +67,8 @@ pub enum Request {
     Sources,
     /// Each source's authentication (`authdata`).
     AuthData,
+    /// Each service address of `announce`: announced, or why not.
+    Announcements,
 }
 
 impl Request {
@@ -78,7 +81,8 @@ impl Request {
             | Self::AccessCheck { .. }
             | Self::Tracking
             | Self::Sources
-            | Self::AuthData => false,
+            | Self::AuthData
+            | Self::Announcements => false,
         }
     }
 }
@@ -102,6 +106,9 @@ pub enum Response {
     },
     AuthData {
         sources: Vec<AuthData>,
+    },
+    Announcements {
+        addresses: Vec<AnnouncementReport>,
     },
     Error {
         message: String,

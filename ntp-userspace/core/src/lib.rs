@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod announce;
 pub mod chronyc;
 pub mod client_log;
 pub mod control;

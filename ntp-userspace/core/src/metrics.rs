@@ -15,6 +15,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    announce::AnnouncementReport,
     control::ServerStats,
     sync::{SourceReport, Tracking, source::SourceState},
 };
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub stats: ServerStats,
     pub tracking: Tracking,
     pub sources: Vec<SourceReport>,
+    /// The service addresses of `announce`.
+    pub announcements: Vec<AnnouncementReport>,
     /// Seconds since the state the kernel serves was computed (None: no program loaded).
     pub state_age: Option<f64>,
 }
@@ -116,7 +119,7 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let mut family = Family { encoder: &mut encoder };
         let f = &mut family;
-        let Self { stats, tracking: t, sources, state_age } = self;
+        let Self { stats, tracking: t, sources, announcements, state_age } = self;
         let seconds = || Some(Unit::Seconds);
 
         f.gauge(
@@ -330,6 +333,14 @@ impl Collector for Snapshot {
             )?;
         }
         f.gauge(
+            "ntpx_announced",
+            "Whether the service address is announced to the routing daemon (announce)",
+            None,
+            announcements
+                .iter()
+                .map(|a| (vec![("address", a.address.to_string())], i64::from(a.announced))),
+        )?;
+        f.gauge(
             "ntpx_xdp_attached",
             "Interfaces the XDP program is attached to, and how",
             None,
@@ -387,6 +398,11 @@ mod tests {
                 leap: crate::sync::LeapStatus::Normal,
                 ..Tracking::default()
             },
+            announcements: vec![AnnouncementReport {
+                address: IpAddr::from([192, 0, 2, 123]),
+                announced: true,
+                why_not: None,
+            }],
             sources: vec![
                 source.clone(),
                 SourceReport {
@@ -410,6 +426,7 @@ mod tests {
             r#"ntp_source_offset_seconds{name="a \"quoted\" name",address="192.0.2.1"} -0.0000025"#,
             r#"ntp_source_poll_interval_seconds{name="a \"quoted\" name",address="192.0.2.1"} 64.0"#,
             r#"ntpx_source_reach{name="GPS",address="GPS"} 255.0"#,
+            r#"ntpx_announced{address="192.0.2.123"} 1"#,
             r#"ntpx_kernel_packets_total{outcome="answered",reason="time"} 7"#,
             r#"ntpx_kernel_packets_total{outcome="passed",reason="length"} 2"#,
             r#"ntpx_xdp_attached{interface="eth1",mode="native"} 1"#,

@@ -6,6 +6,7 @@ use std::{io::Write as _, process::ExitCode};
 use clap::Parser as _;
 use ntp_userspace::{
     access::Access,
+    announce,
     cli::ntpxc::{Args, Command},
     control::{self, Request, Response},
     report,
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
         Command::Tracking => Ok(Request::Tracking),
         Command::Sources { .. } | Command::Sourcestats { .. } => Ok(Request::Sources),
         Command::Authdata => Ok(Request::AuthData),
+        Command::Announcements => Ok(Request::Announcements),
     };
     let request = match request {
         Ok(request) => request,
@@ -117,6 +119,16 @@ fn main() -> ExitCode {
                 _ => unreachable!("only sources and sourcestats ask for sources"),
             },
             (Response::AuthData { sources }, _) => report::authdata_text(sources),
+            (Response::Announcements { addresses }, true) => addresses
+                .iter()
+                .map(|a| {
+                    let why_not = a.why_not.map(|reason| reason.to_string()).unwrap_or_default();
+                    format!("{},{},{why_not}\n", a.address, a.announced)
+                })
+                .collect(),
+            (Response::Announcements { addresses }, false) => {
+                announce::announcements_text(addresses)
+            }
             (Response::AccessCheck { allowed: true }, _) => "208 Access allowed\n".into(),
             (Response::AccessCheck { allowed: false }, _) => "209 Access denied\n".into(),
             (Response::Ok, _) => "200 OK\n".into(),

@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     access::AccessRule,
+    announce::AnnounceSettings,
     sync::{discipline::MakeStep, refclock::ClockSettings, source::PollSettings},
 };
 use crate::{client_log::RateLimitConfig, control::AttachMode, reference::LocalReference};
@@ -261,6 +262,17 @@ impl Default for ChronycConfig {
     }
 }
 
+/// `ntsmastersecret`: where the fleet's master secret is, and the keys' period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterSecret {
+    pub path: PathBuf,
+    /// Seconds a derived key seals cookies (a day by default).
+    pub period_s: u64,
+}
+
+/// The period of the keys derived from a master secret unless `period` says otherwise.
+pub const DEFAULT_MASTER_SECRET_PERIOD_S: u64 = 86_400;
+
 /// NTS's server side: on when `ntsservercert` and `ntsserverkey` are given.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NtsServerConfig {
@@ -272,6 +284,9 @@ pub struct NtsServerConfig {
     pub dump_dir: Option<PathBuf>,
     /// `ntsrotate`: seconds between server keys (0: never rotated, as for a shared key file).
     pub rotate_s: u64,
+    /// `ntsmastersecret FILE [period SECONDS]`: the fleet's keys, derived from the secret in
+    /// FILE, one per period (instead of random keys, `ntsdumpdir`'s file and `ntsrotate`).
+    pub master_secret: Option<MasterSecret>,
     /// `ntsntpserver`: the NTP server NTS-KE names to clients (None: this one).
     pub ntp_server: Option<String>,
     /// `maxntsconnections`: NTS-KE sessions at once.
@@ -288,6 +303,7 @@ impl Default for NtsServerConfig {
             port: 4460,
             dump_dir: None,
             rotate_s: 604_800,
+            master_secret: None,
             ntp_server: None,
             max_connections: 100,
             rate_limit: None,
@@ -320,6 +336,9 @@ pub struct Config {
     /// `user`: whom ntpxd runs as once started (default `_ntpx` when it exists).
     pub user: Option<String>,
     pub xdp: Vec<XdpInterface>,
+    /// `announce ADDRESS... [maxdistance S] [holddown S]`: service addresses offered to the
+    /// fleet's routing daemon while this server is fit (ntpxd's directive).
+    pub announce: Vec<AnnounceSettings>,
     pub rate_limit: Option<RateLimitConfig>,
     pub client_log: ClientLogSize,
     pub sync: SyncConfig,
@@ -340,6 +359,7 @@ impl Default for Config {
             pidfile: PathBuf::from(DEFAULT_PIDFILE),
             user: None,
             xdp: Vec::new(),
+            announce: Vec::new(),
             rate_limit: None,
             client_log: ClientLogSize::default(),
             sync: SyncConfig::default(),

@@ -7,13 +7,14 @@ use std::{
 };
 
 use super::model::{
-    ClientLogSize, Config, ConfigError, LeapSecondSource, Loaded, Location, Warning, XdpInterface,
+    ClientLogSize, Config, ConfigError, DEFAULT_MASTER_SECRET_PERIOD_S, LeapSecondSource, Loaded,
+    Location, MasterSecret, Warning, XdpInterface,
 };
 use super::{
     include::{expand_glob, files_in},
     values::{
-        one, parse_access, parse_local, parse_number, parse_positive, parse_rate_limit,
-        parse_refclock, parse_source,
+        one, parse_access, parse_announce, parse_local, parse_number, parse_positive,
+        parse_rate_limit, parse_refclock, parse_source,
     },
 };
 use crate::{access::Access, sync::discipline::MakeStep};
@@ -226,6 +227,21 @@ impl Parser {
             "ntsdumpdir" => config.nts.dump_dir = Some(PathBuf::from(one(args)?)),
             "ntsrotate" => config.nts.rotate_s = parse_number(one(args)?, "seconds")?,
             "ntsntpserver" => config.nts.ntp_server = Some(one(args)?.to_owned()),
+            "ntsmastersecret" => {
+                let period_s = match args {
+                    [_] => DEFAULT_MASTER_SECRET_PERIOD_S,
+                    [_, "period", seconds] => {
+                        let period: u64 = parse_number(seconds, "seconds")?;
+                        if period == 0 {
+                            return Err("the period of the derived keys is at least 1 s".into());
+                        }
+                        period
+                    }
+                    _ => return Err("usage: ntsmastersecret FILE [period SECONDS]".into()),
+                };
+                config.nts.master_secret =
+                    Some(MasterSecret { path: PathBuf::from(args[0]), period_s });
+            }
             "maxntsconnections" => {
                 config.nts.max_connections = parse_number(one(args)?, "a number of connections")?
             }
@@ -262,6 +278,7 @@ impl Parser {
                 }
                 config.xdp.push(XdpInterface { interface, mode });
             }
+            "announce" => config.announce.push(parse_announce(args)?),
             "ratelimit" => {
                 config.rate_limit =
                     Some(parse_rate_limit(directive, RateLimitConfig::default(), args)?);

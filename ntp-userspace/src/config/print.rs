@@ -4,11 +4,13 @@
 use std::fmt;
 
 use super::model::{
-    ChronycConfig, ClientLogSize, Config, ExternalPulse, LeapSecondSource, NtsServerConfig,
-    RefclockConfig, RefclockDriver, SourceConfig, SourceKind, SyncConfig, XdpInterface,
+    ChronycConfig, ClientLogSize, Config, ExternalPulse, LeapSecondSource, MasterSecret,
+    NtsServerConfig, RefclockConfig, RefclockDriver, SourceConfig, SourceKind, SyncConfig,
+    XdpInterface,
 };
 use crate::{
     access::{Access, AccessRule, Subnet},
+    announce::AnnounceSettings,
     sync::{
         discipline::MakeStep, refclock::ClockSettings, reference_id_name, source::PollSettings,
     },
@@ -32,6 +34,7 @@ impl fmt::Display for Config {
             pidfile,
             user,
             xdp,
+            announce,
             rate_limit,
             client_log,
             sync,
@@ -85,6 +88,7 @@ impl fmt::Display for Config {
             port,
             dump_dir,
             rotate_s,
+            master_secret,
             ntp_server,
             max_connections,
             rate_limit: nts_rate_limit,
@@ -100,6 +104,9 @@ impl fmt::Display for Config {
             writeln!(f, "ntsdumpdir {}", dir.display())?;
         }
         writeln!(f, "ntsrotate {rotate_s}")?;
+        if let Some(MasterSecret { path, period_s }) = master_secret {
+            writeln!(f, "ntsmastersecret {} period {period_s}", path.display())?;
+        }
         if let Some(name) = ntp_server {
             writeln!(f, "ntsntpserver {name}")?;
         }
@@ -114,6 +121,13 @@ impl fmt::Display for Config {
         for XdpInterface { interface, mode } in xdp {
             let mode = mode.name();
             writeln!(f, "xdp {interface} {mode}")?;
+        }
+        for AnnounceSettings { addresses, max_distance, hold_down } in announce {
+            write!(f, "announce")?;
+            for address in addresses {
+                write!(f, " {address}")?;
+            }
+            writeln!(f, " maxdistance {max_distance} holddown {hold_down}")?;
         }
         if let Some(RateLimitConfig { interval, burst, leak, kod }) = rate_limit {
             writeln!(f, "ratelimit interval {interval} burst {burst} leak {leak} kod {kod}")?;

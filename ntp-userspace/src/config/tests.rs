@@ -184,6 +184,7 @@ fn the_printed_configuration_reads_back_the_same() {
     let text = "local stratum 8 distance 0.25\nallow\ndeny all 192.0.2.128/25\nallow 2001:db8::/32\n\
         port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nuser _ntpx\nxdp eth0\nxdp eth1 generic\n\
         ratelimit interval 2 kod 1\nclientlog entries 77\n\
+        announce 192.0.2.123 2001:db8::123 maxdistance 0.05 holddown 3\nannounce 192.0.2.124\n\
         server 192.0.2.1 iburst minpoll 2 trust\npool p.example maxsources 2 noselect require\n\
         refclock SHM 0:perm=0644 refid NMEA offset 0.2 delay 0.1 noselect\n\
         refclock PPS /dev/pps0:clear lock NMEA rate 2 prefer precision 1e-7\n\
@@ -193,6 +194,7 @@ fn the_printed_configuration_reads_back_the_same() {
         bindcmdaddress 0.0.0.0\ncmdport 1323\ncmdallow 192.0.2.0/24\ncmddeny all 192.0.2.7\n\
         chronycsocket none\nmetricsaddress [::1]:9975\nntsservercert /c.pem\nntsserverkey /k.pem\n\
         ntsport 4461\nntsdumpdir /var/lib/ntpx\nntsrotate 0\nntsntpserver ntp.example\n\
+        ntsmastersecret /etc/ntpx/nts-master period 3600\n\
         maxntsconnections 7\nntsratelimit interval 3 burst 2\n";
     let config = parse_text(text).unwrap().config;
     assert!(config.nts.enabled() && config.chronyc.access.len() == 2);
@@ -392,4 +394,24 @@ fn bad_refclock_lines_are_errors_with_file_and_line() {
     // chrony's options ntpxd does not act on are warnings.
     let loaded = parse_text("refclock SHM 0 width 0.1 minsamples 4").unwrap();
     assert_eq!(loaded.warnings.len(), 2);
+}
+
+#[test]
+fn announce_lines_name_service_addresses_and_their_health_bounds() {
+    let config = parse_text("announce 192.0.2.123 2001:db8::123 maxdistance 0.05 holddown 3\n")
+        .unwrap()
+        .config;
+    let announce = &config.announce[0];
+    assert_eq!(announce.addresses.len(), 2);
+    assert_eq!((announce.max_distance, announce.hold_down), (0.05, 3.0));
+    for (text, message) in [
+        ("announce", "usage: announce ADDRESS"),
+        ("announce ntp.example", "needs IP addresses"),
+        ("announce 127.0.0.1", "cannot be a service address"),
+        ("announce 192.0.2.1 holddown", "holddown needs seconds"),
+        ("announce 192.0.2.1 holddown -1", "holddown is 0 to 86400 s"),
+    ] {
+        let error = error_of(text);
+        assert!(error.contains(message) && error.contains("test.conf:1:"), "{text}: {error}");
+    }
 }

@@ -15,6 +15,7 @@ use super::model::{
 use super::resolve;
 use crate::{
     access::{Access, AccessRule, Subnet},
+    announce::{self, AnnounceSettings},
     sync::{refclock::ClockSettings, source::PollSettings},
 };
 use crate::{client_log::RateLimitConfig, reference::LocalReference};
@@ -300,6 +301,46 @@ fn parse_seconds(word: &str) -> Result<f64, String> {
         Ok(value) if value.is_finite() && value.abs() < 1e6 => Ok(value),
         _ => Err(format!("expected seconds, not {word:?}")),
     }
+}
+
+/// `announce ADDRESS... [maxdistance SECONDS] [holddown SECONDS]`: service addresses (host
+/// addresses, IPv4 or IPv6) and the health rule's bounds.
+pub(super) fn parse_announce(args: &[&str]) -> Result<AnnounceSettings, String> {
+    let mut settings = AnnounceSettings {
+        addresses: Vec::new(),
+        max_distance: announce::DEFAULT_MAX_DISTANCE,
+        hold_down: announce::DEFAULT_HOLD_DOWN,
+    };
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let mut value =
+            |what: &str| words.next().copied().ok_or_else(|| format!("{word} needs {what}"));
+        match *word {
+            "maxdistance" => {
+                settings.max_distance = parse_positive(value("seconds")?, "a distance")?
+            }
+            "holddown" => {
+                let seconds: f64 = parse_number(value("seconds")?, "seconds")?;
+                if !(0.0..=86_400.0).contains(&seconds) {
+                    return Err(format!("holddown is 0 to 86400 s, not {seconds}"));
+                }
+                settings.hold_down = seconds;
+            }
+            address => {
+                let address: IpAddr = address
+                    .parse()
+                    .map_err(|_| format!("announce needs IP addresses, not {address:?}"))?;
+                if address.is_loopback() || address.is_unspecified() || address.is_multicast() {
+                    return Err(format!("{address} cannot be a service address"));
+                }
+                settings.addresses.push(address);
+            }
+        }
+    }
+    if settings.addresses.is_empty() {
+        return Err("usage: announce ADDRESS... [maxdistance SECONDS] [holddown SECONDS]".into());
+    }
+    Ok(settings)
 }
 
 pub(super) fn parse_poll(word: &str) -> Result<i8, String> {

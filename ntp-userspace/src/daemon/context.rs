@@ -1,12 +1,16 @@
 //! What control connections (ntpxc's, chronyc's, scrapes) work with, and how they reach the
 //! owner.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     access::AccessRule,
+    announce::AnnouncementReport,
     client_table::ClientTable,
     config::{self},
     control::{AuthData, KernelCounters, XdpAttachment},
@@ -44,6 +48,8 @@ pub(super) struct ControlContext {
     pub(super) clients: Option<Arc<ClientTable>>,
     pub(super) config_file: PathBuf,
     pub(super) owner: mpsc::Sender<Ask>,
+    /// The service addresses' announcements, as the last tick left them.
+    pub(super) announcements: Arc<Mutex<Vec<AnnouncementReport>>>,
 }
 
 impl ControlContext {

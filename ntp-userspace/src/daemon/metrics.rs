@@ -174,6 +174,7 @@ fn snapshot(context: &ControlContext) -> anyhow::Result<Snapshot> {
         stats: server_stats_from(context, view),
         tracking: tracking(&context.server, context.upstream.as_deref()),
         sources: context.sources(),
+        announcements: context.announcements.lock().expect("announcements lock").clone(),
         state_age,
     })
 }

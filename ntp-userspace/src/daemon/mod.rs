@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod accept;
+mod announce;
 mod chronyc;
 mod context;
 mod metrics;
@@ -227,6 +228,10 @@ pub fn slow_path_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
+/// How long a stopping ntpxd goes on answering after it withdrew its service addresses: the
+/// routing daemons move the route in milliseconds, a client's next request goes elsewhere.
+const WITHDRAWAL_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
@@ -254,6 +259,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         let socket = Arc::new(NtpSocket::from_std(socket)?);
         tokio::spawn(serve_socket(socket, server.clone()));
     }
+    let mut announcer = announce::Announcer::new(&config.announce);
     let (owner_sender, mut asked) = mpsc::channel(MAX_CONTROL_CONNECTIONS);
     let context = Arc::new(ControlContext {
         server: server.clone(),
@@ -261,6 +267,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
         clients: dataplane.as_ref().map(Dataplane::clients),
         config_file,
         owner: owner_sender,
+        announcements: announcer.reports.clone(),
     });
     tokio::spawn(accept_control(
         UnixListener::from_std(control.listener.try_clone()?)?,
@@ -290,9 +297,11 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 // The watchdog hears from the loop that keeps the kernel's state fresh, and
                 // only when it did: a daemon that cannot publish is restarted.
-                if owner.republish(&server, upstream.as_deref()) {
+                let health = owner.republish_and_check(&server, upstream.as_deref());
+                if health.state_fresh {
                     service::notify(service::State::Alive);
                 }
+                announcer.check(&health);
                 if let Some(dataplane) = &owner.dataplane {
                     dataplane.clients().expire();
                 }
@@ -318,6 +327,12 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
 
     tracing::info!("ntpxd stopping");
     service::notify(service::State::Stopping);
+    // Withdrawn first, still answering while the routers move the service address elsewhere
+    // (the program keeps the state and the addresses it was given).
+    if !announcer.is_empty() {
+        announcer.stop();
+        tokio::time::sleep(WITHDRAWAL_GRACE).await;
+    }
     if let Some(upstream) = &upstream {
         upstream.save_drift(true);
     }

@@ -205,5 +205,8 @@ pub(super) fn respond(request: &Request, context: &ControlContext) -> anyhow::Re
         }
         Request::Sources => Response::Sources { sources: context.sources() },
         Request::AuthData => Response::AuthData { sources: context.auth_data() },
+        Request::Announcements => Response::Announcements {
+            addresses: context.announcements.lock().expect("announcements lock").clone(),
+        },
     })
 }

@@ -10,11 +10,13 @@ use super::context::{Ask, KernelView};
 use crate::config::reloadable;
 use crate::{
     access::{AccessRule, AccessTable},
+    announce::Health,
     client_log::ClientLogSettings,
     config::{self, ClientLogSize, Config},
     control::{KernelCounters, XdpAttachment},
     dataplane::Dataplane,
     server::Server,
+    sync::Served,
     sys::{
         clock::{self, KernelClock},
         nic,
@@ -36,11 +38,35 @@ pub(super) struct Owner {
 impl Owner {
     /// Refreshes the kernel's state; false if it could not.
     pub(super) fn republish(&mut self, server: &Server, upstream: Option<&Upstream>) -> bool {
+        self.refresh(server, upstream).is_some()
+    }
+
+    /// Refreshes the kernel's state, and says how fit the server is to be announced.
+    pub(super) fn republish_and_check(
+        &mut self,
+        server: &Server,
+        upstream: Option<&Upstream>,
+    ) -> Health {
+        let refreshed = self.refresh(server, upstream);
+        let header = refreshed.flatten().and_then(|served| served.header);
+        let attached = self.dataplane.as_ref().map_or(0, |d| d.attachments().count());
+        Health {
+            synchronised: header.is_some(),
+            root_distance: header.map_or(f64::INFINITY, |h| {
+                h.root_delay.to_seconds() / 2.0 + h.root_dispersion.to_seconds()
+            }),
+            state_fresh: refreshed.is_some(),
+            attached: attached >= self.config.xdp.len(),
+        }
+    }
+
+    /// The synchronisation's served time, if refreshing worked (None inside without sources).
+    fn refresh(&mut self, server: &Server, upstream: Option<&Upstream>) -> Option<Option<Served>> {
         match refresh(server, self.dataplane.as_mut(), upstream, &self.config) {
-            Ok(()) => true,
+            Ok(served) => Some(served),
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "cannot refresh the kernel's state");
-                false
+                None
             }
         }
     }
@@ -144,19 +170,21 @@ fn client_log_settings(config: &Config, epoch_tai_ns: u64) -> ClientLogSettings 
 }
 
 /// Follows the kernel clock and the synchronisation and, with the program loaded, publishes a
-/// fresh state and the local addresses.
+/// fresh state and the local addresses; what the synchronisation serves, if there is one.
 fn refresh(
     server: &Server,
     dataplane: Option<&mut Dataplane>,
     upstream: Option<&Upstream>,
     config: &Config,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Served>> {
+    let mut synchronisation = None;
     if let Some(upstream) = upstream {
         // First: the synchronisation keeps the kernel's clock state (and TAI offset) fresh.
         let now = clock::realtime_ns();
         let served = upstream.sync.lock().expect("sync lock").served(now as i64);
         server.set_served(served, now);
         upstream.save_drift(false);
+        synchronisation = Some(served);
     }
     // A kernel clock that answers is part of a healthy refresh (the watchdog hears of it).
     KernelClock::read().context("adjtimex")?;
@@ -167,7 +195,7 @@ fn refresh(
         dataplane.set_local_addresses(&addresses);
         dataplane.publish(&server.state_to_publish(now));
     }
-    Ok(())
+    Ok(synchronisation)
 }
 
 /// The addresses the server answers for: the bind addresses, or all of this host's.

@@ -3,6 +3,7 @@
 //! aya does not make, the NIC's offloads, the reference clocks' devices (shared memory, PPS,
 //! PHC), files, privileges and limits, the service manager and syslog. The rest of the crate denies unsafe code and calls what is here.
 
+pub mod address;
 pub mod bpf;
 pub mod clock;
 pub mod files;

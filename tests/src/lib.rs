@@ -2,6 +2,7 @@
 //! and the real programs the tests run in them (ntpxd, chronyd, ntpdig).
 
 pub mod client;
+pub mod fleet;
 pub mod frame;
 pub mod gnss;
 pub mod guest;

@@ -3,8 +3,8 @@
 //! - the nightly toolchain's rust-src (the eBPF crate builds `core` for the BPF target);
 //! - bpf-linker, built against Debian's LLVM of the same major version as nightly rustc's;
 //! - the Debian packages the tests run: chrony, ntpsec-ntpdate (ntpdig), iproute2, ethtool,
-//!   prometheus (promtool, which checks /metrics), gpsd (a reference clock's writer), and
-//!   debootstrap for the guest VM's image;
+//!   prometheus (promtool, which checks /metrics), gpsd (a reference clock's writer), bird2
+//!   (the fleet's routing daemon), and debootstrap for the guest VM's image;
 //! - cargo-deb, which builds the .deb, and cargo-fuzz, which runs the fuzz targets;
 //! - qemu, unpacked from Debian's packages into target/vm/qemu (see `guest`).
 //!
@@ -36,6 +36,7 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus",
     "gpsd",
+    "bird2",
 ];
 
 /// cargo-deb, pinned: newer releases may need a newer rustc than these machines have.

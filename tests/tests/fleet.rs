@@ -9,7 +9,7 @@ use std::{
 
 use ntpx_tests::{
     fleet::{ANYCAST_V4, Fleet, Member, Poller, Prometheus},
-    peers::{self, Ntpxd},
+    peers::{self, Chronyd, Ntpxd},
     require_root,
     upstream::OffsetServer,
 };
@@ -70,6 +70,11 @@ fn a_fleet_behind_one_address_announces_only_what_is_fit_to_serve() {
     assert!(peers::wait_for(Duration::from_secs(10), || poller.last_all(10, true)));
     let report = running(&servers[0]).ntpxc(&["announcements"]).unwrap();
     assert!(report.contains(ANYCAST_V4) && report.contains("yes"), "{report}");
+    // A chronyd client behind the router synchronises to the service address.
+    let chronyd =
+        Chronyd::start(&fleet.client, &format!("server {ANYCAST_V4} iburst minpoll 0 maxpoll 0\n"));
+    let selected = peers::wait_for(Duration::from_secs(30), || chronyd.selects(ANYCAST_V4));
+    assert!(selected, "chronyd did not select the fleet:\n{}", chronyd.chronyc(&["sources"]));
     // Prometheus scrapes both, and sees both announcing.
     let scraped = peers::wait_for(Duration::from_secs(30), || {
         let up = prometheus.query("sum(up) == 2 and sum(ntpx_announced) == 2");

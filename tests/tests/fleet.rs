@@ -15,12 +15,13 @@ use ntpx_tests::{
 };
 
 /// A fleet member's ntpxd: its upstream on the router, the service address announced once
-/// fit for 2 s, unfit past 20 ms of root distance (5 ms/s of error growth: 4 s of holdover).
+/// fit for 2 s, unfit past 20 ms of root distance (5 ms/s of error growth: 4 s of holdover);
+/// run as `nobody` with only the capabilities it keeps (CAP_NET_ADMIN for the addresses).
 fn config(member: &Member) -> String {
     format!(
         "server {router} iburst minpoll 0 maxpoll 0\nallow\nxdp {} native\nmaxclockerror 5000\n\
          announce {ANYCAST_V4} maxdistance 0.02 holddown 2\n\
-         metricsaddress {}:9975\ncmdallow {router}\n",
+         metricsaddress {}:9975\ncmdallow {router}\nuser nobody\n",
         member.interface,
         member.address,
         router = member.router_address,

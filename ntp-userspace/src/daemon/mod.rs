@@ -78,7 +78,8 @@ pub struct Prepared {
 
 impl Prepared {
     /// The capabilities ntpxd uses from now on: CAP_SYS_TIME while it adjusts the system
-    /// clock, and CAP_BPF where the kernel refuses map operations without it.
+    /// clock, CAP_BPF where the kernel refuses map operations without it, and CAP_NET_ADMIN
+    /// to announce service addresses.
     pub fn needed_capabilities(&mut self) -> anyhow::Result<CapsHashSet> {
         let mut needed = CapsHashSet::new();
         if self.upstream.as_ref().is_some_and(|upstream| upstream.controls_clock()) {
@@ -88,6 +89,10 @@ impl Prepared {
             && !privileges::works_without_bpf_capability(|| dataplane.counters().is_ok())?
         {
             needed.insert(Capability::CAP_BPF);
+        }
+        // Service addresses go on and off the loopback for as long as ntpxd runs.
+        if !self.config.announce.is_empty() {
+            needed.insert(Capability::CAP_NET_ADMIN);
         }
         Ok(needed)
     }

@@ -31,6 +31,10 @@ use crate::{
     upstream::Upstream,
 };
 
+/// What a permission error at start says to the packaged service's users.
+const PACKAGED_SERVICE_HINT: &str = "not allowed: the packaged service opens reference clocks \
+     with its drop-in, /usr/share/ntpx/ntpxd-refclock.conf (see README)";
+
 /// A reference clock whose device is open, and the source it feeds.
 pub struct OpenClock {
     source: SourceId,
@@ -58,6 +62,15 @@ pub fn open_all(
         let name = reference_id_name(config.clock.reference_id);
         let driver = config.driver.name();
         let device = open(&config.driver)
+            .map_err(|error| {
+                let denied = error.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<io::Error>()
+                        .is_some_and(|e| e.kind() == io::ErrorKind::PermissionDenied)
+                });
+                // The packaged service opens devices only with its drop-in.
+                if denied { error.context(PACKAGED_SERVICE_HINT) } else { error }
+            })
             .with_context(|| format!("{}: refclock {driver} ({name})", config.location))?;
         let settings = ClockSettings {
             precision: config.precision.max(2f64.powi(precision_log2.into())),

@@ -249,11 +249,10 @@ mod in_guest {
             ),
         );
 
-        // The unit's user; of the unit's capabilities (CAP_DAC_OVERRIDE (1) and CAP_IPC_OWNER
-        // (15) to open reference clocks, CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12),
-        // CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39)), once started only those it uses:
-        // CAP_SYS_TIME, and CAP_BPF where the kernel wants it for map operations (the guest's
-        // 6.1 does, with unprivileged BPF disabled).
+        // The unit's user; of the unit's capabilities (CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN
+        // (12), CAP_SYS_TIME (25), CAP_PERFMON (38), CAP_BPF (39)), once started only those it
+        // uses: CAP_SYS_TIME, and CAP_BPF where the kernel wants it for map operations (the
+        // guest's 6.1 does, with unprivileged BPF disabled).
         let status = guest.run("cat /proc/$(pidof ntpxd)/status");
         let field = |name: &str| {
             status.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).unwrap_or("")
@@ -439,7 +438,12 @@ mod in_guest {
         // host side; gpsd in the guest reads them as Debian runs it.
         let receiver = NmeaServer::start(&guest.netns, Duration::from_millis(20));
         install(&guest);
-        guest.run("systemctl stop ntpxd");
+        // The unit's drop-in for reference clocks, as the README says.
+        guest.run(
+            "systemctl stop ntpxd && mkdir -p /etc/systemd/system/ntpxd.service.d && \
+             ln -s /usr/share/ntpx/ntpxd-refclock.conf \
+             /etc/systemd/system/ntpxd.service.d/refclock.conf && systemctl daemon-reload",
+        );
         guest.write(
             "/etc/default/gpsd",
             &format!(

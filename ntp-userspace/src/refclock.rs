@@ -31,6 +31,9 @@ use crate::{
     upstream::Upstream,
 };
 
+/// How long a driver whose events fail rests before it waits for them again.
+const EVENT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
 /// What a permission error at start says to the packaged service's users.
 const PACKAGED_SERVICE_HINT: &str = "not allowed: the packaged service opens reference clocks \
      with its drop-in, /usr/share/ntpx/ntpxd-refclock.conf (see README)";
@@ -216,7 +219,11 @@ pub async fn run(mut clock: OpenClock, upstream: Arc<Upstream>) {
                         feed(&upstream, clock.source, &clock.name, reading);
                     }
                 }
-                Err(error) => health.failed(&error),
+                Err(error) => {
+                    health.failed(&error);
+                    // A socket or device that fails at once would otherwise spin.
+                    tokio::time::sleep(EVENT_ERROR_PAUSE).await;
+                }
             },
         }
     }

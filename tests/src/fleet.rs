@@ -8,17 +8,14 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use ntp_userspace::dataplane::VethPeerProgram;
 
 use crate::{
+    background::{Background, running},
     client,
     netns::Netns,
     peers::{Process, scratch_dir},
@@ -245,22 +242,20 @@ impl Bird {
 /// answered: when each was sent, and whether it was.
 pub struct Poller {
     answers: Arc<Mutex<Vec<(Instant, bool)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Background,
 }
 
 impl Poller {
     pub fn start(fleet: &Fleet) -> Self {
         let answers = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (recorded, stopping) = (answers.clone(), stop.clone());
+        let recorded = answers.clone();
         let path = fleet.client.path();
-        let thread = std::thread::spawn(move || {
+        let worker = Background::spawn(move |stop| {
             let file = fs::File::open(&path).expect("the client's namespace");
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             let source = SocketAddr::new(CLIENT_V4.parse().unwrap(), 0);
             let server = SocketAddr::new(ANYCAST_V4.parse().unwrap(), 123);
-            while !stopping.load(Ordering::Relaxed) {
+            while running(stop) {
                 let sent = Instant::now();
                 let reply = client::query(source, server, Duration::from_millis(150));
                 let answered =
@@ -269,7 +264,7 @@ impl Poller {
                 std::thread::sleep(Duration::from_millis(200).saturating_sub(sent.elapsed()));
             }
         });
-        Self { answers, stop, thread: Some(thread) }
+        Self { answers, _worker: worker }
     }
 
     /// Requests sent since `since`, and how many of them were answered.
@@ -283,15 +278,6 @@ impl Poller {
     pub fn last_all(&self, count: usize, answered: bool) -> bool {
         let answers = self.answers.lock().unwrap();
         answers.len() >= count && answers.iter().rev().take(count).all(|(_, a)| *a == answered)
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

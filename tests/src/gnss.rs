@@ -8,15 +8,13 @@ use std::{
     net::{SocketAddr, TcpListener},
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
+use ntp_userspace::sys::shm::ShmTime;
+
 use crate::{
+    background::{Background, running},
     netns::Netns,
     peers::{Process, scratch_dir},
 };
@@ -56,8 +54,7 @@ fn sentences(unix_s: i64) -> String {
 /// second's sentences, to whoever is connected.
 pub struct NmeaServer {
     pub address: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Background,
 }
 
 impl NmeaServer {
@@ -65,11 +62,9 @@ impl NmeaServer {
         let listener = netns.enter(|| TcpListener::bind("127.0.0.1:0").expect("an NMEA port"));
         let address = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let worker = Background::spawn(move |stop| {
             let mut receivers = Vec::new();
-            while !stopping.load(Ordering::Relaxed) {
+            while running(stop) {
                 // Sleep until `lag` past the next second.
                 let now = now_ns();
                 let next = (now.div_euclid(1_000_000_000) + 1) * 1_000_000_000;
@@ -82,16 +77,7 @@ impl NmeaServer {
                 receivers.retain_mut(|stream| stream.write_all(burst.as_bytes()).is_ok());
             }
         });
-        Self { address, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for NmeaServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        Self { address, _worker: worker }
     }
 }
 
@@ -130,43 +116,21 @@ impl Gpsd {
     }
 }
 
-/// ntpd's `struct shmTime` (mode 1), as gpsd writes it.
-#[repr(C)]
-#[derive(Default)]
-struct ShmTime {
-    mode: libc::c_int,
-    count: libc::c_int,
-    clock_sec: libc::time_t,
-    clock_usec: libc::c_int,
-    receive_sec: libc::time_t,
-    receive_usec: libc::c_int,
-    leap: libc::c_int,
-    precision: libc::c_int,
-    nsamples: libc::c_int,
-    valid: libc::c_int,
-    clock_nsec: libc::c_uint,
-    receive_nsec: libc::c_uint,
-    dummy: [libc::c_int; 8],
-}
-
 /// A writer of an NTP shared-memory segment of its own: each second, this machine's time plus
 /// `error`, as a badly set receiver would report it.
 pub struct ShmWriter {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Background,
 }
 
 impl ShmWriter {
     /// Creates (or takes) segment `unit` with `mode` and writes it every second.
     pub fn start(unit: u32, mode: u32, error: Duration) -> Self {
         let segment = create_segment(unit, mode);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
         let segment = segment as usize;
-        let thread = std::thread::spawn(move || {
+        let worker = Background::spawn(move |stop| {
             let segment = segment as *mut ShmTime;
             let mut count = 0;
-            while !stopping.load(Ordering::Relaxed) {
+            while running(stop) {
                 let received = now_ns();
                 let reference = received + error.as_nanos() as i64;
                 count += 1;
@@ -189,7 +153,7 @@ impl ShmWriter {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { _worker: worker }
     }
 }
 
@@ -223,29 +187,17 @@ pub fn give_segment(unit: u32, uid: u32) {
     }
 }
 
-impl Drop for ShmWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A writer of chrony's SOCK datagrams (`struct sock_sample`): each second, this machine's
 /// time plus `error`, to the socket ntpxd made at `path`.
 pub struct SockWriter {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Background,
 }
 
 impl SockWriter {
     pub fn start(path: PathBuf, error: f64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let worker = Background::spawn(move |stop| {
             let socket = UnixDatagram::unbound().expect("a datagram socket");
-            while !stopping.load(Ordering::Relaxed) {
+            while running(stop) {
                 let now = now_ns();
                 let mut sample = Vec::with_capacity(40);
                 sample.extend(now.div_euclid(1_000_000_000).to_ne_bytes());
@@ -259,15 +211,6 @@ impl SockWriter {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for SockWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        Self { _worker: worker }
     }
 }

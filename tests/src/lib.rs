@@ -1,6 +1,7 @@
 //! Test support for ntpx: frames and the frame-level oracle, network namespaces with veth pairs,
 //! and the real programs the tests run in them (ntpxd, chronyd, ntpdig).
 
+pub mod background;
 pub mod client;
 pub mod fleet;
 pub mod frame;

@@ -1,16 +1,7 @@
 //! A test upstream server that serves the machine's time plus a fixed offset: the pure
 //! responder of `ntp-common` behind a UDP socket with kernel receive timestamps.
 
-use std::{
-    net::SocketAddr,
-    os::fd::AsRawFd as _,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{net::SocketAddr, os::fd::AsRawFd as _, time::Duration};
 
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, SockaddrStorage, sockopt};
 use ntp_common::{
@@ -20,12 +11,14 @@ use ntp_common::{
 };
 use ntp_userspace::sys::clock;
 
-use crate::netns::Netns;
+use crate::{
+    background::{Background, running},
+    netns::Netns,
+};
 
 /// Serves until dropped.
 pub struct OffsetServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Background,
 }
 
 impl OffsetServer {
@@ -47,11 +40,9 @@ impl OffsetServer {
             netns.enter(|| std::net::UdpSocket::bind(address)).expect("binding the upstream");
         socket::setsockopt(&socket, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let worker = Background::spawn(move |stop| {
             let mut buffer = [0u8; 1024];
-            while !stopping.load(Ordering::Relaxed) {
+            while running(stop) {
                 let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
                 let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
                 let Ok(message) = socket::recvmsg::<SockaddrStorage>(
@@ -106,15 +97,6 @@ impl OffsetServer {
                 }
             }
         });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for OffsetServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        Self { _worker: worker }
     }
 }

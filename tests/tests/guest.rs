@@ -73,6 +73,20 @@ mod in_guest {
             .unwrap_or_else(|| panic!("chronyd -Q measured nothing:\n{text}"))
     }
 
+    /// A chronyd client on the host side, through qemu's port forward to the guest's port 123,
+    /// once it has selected ntpxd.
+    fn host_client_of(guest: &Guest) -> Chronyd {
+        let client = Chronyd::start(
+            &guest.netns,
+            &format!(
+                "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
+            ),
+        );
+        let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
+        assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
+        client
+    }
+
     /// `ntpxc -c tracking`'s fields.
     fn tracking(guest: &Guest) -> Vec<String> {
         guest.run("ntpxc -c tracking").trim().split(',').map(str::to_owned).collect()
@@ -268,15 +282,8 @@ mod in_guest {
         assert_ne!(effective & (1 << 25), 0, "no CAP_SYS_TIME:\n{status}");
         assert_eq!(field("CapAmb:"), "0000000000000000", "{status}");
 
-        // A chronyd client on the host side, through qemu's port forward to the guest's port 123.
-        let client = Chronyd::start(
-            &guest.netns,
-            &format!(
-                "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
-            ),
-        );
-        let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
-        assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
+        // A chronyd client on the host side, kept polling while the guest is checked.
+        let _client = host_client_of(&guest);
         let stats = guest.run("ntpxc serverstats");
         eprintln!("server: ntpxc serverstats in the guest:\n{stats}");
         assert!(answered_in_kernel(&guest) > 0, "{stats}");
@@ -510,14 +517,7 @@ mod in_guest {
         assert!(offset.abs() < 0.05, "the guest's clock is {offset} s off");
 
         // A client on the host side sees a stratum 1 server with GPS as its reference.
-        let client = Chronyd::start(
-            &guest.netns,
-            &format!(
-                "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} iburst minpoll 0 maxpoll 0\nport 0"
-            ),
-        );
-        let selected = wait_for(Duration::from_secs(120), || client.selects("127.0.0.1"));
-        assert!(selected, "chronyd did not select ntpxd:\n{}", client.chronyc(&["sources"]));
+        let client = host_client_of(&guest);
         let ntpdata = client.chronyc(&["ntpdata", "127.0.0.1"]);
         assert_eq!(peers::report_value(&ntpdata, "Stratum"), Some("1"), "{ntpdata}");
         assert_eq!(peers::report_value(&ntpdata, "Reference ID"), Some("47505300 (GPS)"));

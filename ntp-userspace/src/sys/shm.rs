@@ -6,24 +6,25 @@ use std::{io, mem::size_of, ptr};
 /// The key of unit 0 ("NTP0").
 pub const SHM_KEY_BASE: u32 = 0x4e54_5030;
 
-/// The segment's layout (ntpd's `struct shmTime`), native types and alignment.
+/// The segment's layout (ntpd's `struct shmTime`), native types and alignment, as gpsd writes
+/// it (and the test bed's writer).
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct ShmTime {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShmTime {
     /// 0: use the values if `valid`; 1: also only if `count` is the same after reading.
-    mode: libc::c_int,
-    count: libc::c_int,
-    clock_sec: libc::time_t,
-    clock_usec: libc::c_int,
-    receive_sec: libc::time_t,
-    receive_usec: libc::c_int,
-    leap: libc::c_int,
-    precision: libc::c_int,
-    nsamples: libc::c_int,
-    valid: libc::c_int,
-    clock_nsec: libc::c_uint,
-    receive_nsec: libc::c_uint,
-    dummy: [libc::c_int; 8],
+    pub mode: libc::c_int,
+    pub count: libc::c_int,
+    pub clock_sec: libc::time_t,
+    pub clock_usec: libc::c_int,
+    pub receive_sec: libc::time_t,
+    pub receive_usec: libc::c_int,
+    pub leap: libc::c_int,
+    pub precision: libc::c_int,
+    pub nsamples: libc::c_int,
+    pub valid: libc::c_int,
+    pub clock_nsec: libc::c_uint,
+    pub receive_nsec: libc::c_uint,
+    pub dummy: [libc::c_int; 8],
 }
 
 /// One time the writer left: the reference's time, the system time it was received at (both

@@ -292,7 +292,7 @@ pub struct Prometheus {
 impl Prometheus {
     pub fn start(fleet: &Fleet, targets: &[String]) -> Self {
         let dir = scratch_dir();
-        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../ntp-userspace/conf/examples");
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../ntp-userspace/doc/examples");
         fs::copy(format!("{examples}/ntpx-alerts.yml"), dir.path().join("ntpx-alerts.yml"))
             .expect("the alerting rules");
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();

@@ -150,7 +150,7 @@ fn a_fleet_behind_one_address_announces_only_what_is_fit_to_serve() {
 #[ignore = "needs bird2 (cargo xtask setup)"]
 fn the_shipped_bird_configuration_parses() {
     let config =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../ntp-userspace/conf/examples/bird-fleet.conf");
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../ntp-userspace/doc/examples/bird-fleet.conf");
     let output =
         std::process::Command::new("bird").args(["-p", "-c", config]).output().expect("bird");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -159,7 +159,7 @@ fn the_shipped_bird_configuration_parses() {
 #[test]
 #[ignore = "needs prometheus (cargo xtask setup)"]
 fn the_shipped_prometheus_configuration_and_rules_pass_promtool() {
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../ntp-userspace/conf/examples");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../ntp-userspace/doc/examples");
     for args in [
         vec!["check", "config", "prometheus-fleet.yml"],
         vec!["test", "rules", "ntpx-alerts.test.yml"],

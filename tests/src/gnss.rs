@@ -94,7 +94,8 @@ pub fn remove_shm(unit: u32) {
 }
 
 /// The real gpsd, reading a receiver over TCP and writing the NTP shared-memory segment 0
-/// (its PPS unit 1 stays unused without a PPS line).
+/// (its PPS unit 1 stays unused without a PPS line). Dropped, it is stopped and the segments it
+/// made are removed (it cannot: it drops root).
 pub struct Gpsd {
     pub process: Process,
     _dir: tempfile::TempDir,
@@ -113,6 +114,20 @@ impl Gpsd {
             dir.path().join("gpsd.log"),
         );
         Self { process, _dir: dir }
+    }
+}
+
+/// The NTP units gpsd makes segments for, and its own export segment's key ("GPSD").
+const GPSD_UNITS: std::ops::Range<u32> = 0..8;
+const GPSD_EXPORT_KEY: &str = "0x47505344";
+
+impl Drop for Gpsd {
+    fn drop(&mut self) {
+        self.process.stop();
+        for unit in GPSD_UNITS {
+            remove_shm(unit);
+        }
+        let _ = std::process::Command::new("ipcrm").args(["-M", GPSD_EXPORT_KEY]).output();
     }
 }
 

@@ -2,8 +2,8 @@
 //! chrony's SOCK datagrams and from a shared-memory writer of the test's own, combined with a
 //! network source, served to a chronyd client from XDP; held over when the device stops, and
 //! start-up errors that name the line. Everything runs with `-x`. The shared-memory segments
-//! are the machine's (SysV IPC is not per network namespace): these tests use distinct units,
-//! and gpsd's unit 0 only one test.
+//! are the machine's (SysV IPC is not per network namespace): gpsd's units (0 to 7) belong to
+//! one test, and the test's own writers use units from 15 on, one each.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -154,9 +154,6 @@ fn gpsd_makes_ntpxd_a_stratum_1_server_that_holds_over_and_resynchronises() {
     eprintln!("served offset with offset 0.25: {moved:+.6} s");
     // Within what gpsd's scheduling on a loaded machine adds to either measurement.
     assert!((moved - lagging - 0.25).abs() < 0.02, "moved by {} s", moved - lagging);
-    drop(gpsd);
-    remove_shm(0);
-    remove_shm(1);
 }
 
 #[test]
@@ -170,11 +167,11 @@ fn sock_samples_lead_a_server_source_and_a_clock_100_ms_off_is_a_falseticker() {
     let dir = scratch_dir();
     let socket = dir.path().join("gnss.sock");
     let _sock = SockWriter::start(socket.clone(), 0.0);
-    let _bad = ShmWriter::start(5, 0o600, Duration::from_millis(100));
+    let _bad = ShmWriter::start(15, 0o600, Duration::from_millis(100));
     let ntpxd = Ntpxd::start(
         &link.server_ns,
         &format!(
-            "refclock SOCK {} refid SOCK poll 1\nrefclock SHM 5 refid BAD poll 1\n\
+            "refclock SOCK {} refid SOCK poll 1\nrefclock SHM 15 refid BAD poll 1\n\
              server {} iburst minpoll 0 maxpoll 0\nallow 10.77.0.0/24\nxdp veth-srv native\n",
             socket.display(),
             UPSTREAM_V4[0]
@@ -196,7 +193,7 @@ fn sock_samples_lead_a_server_source_and_a_clock_100_ms_off_is_a_falseticker() {
     assert!(offset.abs() < 0.002, "served offset {offset}");
     let (sourcestats, ok) = ntpxd.chronyc(&["sourcestats"]);
     assert!(ok && sourcestats.lines().any(|l| l.starts_with("BAD ")), "{sourcestats}");
-    remove_shm(5);
+    remove_shm(15);
 }
 
 #[test]
@@ -208,15 +205,15 @@ fn a_reference_clock_that_cannot_be_opened_stops_the_start_with_its_line() {
     let not_a_socket = dir.path().join("file");
     std::fs::write(&not_a_socket, "").unwrap();
     // A segment anyone may write, and one another user owns: either could set the time.
-    let open_segment = ShmWriter::start(6, 0o666, Duration::ZERO);
-    let foreign_segment = ShmWriter::start(7, 0o600, Duration::ZERO);
-    give_segment(7, 65534);
+    let open_segment = ShmWriter::start(16, 0o666, Duration::ZERO);
+    let foreign_segment = ShmWriter::start(17, 0o600, Duration::ZERO);
+    give_segment(17, 65534);
     let cases = [
         ("refclock PPS /dev/pps9", "refclock PPS (PPS0): opening /dev/pps9"),
         ("refclock PHC /dev/ptp9", "refclock PHC (PHC0): reading /dev/ptp9"),
         (&format!("refclock SOCK {}", not_a_socket.display()), "exists and is not a socket"),
-        ("refclock SHM 6", "has mode 0666"),
-        ("refclock SHM 7", "owner uid 65534"),
+        ("refclock SHM 16", "has mode 0666"),
+        ("refclock SHM 17", "owner uid 65534"),
         ("refclock GPS 0", "unknown refclock driver `GPS`"),
     ];
     for (line, message) in cases {
@@ -225,18 +222,18 @@ fn a_reference_clock_that_cannot_be_opened_stops_the_start_with_its_line() {
         assert!(log.contains("ntpxd.conf:1:") && log.contains(message), "{line}:\n{log}");
     }
     // perm= says others may write: taken.
-    let ntpxd = Ntpxd::start(&link.server_ns, "refclock SHM 6:perm=0666 refid OPEN poll 0\n");
+    let ntpxd = Ntpxd::start(&link.server_ns, "refclock SHM 16:perm=0666 refid OPEN poll 0\n");
     assert!(
         peers::wait_for(Duration::from_secs(20), || has_state(&ntpxd, "*", "OPEN")),
         "{}",
         ntpxd.ntpxc(&["sources"]).unwrap_or_default()
     );
     // A reload with a bad refclock line is refused; the clock carries on.
-    ntpxd.rewrite_config("refclock SHM 6:perm=0666 refid OPEN poll 0 frobnicate\n");
+    ntpxd.rewrite_config("refclock SHM 16:perm=0666 refid OPEN poll 0 frobnicate\n");
     let refused = ntpxd.ntpxc(&["reload"]);
     assert!(refused.as_ref().is_err_and(|e| e.contains("frobnicate")), "{refused:?}");
     assert!(has_state(&ntpxd, "*", "OPEN"));
     drop((open_segment, foreign_segment));
-    remove_shm(6);
-    remove_shm(7);
+    remove_shm(16);
+    remove_shm(17);
 }

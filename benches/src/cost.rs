@@ -76,7 +76,7 @@ pub fn measure() -> anyhow::Result<Costs> {
     ];
     let access = AccessTable::from_rules(&rules);
     dataplane.set_access(&access)?;
-    dataplane.set_local_addresses(&[server]);
+    dataplane.set_local_addresses(&[server], &[]);
     dataplane.set_client_log(ClientLogSettings {
         enabled: true,
         limit: ntp_common::ratelimit::RateLimit::DISABLED,
@@ -95,7 +95,7 @@ pub fn measure() -> anyhow::Result<Costs> {
     let mut cost = |frame: &[u8; FRAME_LEN]| -> anyhow::Result<f64> {
         // A fresh state for each measurement (each lasts well under its freshness).
         let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: 0 };
-        dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS));
+        dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS), None);
         probe.cost(dataplane.program_mut()?, frame, RUNS)
     };
     let (answered_ns, passed_ns, denied_ns) = (cost(&answered)?, cost(&passed)?, cost(&denied)?);

@@ -89,10 +89,20 @@ pub fn check(
     addressing: &Addressing,
     is_local: impl Fn(&WireAddress) -> bool,
 ) -> Result<(), AddressRefusal> {
-    let Addressing { source, source_port, destination, on_loopback } = addressing;
-    if !is_local(destination) {
+    if !is_local(&addressing.destination) {
         return Err(AddressRefusal::NotLocal);
     }
+    check_beyond_destination(addressing, is_local)
+}
+
+/// [`check`] for a request whose destination is known to be one of the server's (the XDP
+/// program looks it up once, for the time it serves there too).
+#[inline(always)]
+pub fn check_beyond_destination(
+    addressing: &Addressing,
+    is_local: impl Fn(&WireAddress) -> bool,
+) -> Result<(), AddressRefusal> {
+    let Addressing { source, source_port, destination, on_loopback } = addressing;
     if !on_loopback && (destination.is_loopback() || source.is_loopback()) {
         return Err(AddressRefusal::Loopback);
     }

@@ -37,12 +37,16 @@ pub struct ServerPage {
     pub slots: [Published; 2],
 }
 
-/// One published snapshot: the served state, the served port, the client log's settings, the
+/// One published snapshot: the served states, the served port, the client log's settings, the
 /// access tries in use, and this host's addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Published {
+    /// True UTC, leap seconds announced and made: served to every address not smeared.
     pub state: ServerState,
+    /// Leap-smeared time (`leapsmear`), served to the addresses whose bit is set in
+    /// `smeared_v4`/`smeared_v6`; zeroed (stale) when no address is smeared.
+    pub smeared: ServerState,
     /// CLOCK_TAI instant the client log's timestamps count from.
     pub client_log_epoch_tai_ns: u64,
     pub limit: RateLimit,
@@ -57,16 +61,20 @@ pub struct Published {
     /// when even, the `_B` pair when odd. A client's record remembers the generation it was
     /// admitted under ([`crate::ratelimit::ClientRecord::access_generation`]).
     pub access_generation: u32,
-    /// Keeps the addresses 8-aligned.
-    pub reserved_end: u32,
+    /// Bit i set: `local_v6[i]` is served [`Self::smeared`] time.
+    pub smeared_v6: u32,
+    /// Bit i set: `local_v4[i]` is served [`Self::smeared`] time.
+    pub smeared_v4: u64,
     /// IPv4 addresses as their four bytes in a native u32 (`u32::from_ne_bytes(octets)`).
     pub local_v4: [u32; MAX_LOCAL_V4],
     /// IPv6 addresses as their sixteen bytes in two native u64.
     pub local_v6: [[u64; 2]; MAX_LOCAL_V6],
 }
 
-const _: () =
-    assert!(size_of::<Published>() == 64 + 8 + 8 + 16 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6);
+const _: () = assert!(
+    size_of::<Published>() == 2 * 64 + 8 + 8 + 16 + 8 + 4 * MAX_LOCAL_V4 + 16 * MAX_LOCAL_V6
+);
+const _: () = assert!(MAX_LOCAL_V4 <= 64 && MAX_LOCAL_V6 <= 32, "one bit per address");
 const _: () = assert!(size_of::<ServerPage>() <= 4096);
 
 impl Published {
@@ -76,30 +84,57 @@ impl Published {
         access_slot(self.access_generation)
     }
 
-    /// Whether `address` (its bytes in a native u32) is one of the local IPv4 addresses.
+    /// Whether `address` (its bytes in a native u32) is one of the local IPv4 addresses, and
+    /// which time it is served.
     #[inline(always)]
-    pub fn is_local_v4(&self, address: u32) -> bool {
+    pub fn local_v4(&self, address: u32) -> Option<TimeModel> {
         let mut i = 0;
         while i < MAX_LOCAL_V4 && i < self.local_v4_count as usize {
             if self.local_v4[i] == address {
-                return true;
+                return Some(TimeModel::of_bit(self.smeared_v4 >> i));
             }
             i += 1;
         }
-        false
+        None
     }
 
-    /// Whether `address` (its bytes in two native u64) is one of the local IPv6 addresses.
+    /// Whether `address` (its bytes in two native u64) is one of the local IPv6 addresses, and
+    /// which time it is served.
     #[inline(always)]
-    pub fn is_local_v6(&self, address: [u64; 2]) -> bool {
+    pub fn local_v6(&self, address: [u64; 2]) -> Option<TimeModel> {
         let mut i = 0;
         while i < MAX_LOCAL_V6 && i < self.local_v6_count as usize {
             if self.local_v6[i][0] == address[0] && self.local_v6[i][1] == address[1] {
-                return true;
+                return Some(TimeModel::of_bit(u64::from(self.smeared_v6 >> i)));
             }
             i += 1;
         }
-        false
+        None
+    }
+
+    /// The state served as `model`.
+    #[inline(always)]
+    pub const fn state_of(&self, model: TimeModel) -> &ServerState {
+        match model {
+            TimeModel::True => &self.state,
+            TimeModel::Smeared => &self.smeared,
+        }
+    }
+}
+
+/// Which time a local address serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeModel {
+    /// UTC, with leap seconds announced and made.
+    True,
+    /// UTC with leap seconds smeared (`leapsmear`).
+    Smeared,
+}
+
+impl TimeModel {
+    #[inline(always)]
+    const fn of_bit(bits: u64) -> Self {
+        if bits & 1 == 1 { Self::Smeared } else { Self::True }
     }
 }
 

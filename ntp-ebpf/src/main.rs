@@ -5,7 +5,9 @@
 //! 802.1Q tag; IPv4 (options are stripped from the reply) or IPv6 without extension headers; UDP
 //! to the served port with a valid checksum; exactly 48 bytes of NTP, mode 3, version 1-4; sent
 //! from a unicast address the access rules admit to one of this host's addresses; while the
-//! daemon's published state is fresh. A reply is never longer than its request.
+//! daemon's published state is fresh. A reply is never longer than its request. The time served
+//! is chosen by the destination address, in the same walk that finds it local: true UTC, or
+//! leap-smeared time for the addresses `leapsmear` names.
 //!
 //! The rules are those of `ntp_common::responder`, the oracle the tests compare this program
 //! with. The code reads and writes packets in aligned 16-bit words, and everything it needs per
@@ -32,7 +34,9 @@ use core::ptr::read_volatile;
 use ntp_common::{
     admission::{self, Addressing, WireAddress},
     checksum::fold,
-    maps::{ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage, client_key_v4},
+    maps::{
+        ACCESS_ALLOW, Counter, MAX_ACCESS_RULES, Published, ServerPage, TimeModel, client_key_v4,
+    },
     ratelimit::{self, ClientRecord, Limit},
     responder,
     state::ServerState,
@@ -202,7 +206,10 @@ fn serve_ipv4(
         destination: WireAddress::V4(u32_of(dst).to_ne_bytes()),
         on_loopback: arrived_on_loopback(ctx),
     };
-    if admission::check(&addressing, |a| is_local(published, a)).is_err() || !is_unicast_frame(ctx)?
+    let model = local_model(published, &addressing.destination).ok_or(Counter::PassedAddress)?;
+    if admission::check_beyond_destination(&addressing, |a| local_model(published, a).is_some())
+        .is_err()
+        || !is_unicast_frame(ctx)?
     {
         return Err(Counter::PassedAddress);
     }
@@ -224,8 +231,13 @@ fn serve_ipv4(
         };
         access == Some(&ACCESS_ALLOW)
     };
-    let (state, received, answer) =
-        admit_and_log(published, &client_key_v4(src_bytes), receive_tai_ns, admitted_by_rules)?;
+    let (state, received, answer) = admit_and_log(
+        published,
+        model,
+        &client_key_v4(src_bytes),
+        receive_tai_ns,
+        admitted_by_rules,
+    )?;
     let min_poll = snapshot.last_reads()?;
 
     let l2 = read_l2(ctx, l3)?;
@@ -309,7 +321,10 @@ fn serve_ipv6(
         destination: WireAddress::V6(bytes16(&dst)),
         on_loopback: arrived_on_loopback(ctx),
     };
-    if admission::check(&addressing, |a| is_local(published, a)).is_err() || !is_unicast_frame(ctx)?
+    let model = local_model(published, &addressing.destination).ok_or(Counter::PassedAddress)?;
+    if admission::check_beyond_destination(&addressing, |a| local_model(published, a).is_some())
+        .is_err()
+        || !is_unicast_frame(ctx)?
     {
         return Err(Counter::PassedAddress);
     }
@@ -331,7 +346,7 @@ fn serve_ipv6(
         access == Some(&ACCESS_ALLOW)
     };
     let (state, received, answer) =
-        admit_and_log(published, &src_bytes, receive_tai_ns, admitted_by_rules)?;
+        admit_and_log(published, model, &src_bytes, receive_tai_ns, admitted_by_rules)?;
     let min_poll = snapshot.last_reads()?;
 
     let l2 = read_l2(ctx, l3)?;
@@ -383,12 +398,17 @@ fn is_unicast_frame(ctx: &XdpContext) -> Result<bool, Refusal> {
     Ok((destination | source).to_ne_bytes()[0] & 1 == 0)
 }
 
-/// The published state, if fresh at the receive instant, and the time elapsed since its anchor.
-/// A copy, read once: the reply is written from it after the page's sequence is checked.
+/// The published state of `model`, if fresh at the receive instant, and the time elapsed since
+/// its anchor. A copy, read once: the reply is written from it after the page's sequence is
+/// checked.
 #[inline(always)]
-fn fresh_state(published: &Published, receive_tai_ns: u64) -> Result<(ServerState, u64), Refusal> {
+fn fresh_state(
+    published: &Published,
+    model: TimeModel,
+    receive_tai_ns: u64,
+) -> Result<(ServerState, u64), Refusal> {
     // SAFETY: a read of the map's value, valid while the program runs.
-    let state = unsafe { read_volatile(&published.state) };
+    let state = unsafe { read_volatile(published.state_of(model)) };
     let received = state.elapsed_ns(receive_tai_ns).ok_or(Counter::PassedStale)?;
     Ok((state, received))
 }
@@ -426,13 +446,14 @@ enum Answer {
 }
 
 /// Admits the client (`key`) by the access rules, then logs it and applies its rate limit:
-/// the state to answer with, the time since its anchor, and the answer. A client whose record
+/// the state to answer with (`model`'s), the time since its anchor, and the answer. A client whose record
 /// says it was admitted under the rules in use skips the trie (`admitted_by_rules`); a new
 /// client is admitted before its record is made, so that denied sources never fill the log.
 /// A stale state passes the request on before it is logged: the slow path logs it.
 #[inline(always)]
 fn admit_and_log(
     published: &Published,
+    model: TimeModel,
     key: &[u8; 16],
     receive_tai_ns: u64,
     admitted_by_rules: impl FnOnce() -> bool,
@@ -444,7 +465,7 @@ fn admit_and_log(
     if !known && !admitted_by_rules() {
         return Err(Counter::DroppedDenied);
     }
-    let (state, received) = fresh_state(published, receive_tai_ns)?;
+    let (state, received) = fresh_state(published, model, receive_tai_ns)?;
     let answer = log_client(published, key, record, receive_tai_ns)?;
     Ok((state, received, answer))
 }
@@ -490,18 +511,19 @@ fn log_client(
     }
 }
 
-/// Whether `address` is one of the addresses the daemon published as the server's.
+/// Whether `address` is one of the addresses the daemon published as the server's, and the
+/// time served there.
 #[inline(always)]
-fn is_local(published: &Published, address: &WireAddress) -> bool {
+fn local_model(published: &Published, address: &WireAddress) -> Option<TimeModel> {
     match address {
-        WireAddress::V4(bytes) => published.is_local_v4(u32::from_ne_bytes(*bytes)),
+        WireAddress::V4(bytes) => published.local_v4(u32::from_ne_bytes(*bytes)),
         WireAddress::V6(bytes) => {
             let half = |at: usize| {
                 let mut word = [0u8; 8];
                 word.copy_from_slice(&bytes[at..at + 8]);
                 u64::from_ne_bytes(word)
             };
-            published.is_local_v6([half(0), half(8)])
+            published.local_v6([half(0), half(8)])
         }
     }
 }

@@ -179,16 +179,19 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Publishes a new state (the port and local addresses stay).
-    pub fn publish(&mut self, state: &ServerState) {
+    /// Publishes new states, true and (with `leapsmear`) smeared (the port and local addresses
+    /// stay).
+    pub fn publish(&mut self, state: &ServerState, smeared: Option<&ServerState>) {
         self.published.state = *state;
+        self.published.smeared =
+            smeared.copied().unwrap_or_else(<ServerState as bytemuck::Zeroable>::zeroed);
         self.switch();
     }
 
-    /// Sets the addresses the program answers for, from the next [`Self::publish`] on (one
-    /// switch for both). Beyond the page's room, the program passes requests to further
-    /// addresses to the slow path.
-    pub fn set_local_addresses(&mut self, addresses: &[IpAddr]) {
+    /// Sets the addresses the program answers for, and those of them served smeared time,
+    /// from the next [`Self::publish`] on (one switch for both). Beyond the page's room, the
+    /// program passes requests to further addresses to the slow path.
+    pub fn set_local_addresses(&mut self, addresses: &[IpAddr], smeared: &[IpAddr]) {
         let v4: Vec<u32> = addresses
             .iter()
             .filter_map(|a| match a {
@@ -218,14 +221,24 @@ impl Dataplane {
                  bindaddress narrows the set"
             );
         }
+        let bits = |family: &mut dyn Iterator<Item = &IpAddr>| {
+            family
+                .enumerate()
+                .filter(|(_, a)| smeared.contains(a))
+                .fold(0u64, |bits, (i, _)| if i < 64 { bits | 1 << i } else { bits })
+        };
+        let smeared_v4 = bits(&mut addresses.iter().filter(|a| a.is_ipv4()));
+        let smeared_v6 = bits(&mut addresses.iter().filter(|a| a.is_ipv6())) as u32;
         let published = &mut *self.published;
         let changed = v4[..v4.len().min(MAX_LOCAL_V4)]
             != published.local_v4[..usize::from(published.local_v4_count)]
             || v6[..v6.len().min(MAX_LOCAL_V6)]
-                != published.local_v6[..usize::from(published.local_v6_count)];
+                != published.local_v6[..usize::from(published.local_v6_count)]
+            || (smeared_v4, smeared_v6) != (published.smeared_v4, published.smeared_v6);
         if !changed {
             return;
         }
+        (published.smeared_v4, published.smeared_v6) = (smeared_v4, smeared_v6);
         published.local_v4 = [0; MAX_LOCAL_V4];
         published.local_v6 = [[0; 2]; MAX_LOCAL_V6];
         for (slot, address) in published.local_v4.iter_mut().zip(&v4) {

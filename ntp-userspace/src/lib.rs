@@ -7,7 +7,8 @@
 #![deny(unsafe_code)]
 
 pub use ntpx_core::{
-    access, announce, chronyc, client_log, metrics, nts, random, reference, report, server, sync,
+    access, announce, chronyc, client_log, metrics, nts, random, reference, report, server, smear,
+    smoothing, sync,
 };
 
 pub mod cli;

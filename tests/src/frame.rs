@@ -214,13 +214,24 @@ pub struct Environment<'a> {
     pub port: u16,
     pub access: &'a AccessTable,
     pub local_addresses: &'a [IpAddr],
+    /// True time, served to every local address but the smeared ones.
     pub state: &'a ServerState,
+    /// The local addresses served `smeared` time (`leapsmear`).
+    pub smeared_addresses: &'a [IpAddr],
+    pub smeared: &'a ServerState,
     /// The rate limit's interval, raising the reply's poll (`i8::MIN`: none). The oracle does
     /// not model rate limiting itself: tests that limit check it statistically.
     pub min_poll: i8,
     /// The frame came in on the loopback interface (as BPF_PROG_TEST_RUN runs a program unless
     /// told another interface).
     pub on_loopback: bool,
+}
+
+impl Environment<'_> {
+    /// The state served to requests sent to `destination`.
+    pub fn state_for(&self, destination: IpAddr) -> &ServerState {
+        if self.smeared_addresses.contains(&destination) { self.smeared } else { self.state }
+    }
 }
 
 /// The oracle: what the program must do with `frame` when it receives it at `receive_tai_ns`
@@ -323,9 +334,13 @@ pub fn expected(
     if !env.access.is_allowed(src) {
         return Expected::Refused(Counter::DroppedDenied);
     }
-    let Ok(ntp_reply) =
-        responder::respond(request, env.state, receive_tai_ns, transmit_tai_ns, env.min_poll)
-    else {
+    let Ok(ntp_reply) = responder::respond(
+        request,
+        env.state_for(dst),
+        receive_tai_ns,
+        transmit_tai_ns,
+        env.min_poll,
+    ) else {
         return Expected::Refused(Counter::PassedStale);
     };
     Expected::Answered(reply_frame(frame, l3, src, dst, l4, &ntp_reply))

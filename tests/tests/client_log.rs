@@ -37,7 +37,7 @@ fn dataplane(limit: RateLimit, capacity: u32) -> Dataplane {
     let mut dataplane = Dataplane::load(123, capacity).expect("loading the XDP program");
     let everyone = AccessRule { access: Access::Allow, all: false, subnet: Subnet::Everything };
     dataplane.set_access(&AccessTable::from_rules(&[everyone])).unwrap();
-    dataplane.set_local_addresses(&[SERVER_V4.into(), SERVER_V6.into()]);
+    dataplane.set_local_addresses(&[SERVER_V4.into(), SERVER_V6.into()], &[]);
     dataplane.set_client_log(ClientLogSettings {
         enabled: true,
         limit,
@@ -51,7 +51,7 @@ fn dataplane(limit: RateLimit, capacity: u32) -> Dataplane {
 fn refresh(dataplane: &mut Dataplane) {
     let local = LocalReference { stratum: 4, distance: 1.0 };
     let now = TaiReading { tai_ns: clock::tai_ns(), tai_offset_s: 0 };
-    dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS));
+    dataplane.publish(&Reference::new(Some(local), -24).state_at(now, MAX_STATE_AGE_NS), None);
 }
 
 fn request_from(client: IpAddr) -> Vec<u8> {

@@ -15,6 +15,9 @@ use ntp_userspace::{
     access::{Access, AccessRule, AccessTable, Subnet},
     client_log::ClientLogSettings,
     dataplane::Dataplane,
+    reference::{Reference, TaiReading},
+    smear::{SmearSettings, SmearShape},
+    sync::Served,
     sys::clock,
 };
 use ntpx_tests::{
@@ -35,12 +38,17 @@ const UNLISTED_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const DENIED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0xdead, 1);
+/// Local addresses served leap-smeared time.
+const SMEARED_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const SMEARED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
 
 struct Fixture {
     dataplane: Dataplane,
     access: AccessTable,
     local_addresses: Vec<IpAddr>,
+    smeared_addresses: Vec<IpAddr>,
     state: ServerState,
+    smeared: ServerState,
     /// The interface frames come in on (None: the loopback, as BPF_PROG_TEST_RUN has it).
     ingress_ifindex: Option<u32>,
 }
@@ -109,14 +117,27 @@ impl Fixture {
         // As the daemon publishes them: the loopback addresses are the host's too.
         let local_addresses = vec![
             SERVER_V4.into(),
+            SMEARED_V4.into(),
             SERVER_V6.into(),
+            SMEARED_V6.into(),
             Ipv4Addr::LOCALHOST.into(),
             Ipv6Addr::LOCALHOST.into(),
         ];
-        dataplane.set_local_addresses(&local_addresses);
+        let smeared_addresses = vec![SMEARED_V4.into(), SMEARED_V6.into()];
+        dataplane.set_local_addresses(&local_addresses, &smeared_addresses);
         let state = current_state(synchronised_header(0.0));
-        dataplane.publish(&state);
-        Self { dataplane, access, local_addresses, state, ingress_ifindex: None }
+        // Until a test smears: the same time on every address.
+        let smeared = state;
+        dataplane.publish(&state, Some(&smeared));
+        Self {
+            dataplane,
+            access,
+            local_addresses,
+            smeared_addresses,
+            state,
+            smeared,
+            ingress_ifindex: None,
+        }
     }
 
     fn environment(&self) -> Environment<'_> {
@@ -125,6 +146,8 @@ impl Fixture {
             access: &self.access,
             local_addresses: &self.local_addresses,
             state: &self.state,
+            smeared_addresses: &self.smeared_addresses,
+            smeared: &self.smeared,
             min_poll: i8::MIN,
             on_loopback: self.ingress_ifindex.is_none(),
         }
@@ -136,9 +159,15 @@ impl Fixture {
         self.dataplane.set_access(&self.access).unwrap();
     }
 
+    /// Publishes `state` for every address.
     fn publish(&mut self, state: ServerState) {
-        self.dataplane.publish(&state);
-        self.state = state;
+        self.publish_both(state, state);
+    }
+
+    /// Publishes true time and smeared time.
+    fn publish_both(&mut self, state: ServerState, smeared: ServerState) {
+        self.dataplane.publish(&state, Some(&smeared));
+        (self.state, self.smeared) = (state, smeared);
     }
 
     /// Runs the program on `frame` and checks it against the oracle.
@@ -181,13 +210,22 @@ impl Fixture {
             Expected::Answered(expected) => {
                 assert_eq!(outcome.action, XDP_TX, "{label}: should be answered");
                 assert_eq!(moved, [Counter::Received, Counter::Answered], "{label}: counters");
-                self.check_reply(label, &outcome.frame, &expected, before, after);
+                let state = *self.environment().state_for(frame::reply_layout(&outcome.frame).1);
+                self.check_reply(label, &outcome.frame, &expected, &state, before, after);
                 assert!(outcome.frame.len() <= frame.len(), "{label}: reply longer than request");
             }
         }
     }
 
-    fn check_reply(&self, label: &str, reply: &[u8], expected: &[u8], before: u64, after: u64) {
+    fn check_reply(
+        &self,
+        label: &str,
+        reply: &[u8],
+        expected: &[u8],
+        state: &ServerState,
+        before: u64,
+        after: u64,
+    ) {
         assert_eq!(reply.len(), expected.len(), "{label}: reply length");
         let (l4, src, dst) = frame::reply_layout(reply);
         let ntp = l4 + 8;
@@ -203,8 +241,8 @@ impl Fixture {
             |at: usize| NtpTimestamp::from_bits(reply[ntp + at..ntp + at + 8].try_into().unwrap());
         let receive = timestamp(offset::RECEIVE_TIMESTAMP);
         let transmit = timestamp(offset::TRANSMIT_TIMESTAMP);
-        let earliest = self.state.served_time(before).unwrap();
-        let latest = self.state.served_time(after).unwrap();
+        let earliest = state.served_time(before).unwrap();
+        let latest = state.served_time(after).unwrap();
         // Wrapping differences: right across an NTP era rollover too.
         let in_order = |a: NtpTimestamp, b: NtpTimestamp| b.nanos_since(a) >= 0;
         assert!(
@@ -429,6 +467,95 @@ fn the_program_serves_across_the_2036_era_rollover() {
         let outcome = fixture.dataplane.test_run(&request).unwrap();
         assert_eq!(outcome.action, XDP_TX, "{label}");
         assert_eq!(seconds(&outcome.frame), expected_seconds, "{label}: transmit seconds");
+    }
+}
+
+/// The reply's leap indicator and transmit time, Unix ns.
+fn leap_and_time(reply: &[u8]) -> (Leap, i64) {
+    let (l4, _, _) = frame::reply_layout(reply);
+    let header =
+        ntp_common::wire::NtpHeader::from_bytes(reply[l4 + 8..l4 + 56].try_into().unwrap());
+    (header.leap, header.transmit_timestamp.to_unix_nanos_near(clock::realtime_ns() as i64))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_smeared_addresses_are_served_smeared_time_across_the_window() {
+    require_root();
+    let mut fixture = Fixture::new();
+    let settings = SmearSettings { shape: SmearShape::Linear, window: 86_400.0 };
+    // The leap (an inserted second) this far from now, s, and the smear expected now: smeared
+    // minus true time (-x: true time itself makes the leap).
+    let hour = 3_600;
+    for (to_leap, expected_smear) in [
+        (13 * hour, 0.0),
+        (12 * hour - 60, -60.0 / 86_400.0),
+        (6 * hour, -0.25),
+        (1, -0.5 + 1.0 / 86_400.0),
+        (-1, 0.5 - 1.0 / 86_400.0),
+        (-6 * hour, 0.25),
+        (-12 * hour - 60, 0.0),
+    ] {
+        let now = clock::tai_now();
+        let leap_at = now.system_time_ns() as i64 + to_leap * 1_000_000_000;
+        let synchronised = synchronised_header(0.0);
+        let announcing = Served {
+            correction: 0.0,
+            frequency: 0.0,
+            header: Some(ReplyHeader { leap: Leap::InsertSecond, ..synchronised }),
+            leap_at_ns: Some(leap_at),
+            correction_after_leap: -1.0,
+            skew: 0.0,
+        };
+        let mut reference = Reference::new(None, -24).leap_smeared(Some(settings));
+        if to_leap > 0 {
+            reference.set_served(announcing, now);
+        } else {
+            // Heard before the leap; now past it, true time has gone back a second.
+            let earlier =
+                TaiReading { tai_ns: now.tai_ns - (1 - to_leap) as u64 * 1_000_000_000, ..now };
+            reference.set_served(announcing, earlier);
+            let made = Served {
+                correction: -1.0,
+                header: Some(synchronised),
+                leap_at_ns: None,
+                ..announcing
+            };
+            reference.set_served(made, now);
+        }
+        let state = reference.state_at(now, MAX_STATE_AGE_NS);
+        let smeared = reference.smeared_state_at(now, MAX_STATE_AGE_NS).unwrap();
+        fixture.publish_both(state, smeared);
+        let label = format!("{to_leap} s to the leap");
+        let mut replies = Vec::new();
+        for frame in [
+            v4(CLIENT_V4),
+            Frame::request(CLIENT_V4.into(), SMEARED_V4.into()),
+            v6(CLIENT_V6),
+            Frame::request(CLIENT_V6.into(), SMEARED_V6.into()),
+        ] {
+            let request = frame.build();
+            fixture.check(&label, &request);
+            let outcome = fixture.dataplane.test_run(&request).unwrap();
+            assert_eq!(outcome.action, XDP_TX, "{label}");
+            replies.push(leap_and_time(&outcome.frame));
+        }
+        let [(true_leap, true_time), (smeared_leap, smeared_time), v6_true, v6_smeared] =
+            replies[..]
+        else {
+            unreachable!()
+        };
+        let announced = if to_leap > 0 { Leap::InsertSecond } else { Leap::NoWarning };
+        assert_eq!((true_leap, v6_true.0), (announced, announced), "{label}: true time's LI");
+        assert_eq!((smeared_leap, v6_smeared.0), (Leap::NoWarning, Leap::NoWarning), "{label}");
+        // The runs are microseconds apart; the smear is what separates the two times.
+        let smear = (smeared_time - true_time) as f64 * 1e-9;
+        assert!(
+            (smear - expected_smear).abs() < 1e-3,
+            "{label}: smear {smear} s, not {expected_smear}"
+        );
+        let v6_smear = (v6_smeared.1 - v6_true.1) as f64 * 1e-9;
+        assert!((v6_smear - expected_smear).abs() < 1e-3, "{label}: IPv6 smear {v6_smear} s");
     }
 }
 

@@ -18,4 +18,6 @@ pub mod random;
 pub mod reference;
 pub mod report;
 pub mod server;
+pub mod smear;
+pub mod smoothing;
 pub mod sync;

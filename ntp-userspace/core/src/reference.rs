@@ -10,7 +10,11 @@ use ntp_common::{
     wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
 };
 
-use crate::sync::Served;
+use crate::{
+    smear::{LeapSmear, SmearSettings},
+    smoothing::{Smoothing, SmoothingSettings},
+    sync::Served,
+};
 
 /// `local [stratum N] [distance D]`: serve the local clock when nothing better: when
 /// unsynchronised, or synchronised with a root distance over D (default 1 s), as chrony does.
@@ -46,11 +50,29 @@ pub struct Reference {
     precision: i8,
     /// The synchronisation's latest word, and the system time (Unix ns) it is for.
     served: Option<(Served, u64)>,
+    /// `smoothtime`: every address serves smoothed time.
+    smoothing: Option<Smoothing>,
+    /// `leapsmear`: the smeared addresses serve leap-smeared time.
+    smear: Option<LeapSmear>,
 }
+
+/// chrony's reference ID for smoothed time (127.127.1.255), while the smoothing offset is
+/// over the clock's precision.
+const REFERENCE_ID_SMOOTHED: ReferenceId = ReferenceId::from_bits([127, 127, 1, 255]);
 
 impl Reference {
     pub fn new(local: Option<LocalReference>, precision: i8) -> Self {
-        Self { local, precision, served: None }
+        Self { local, precision, served: None, smoothing: None, smear: None }
+    }
+
+    /// The same reference, serving smoothed time (`smoothtime`).
+    pub fn smoothed(self, settings: Option<SmoothingSettings>) -> Self {
+        Self { smoothing: settings.map(Smoothing::new), ..self }
+    }
+
+    /// The same reference, with a leap-smeared time for the smeared addresses (`leapsmear`).
+    pub fn leap_smeared(self, settings: Option<SmearSettings>) -> Self {
+        Self { smear: settings.map(LeapSmear::new), ..self }
     }
 
     /// The same reference with another `local` setting (a reloaded configuration).
@@ -58,9 +80,44 @@ impl Reference {
         Self { local, ..self.clone() }
     }
 
-    /// What the synchronisation serves at system time `at_system_ns`.
-    pub fn set_served(&mut self, served: Served, at_system_ns: u64) {
-        self.served = Some((served, at_system_ns));
+    /// What the synchronisation serves at `at`; the smoothing and the smear follow it.
+    pub fn set_served(&mut self, served: Served, at: TaiReading) {
+        if let Some(smoothing) = &mut self.smoothing {
+            let (jump, frequency_change) = match self.served {
+                Some((old, _)) => (
+                    (true_time_ns(Some((served, at.system_time_ns())), at)
+                        - true_time_ns(self.served, at)) as f64
+                        * 1e-9,
+                    served.frequency - old.frequency,
+                ),
+                None => (0.0, 0.0),
+            };
+            smoothing.update(at, &served, jump, frequency_change);
+        }
+        if let Some(smear) = &mut self.smear {
+            smear.update(at, &served);
+        }
+        self.served = Some((served, at.system_time_ns()));
+    }
+
+    /// The clock was stepped: smoothing serves true time from now on (as chrony's does).
+    pub fn clock_stepped(&mut self, at: TaiReading) {
+        if let Some(smoothing) = &mut self.smoothing {
+            smoothing.reset(at.tai_ns);
+        }
+    }
+
+    pub fn smoothing(&self) -> Option<&Smoothing> {
+        self.smoothing.as_ref()
+    }
+
+    pub fn smoothing_mut(&mut self) -> Option<&mut Smoothing> {
+        self.smoothing.as_mut()
+    }
+
+    /// Smeared minus true time at `at`, with `leapsmear`.
+    pub fn smear_offset(&self, at: TaiReading) -> Option<f64> {
+        self.smear.as_ref().map(|smear| smear.offset_at(at.tai_ns).offset)
     }
 
     /// Seconds from the synchronisation's word to `now`.
@@ -68,7 +125,7 @@ impl Reference {
         self.served.map_or(0.0, |(_, at)| (now.system_time_ns() as i64 - at as i64) as f64 * 1e-9)
     }
 
-    /// The reply header served now.
+    /// The reply header served now (true time's).
     pub fn header(&self, now: TaiReading) -> ReplyHeader {
         if let Some((Served { header: Some(header), .. }, _)) = self.served {
             // The root dispersion grows from the synchronisation's word on.
@@ -94,26 +151,16 @@ impl Reference {
                 root_dispersion: NtpShort::ZERO,
                 dispersion_rate: 0.0,
                 reference_id: ReferenceId::LOCAL,
-                reference_time: NtpTimestamp::from_unix_nanos(self.served_unix_ns(now)),
+                reference_time: NtpTimestamp::from_unix_nanos(true_time_ns(self.served, now)),
             },
             None => ReplyHeader { precision: self.precision, ..ReplyHeader::UNSYNCHRONISED },
         }
     }
 
-    /// The time served at `now`, Unix ns: the system clock plus the synchronisation's correction.
-    fn served_unix_ns(&self, now: TaiReading) -> u64 {
-        let correction = self.served.map_or(0.0, |(served, _)| {
-            let leapt = served.leap_at_ns.is_some_and(|at| now.system_time_ns() as i64 >= at);
-            let leap = if leapt { served.correction_after_leap } else { 0.0 };
-            served.correction + served.frequency * self.since_served(now) + leap
-        });
-        now.system_time_ns().saturating_add_signed((correction * 1e9).round() as i64)
-    }
-
-    /// The state to serve from the instant `at` on, fresh for `fresh_for_ns` and never across a
-    /// leap second (the system clock and its TAI offset change there).
+    /// The state to serve to every address not smeared from the instant `at` on, fresh for
+    /// `fresh_for_ns` and never across a leap second (the system clock and its TAI offset
+    /// change there): true time, or with `smoothtime`, smoothed time.
     pub fn state_at(&self, at: TaiReading, fresh_for_ns: u64) -> ServerState {
-        let frequency = self.served.map_or(0.0, |(served, _)| served.frequency);
         let to_leap = self
             .served
             .and_then(|(served, _)| served.leap_at_ns)
@@ -122,9 +169,65 @@ impl Reference {
             Some(to_leap) if to_leap > 0 => fresh_for_ns.min(to_leap),
             _ => fresh_for_ns,
         };
-        let anchor =
-            TimeAnchor { tai_ns: at.tai_ns, served_unix_ns: self.served_unix_ns(at), frequency };
-        ServerState::new(anchor, self.header(at), fresh_for_ns)
+        let header = self.header(at);
+        match &self.smoothing {
+            Some(smoothing) => {
+                let (offset, rate) = smoothing.offset_at(at.tai_ns);
+                let mut header = without_leap_warning(header);
+                if offset.abs() > 2f64.powi(self.precision.into()) && header.stratum != 0 {
+                    header.reference_id = REFERENCE_ID_SMOOTHED;
+                }
+                self.anchored(at, fresh_for_ns, offset, rate, header)
+            }
+            None => self.anchored(at, fresh_for_ns, 0.0, 0.0, header),
+        }
+    }
+
+    /// With `leapsmear`, the state to serve to the smeared addresses from the instant `at` on:
+    /// smeared time, which makes no leap, and no leap announced.
+    pub fn smeared_state_at(&self, at: TaiReading, fresh_for_ns: u64) -> Option<ServerState> {
+        let smear = self.smear.as_ref()?.offset_at(at.tai_ns);
+        let header = without_leap_warning(self.header(at));
+        Some(self.anchored(at, fresh_for_ns, smear.offset, smear.rate, header))
+    }
+
+    /// True time at `at` plus `offset` (s), running `rate` (s/s) faster than it.
+    fn anchored(
+        &self,
+        at: TaiReading,
+        fresh_for_ns: u64,
+        offset: f64,
+        rate: f64,
+        header: ReplyHeader,
+    ) -> ServerState {
+        let frequency = self.served.map_or(0.0, |(served, _)| served.frequency) + rate;
+        let served_unix_ns =
+            true_time_ns(self.served, at).saturating_add_signed((offset * 1e9).round() as i64);
+        ServerState::new(
+            TimeAnchor { tai_ns: at.tai_ns, served_unix_ns, frequency },
+            header,
+            fresh_for_ns,
+        )
+    }
+}
+
+/// True time at `now`, Unix ns: the system clock plus the synchronisation's correction (and,
+/// under -x, the leap it makes).
+fn true_time_ns(served: Option<(Served, u64)>, now: TaiReading) -> u64 {
+    let correction = served.map_or(0.0, |(served, at)| {
+        let leapt = served.leap_at_ns.is_some_and(|at| now.system_time_ns() as i64 >= at);
+        let leap = if leapt { served.correction_after_leap } else { 0.0 };
+        let since = (now.system_time_ns() as i64 - at as i64) as f64 * 1e-9;
+        served.correction + served.frequency * since + leap
+    });
+    now.system_time_ns().saturating_add_signed((correction * 1e9).round() as i64)
+}
+
+/// A leap second is smoothed or smeared, not announced.
+fn without_leap_warning(header: ReplyHeader) -> ReplyHeader {
+    match header.leap {
+        Leap::InsertSecond | Leap::DeleteSecond => ReplyHeader { leap: Leap::NoWarning, ..header },
+        _ => header,
     }
 }
 
@@ -164,6 +267,7 @@ mod tests {
             }),
             leap_at_ns,
             correction_after_leap: -1.0,
+            skew: 0.0,
         }
     }
 
@@ -171,7 +275,8 @@ mod tests {
     fn a_synchronised_server_serves_the_corrected_time_and_its_header() {
         let mut reference = Reference::new(None, -25);
         let system = NOW.system_time_ns();
-        reference.set_served(synchronised(0.020, None), system - 1_000_000_000);
+        let earlier = TaiReading { tai_ns: NOW.tai_ns - 1_000_000_000, ..NOW };
+        reference.set_served(synchronised(0.020, None), earlier);
         let state = reference.state_at(NOW, 3_000_000_000);
         // 20 ms, plus 1 ppm over the second since the synchronisation's word.
         let served = state.served_time(NOW.tai_ns).unwrap().to_unix_nanos_near(NOW_UNIX_NS);
@@ -191,7 +296,7 @@ mod tests {
         let mut reference = Reference::new(None, -25);
         let system = NOW.system_time_ns();
         let leap_at = system as i64 + 500_000_000;
-        reference.set_served(synchronised(0.0, Some(leap_at)), system);
+        reference.set_served(synchronised(0.0, Some(leap_at)), NOW);
         let state = reference.state_at(NOW, 3_000_000_000);
         assert_eq!(state.fresh_until_tai_ns, NOW.tai_ns + 500_000_000);
         // Past the leap, before the synchronisation's next word: a second back (-x).
@@ -208,7 +313,7 @@ mod tests {
         let local = LocalReference { stratum: 10, distance: 1.0 };
         let mut reference = Reference::new(Some(local), -25);
         let system = NOW.system_time_ns();
-        reference.set_served(Served { header: None, ..synchronised(-0.5, None) }, system);
+        reference.set_served(Served { header: None, ..synchronised(-0.5, None) }, NOW);
         let state = reference.state_at(NOW, 3_000_000_000);
         assert_eq!(state.header().stratum, 10);
         let served = state.served_time(NOW.tai_ns).unwrap();
@@ -219,12 +324,11 @@ mod tests {
 
     #[test]
     fn past_its_distance_the_local_reference_takes_over_from_a_distant_synchronisation() {
-        let system = NOW.system_time_ns();
         // Root distance at the word: 0.5 ms + 1 ms, growing by 1 ms/s.
         for (distance, stratum) in [(1.0, 2), (0.001, 10)] {
             let local = LocalReference { stratum: 10, distance };
             let mut reference = Reference::new(Some(local), -25);
-            reference.set_served(synchronised(0.0, None), system);
+            reference.set_served(synchronised(0.0, None), NOW);
             let header = reference.state_at(NOW, 3_000_000_000).header();
             assert_eq!(header.stratum, stratum, "local distance {distance}");
         }
@@ -237,5 +341,47 @@ mod tests {
         assert_eq!((header.leap, header.stratum), (Leap::Unsynchronised, 0));
         assert_eq!(header.reference_id, ReferenceId::NONE);
         assert_eq!(header.root_dispersion, NtpShort::ONE_SECOND);
+    }
+
+    #[test]
+    fn a_smeared_state_beside_the_true_one_across_an_inserted_second() {
+        use crate::smear::{SmearSettings, SmearShape};
+        let settings = SmearSettings { shape: SmearShape::Linear, window: 86_400.0 };
+        let mut reference = Reference::new(None, -25).leap_smeared(Some(settings));
+        assert!(Reference::new(None, -25).smeared_state_at(NOW, 1).is_none());
+        // Six hours before an inserted second (-x: true time leaps, the system clock does not).
+        let midnight = NOW.system_time_ns() as i64 + 6 * 3_600_000_000_000;
+        let announcing = |at: TaiReading| Served {
+            header: synchronised(0.0, None)
+                .header
+                .map(|h| ReplyHeader { leap: Leap::InsertSecond, ..h }),
+            frequency: 0.0,
+            ..synchronised(0.0, (at.system_time_ns() < midnight as u64).then_some(midnight))
+        };
+        reference.set_served(announcing(NOW), NOW);
+        let served = |state: ServerState, at: TaiReading| {
+            state.served_time(at.tai_ns).unwrap().to_unix_nanos_near(NOW_UNIX_NS)
+        };
+        let true_state = reference.state_at(NOW, 3_000_000_000);
+        let smeared = reference.smeared_state_at(NOW, 3_000_000_000).unwrap();
+        assert_eq!(true_state.header().leap, Leap::InsertSecond);
+        assert_eq!(smeared.header().leap, Leap::NoWarning);
+        // A quarter of the second smeared by now, and 1/86400 more each second.
+        let lag = served(true_state, NOW) - served(smeared, NOW);
+        assert!((lag - 250_000_000).abs() < 1_000, "{lag}");
+        let later = TaiReading { tai_ns: NOW.tai_ns + 3_000_000_000, ..NOW };
+        let lag_later = served(true_state, later) - served(smeared, later);
+        assert!((lag_later - lag - 34_722).abs() < 10, "{}", lag_later - lag);
+        assert_eq!(smeared.fresh_until_tai_ns, NOW.tai_ns + 3_000_000_000);
+
+        // A second past midnight, true time has gone back a second; smeared time has not.
+        let after =
+            TaiReading { tai_ns: NOW.tai_ns + 6 * 3_600_000_000_000 + 1_000_000_000, ..NOW };
+        reference.set_served(announcing(after), after);
+        let true_after = served(reference.state_at(after, 1), after);
+        let smeared_after = served(reference.smeared_state_at(after, 1).unwrap(), after);
+        assert!((smeared_after - true_after - 500_000_000).abs() < 100_000);
+        let smear = reference.smear_offset(after).unwrap();
+        assert!((smear - 0.5).abs() < 1e-4, "{smear}");
     }
 }

@@ -134,6 +134,8 @@ pub struct Server {
     access: RwLock<AccessTable>,
     /// The addresses served (those published to the kernel too).
     local_addresses: RwLock<Vec<WireAddress>>,
+    /// The addresses served leap-smeared time (`leapsmear`).
+    smeared_addresses: RwLock<Vec<WireAddress>>,
     client_log: Arc<dyn ClientLog>,
     counts: Counts,
     commands: AtomicU64,
@@ -151,6 +153,7 @@ impl Server {
             reference: RwLock::new(reference),
             access: RwLock::new(access),
             local_addresses: RwLock::new(Vec::new()),
+            smeared_addresses: RwLock::new(Vec::new()),
             client_log,
             counts: Counts::default(),
             commands: AtomicU64::new(0),
@@ -193,14 +196,39 @@ impl Server {
         *reference = reference.with_local(local);
     }
 
-    /// What the synchronisation serves, as of system time `at_system_ns`.
-    pub fn set_served(&self, served: Served, at_system_ns: u64) {
-        self.reference.write().expect("reference lock").set_served(served, at_system_ns);
+    /// What the synchronisation serves, as of `at`.
+    pub fn set_served(&self, served: Served, at: TaiReading) {
+        self.reference.write().expect("reference lock").set_served(served, at);
     }
 
-    /// The state to publish to the kernel at `now`.
-    pub fn state_to_publish(&self, now: TaiReading) -> ServerState {
-        self.reference.read().expect("reference lock").state_at(now, STATE_FRESHNESS_NS)
+    /// The clock was stepped at `at`.
+    pub fn clock_stepped(&self, at: TaiReading) {
+        self.reference.write().expect("reference lock").clock_stepped(at);
+    }
+
+    /// The states to publish to the kernel at `now`: true (or smoothed) time, and smeared
+    /// time if any address is smeared.
+    pub fn states_to_publish(&self, now: TaiReading) -> (ServerState, Option<ServerState>) {
+        let reference = self.reference.read().expect("reference lock");
+        (
+            reference.state_at(now, STATE_FRESHNESS_NS),
+            reference.smeared_state_at(now, STATE_FRESHNESS_NS),
+        )
+    }
+
+    /// The served reference, for its reports and `smoothtime`'s commands.
+    pub fn reference_mut(&self) -> std::sync::RwLockWriteGuard<'_, Reference> {
+        self.reference.write().expect("reference lock")
+    }
+
+    /// The addresses served leap-smeared time.
+    pub fn set_smeared_addresses(&self, addresses: &[IpAddr]) {
+        *self.smeared_addresses.write().expect("addresses lock") =
+            addresses.iter().map(|&address| address.into()).collect();
+    }
+
+    pub fn smeared_addresses(&self) -> Vec<WireAddress> {
+        self.smeared_addresses.read().expect("addresses lock").clone()
     }
 
     pub fn is_allowed(&self, address: IpAddr) -> bool {
@@ -301,8 +329,15 @@ impl Server {
         };
         // Anchored at the receive instant: however long the request waited in the socket, the
         // time model of the daemon, not the kernel's freshness window, decides.
-        let state =
-            self.reference.read().expect("reference lock").state_at(received, MAX_STATE_AGE_NS);
+        let smeared =
+            self.smeared_addresses.read().expect("addresses lock").contains(&destination.into());
+        let reference = self.reference.read().expect("reference lock");
+        let state = match smeared {
+            true => reference.smeared_state_at(received, MAX_STATE_AGE_NS),
+            false => None,
+        }
+        .unwrap_or_else(|| reference.state_at(received, MAX_STATE_AGE_NS));
+        drop(reference);
         let reply =
             responder::answer(checked.header, &state, received.tai_ns, transmit_tai_ns(), min_poll)
                 .map_err(Unanswered::NotServed)?;

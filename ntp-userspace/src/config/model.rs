@@ -10,6 +10,8 @@ use std::{
 use crate::{
     access::AccessRule,
     announce::AnnounceSettings,
+    smear::SmearSettings,
+    smoothing::SmoothingSettings,
     sync::{discipline::MakeStep, refclock::ClockSettings, source::PollSettings},
 };
 use crate::{client_log::RateLimitConfig, control::AttachMode, reference::LocalReference};
@@ -339,6 +341,11 @@ pub struct Config {
     /// `announce ADDRESS... [maxdistance S] [holddown S]`: service addresses offered to the
     /// fleet's routing daemon while this server is fit (ntpxd's directive).
     pub announce: Vec<AnnounceSettings>,
+    /// `smoothtime MAX-FREQ MAX-WANDER [leaponly]`: every address serves smoothed time.
+    pub smoothing: Option<SmoothingSettings>,
+    /// `leapsmear ADDRESS... [linear|cosine] [window S]`: these addresses serve leap-smeared
+    /// time (ntpxd's directive).
+    pub leap_smear: Option<LeapSmearConfig>,
     pub rate_limit: Option<RateLimitConfig>,
     pub client_log: ClientLogSize,
     pub sync: SyncConfig,
@@ -360,11 +367,20 @@ impl Default for Config {
             user: None,
             xdp: Vec::new(),
             announce: Vec::new(),
+            smoothing: None,
+            leap_smear: None,
             rate_limit: None,
             client_log: ClientLogSize::default(),
             sync: SyncConfig::default(),
         }
     }
+}
+
+/// `leapsmear`: which local addresses serve smeared time, and how the leap is smeared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeapSmearConfig {
+    pub addresses: Vec<std::net::IpAddr>,
+    pub settings: SmearSettings,
 }
 
 /// A parsed configuration and what was accepted without effect.

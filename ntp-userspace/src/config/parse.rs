@@ -13,8 +13,8 @@ use super::model::{
 use super::{
     include::{expand_glob, files_in},
     values::{
-        one, parse_access, parse_announce, parse_local, parse_number, parse_positive,
-        parse_rate_limit, parse_refclock, parse_source,
+        one, parse_access, parse_announce, parse_leap_smear, parse_local, parse_number,
+        parse_positive, parse_rate_limit, parse_refclock, parse_smoothtime, parse_source,
     },
 };
 use crate::{access::Access, sync::discipline::MakeStep};
@@ -35,10 +35,9 @@ fn unsupported(directive: &str) -> Option<Unsupported> {
         "peer" | "leapsecmode" | "maxupdateskew" | "maxchange" | "maxdrift" | "maxslewrate"
         | "minsources" | "maxjitter" | "minsamples" | "maxsamples" | "combinelimit"
         | "reselectdist" | "stratumweight" | "initstepslew" | "fallbackdrift" | "corrtimeratio"
-        | "sourcedir" | "authselectmode" | "smoothtime" | "tempcomp" | "clockprecision"
-        | "hwtimestamp" | "hwtstimeout" | "acquisitionport" | "bindacqaddress"
-        | "bindacqdevice" | "binddevice" | "broadcast" | "dscp" | "manual" | "refresh"
-        | "cmdratelimit" => NotYet,
+        | "sourcedir" | "authselectmode" | "tempcomp" | "clockprecision" | "hwtimestamp"
+        | "hwtstimeout" | "acquisitionport" | "bindacqaddress" | "bindacqdevice" | "binddevice"
+        | "broadcast" | "dscp" | "manual" | "refresh" | "cmdratelimit" => NotYet,
         "bindcmddevice" => NoEffect("bindcmdaddress names the addresses chronyc is answered on"),
         "ntsprocesses" => NotYet,
         "nocerttimecheck" | "ntsrefresh" => NotYet,
@@ -79,6 +78,9 @@ struct Parser {
     no_client_log_at: Option<Location>,
     /// Where the last of `ntsservercert` and `ntsserverkey` was given.
     nts_at: Option<Location>,
+    /// Where `smoothtime` and `leapsmear` were given, to report their conflict.
+    smoothing_at: Option<Location>,
+    leap_smear_at: Option<Location>,
 }
 
 /// Nesting limit for `include` and `confdir`, against include loops.
@@ -106,6 +108,17 @@ impl Parser {
                     "rate limiting (line {}) needs the client log, which noclientlog (line {}) \
                      turns off",
                     rate_limit.line, no_client_log.line
+                ),
+            });
+        }
+        if let (Some(smoothing), Some(smear)) = (&self.smoothing_at, &self.leap_smear_at) {
+            let later = if smoothing.line > smear.line { smoothing } else { smear };
+            return Err(ConfigError {
+                location: later.clone(),
+                message: format!(
+                    "leapsmear (line {}) and smoothtime (line {}) cannot be combined: smoothtime \
+                     smooths the time of every address",
+                    smear.line, smoothing.line
                 ),
             });
         }
@@ -279,6 +292,17 @@ impl Parser {
                 config.xdp.push(XdpInterface { interface, mode });
             }
             "announce" => config.announce.push(parse_announce(args)?),
+            "smoothtime" => {
+                config.smoothing = Some(parse_smoothtime(args)?);
+                self.smoothing_at = Some(location.clone());
+            }
+            "leapsmear" => {
+                if config.leap_smear.is_some() {
+                    return Err("leapsmear is given twice: name every address on one line".into());
+                }
+                config.leap_smear = Some(parse_leap_smear(args)?);
+                self.leap_smear_at = Some(location.clone());
+            }
             "ratelimit" => {
                 config.rate_limit =
                     Some(parse_rate_limit(directive, RateLimitConfig::default(), args)?);

@@ -4,13 +4,14 @@
 use std::fmt;
 
 use super::model::{
-    ChronycConfig, ClientLogSize, Config, ExternalPulse, LeapSecondSource, MasterSecret,
-    NtsServerConfig, RefclockConfig, RefclockDriver, SourceConfig, SourceKind, SyncConfig,
-    XdpInterface,
+    ChronycConfig, ClientLogSize, Config, ExternalPulse, LeapSecondSource, LeapSmearConfig,
+    MasterSecret, NtsServerConfig, RefclockConfig, RefclockDriver, SourceConfig, SourceKind,
+    SyncConfig, XdpInterface,
 };
 use crate::{
     access::{Access, AccessRule, Subnet},
     announce::AnnounceSettings,
+    smoothing::SmoothingSettings,
     sync::{
         discipline::MakeStep, refclock::ClockSettings, reference_id_name, source::PollSettings,
     },
@@ -35,6 +36,8 @@ impl fmt::Display for Config {
             user,
             xdp,
             announce,
+            smoothing,
+            leap_smear,
             rate_limit,
             client_log,
             sync,
@@ -128,6 +131,18 @@ impl fmt::Display for Config {
                 write!(f, " {address}")?;
             }
             writeln!(f, " maxdistance {max_distance} holddown {hold_down}")?;
+        }
+        if let Some(SmoothingSettings { max_frequency, max_wander, leap_only }) = smoothing {
+            let (frequency, wander) = (max_frequency * 1e6, max_wander * 1e6);
+            let leap_only = if *leap_only { " leaponly" } else { "" };
+            writeln!(f, "smoothtime {frequency} {wander}{leap_only}")?;
+        }
+        if let Some(LeapSmearConfig { addresses, settings }) = leap_smear {
+            write!(f, "leapsmear")?;
+            for address in addresses {
+                write!(f, " {address}")?;
+            }
+            writeln!(f, " {} window {}", settings.shape.name(), settings.window)?;
         }
         if let Some(RateLimitConfig { interval, burst, leak, kod }) = rate_limit {
             writeln!(f, "ratelimit interval {interval} burst {burst} leak {leak} kod {kod}")?;

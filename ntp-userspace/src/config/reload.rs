@@ -34,6 +34,8 @@ pub fn reloadable(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) 
     keep("user", &mut new.user, &old.user, &mut kept);
     keep("xdp", &mut new.xdp, &old.xdp, &mut kept);
     keep("announce", &mut new.announce, &old.announce, &mut kept);
+    keep("smoothtime", &mut new.smoothing, &old.smoothing, &mut kept);
+    keep("leapsmear", &mut new.leap_smear, &old.leap_smear, &mut kept);
     keep("the sources or the clock discipline", &mut new.sync, &old.sync, &mut kept);
     // The kernel's table is sized at start (one entry under noclientlog), and rate limits live
     // in it: limits on a table sized for no clients would limit everybody.

@@ -9,13 +9,15 @@ use std::{
 use ntp_common::wire::ReferenceId;
 
 use super::model::{
-    DEFAULT_NTP_PORT, ExternalPulse, Location, RefclockConfig, RefclockDriver, SourceConfig,
-    SourceKind,
+    DEFAULT_NTP_PORT, ExternalPulse, LeapSmearConfig, Location, RefclockConfig, RefclockDriver,
+    SourceConfig, SourceKind,
 };
 use super::resolve;
 use crate::{
     access::{Access, AccessRule, Subnet},
     announce::{self, AnnounceSettings},
+    smear::{SmearSettings, SmearShape},
+    smoothing::SmoothingSettings,
     sync::{refclock::ClockSettings, source::PollSettings},
 };
 use crate::{client_log::RateLimitConfig, reference::LocalReference};
@@ -341,6 +343,70 @@ pub(super) fn parse_announce(args: &[&str]) -> Result<AnnounceSettings, String> 
         return Err("usage: announce ADDRESS... [maxdistance SECONDS] [holddown SECONDS]".into());
     }
     Ok(settings)
+}
+
+/// `smoothtime MAX-FREQ MAX-WANDER [leaponly]`, in ppm and ppm per second (chrony's).
+pub(super) fn parse_smoothtime(args: &[&str]) -> Result<SmoothingSettings, String> {
+    let usage = || "usage: smoothtime MAX-FREQ MAX-WANDER [leaponly]".to_string();
+    let (max_frequency, max_wander, leap_only) = match args {
+        [frequency, wander] => (frequency, wander, false),
+        [frequency, wander, option] if option.eq_ignore_ascii_case("leaponly") => {
+            (frequency, wander, true)
+        }
+        _ => return Err(usage()),
+    };
+    let ppm = |word: &str, what: &str| match word.parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 1e6 => Ok(value * 1e-6),
+        _ => Err(format!("smoothtime's {what} is over 0 and at most 1e6 ppm, not {word:?}")),
+    };
+    Ok(SmoothingSettings {
+        max_frequency: ppm(max_frequency, "MAX-FREQ")?,
+        max_wander: ppm(max_wander, "MAX-WANDER")?,
+        leap_only,
+    })
+}
+
+/// `leapsmear ADDRESS... [linear|cosine] [window SECONDS]`: local addresses served smeared time.
+pub(super) fn parse_leap_smear(args: &[&str]) -> Result<LeapSmearConfig, String> {
+    let mut config = LeapSmearConfig {
+        addresses: Vec::new(),
+        settings: SmearSettings {
+            shape: SmearShape::Linear,
+            window: SmearSettings::DEFAULT_WINDOW,
+        },
+    };
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match *word {
+            "linear" => config.settings.shape = SmearShape::Linear,
+            "cosine" => config.settings.shape = SmearShape::Cosine,
+            "window" => {
+                let seconds = words.next().ok_or("window needs seconds")?;
+                let seconds: f64 = parse_number(seconds, "seconds")?;
+                // At least a minute, at most four days: within a leap day's neighbours.
+                if !(60.0..=345_600.0).contains(&seconds) {
+                    return Err(format!("window is 60 to 345600 s, not {seconds}"));
+                }
+                config.settings.window = seconds;
+            }
+            address => {
+                let address: IpAddr = address.parse().map_err(|_| {
+                    format!("leapsmear needs IP addresses of this host, not {address:?}")
+                })?;
+                if address.is_unspecified() || address.is_multicast() {
+                    return Err(format!("{address} cannot be a service address"));
+                }
+                if config.addresses.contains(&address) {
+                    return Err(format!("{address} is given twice"));
+                }
+                config.addresses.push(address);
+            }
+        }
+    }
+    if config.addresses.is_empty() {
+        return Err("usage: leapsmear ADDRESS... [linear|cosine] [window SECONDS]".into());
+    }
+    Ok(config)
 }
 
 pub(super) fn parse_poll(word: &str) -> Result<i8, String> {

@@ -143,8 +143,13 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
         dataplane = Some(loaded);
         clients
     };
-    let server =
-        Arc::new(Server::new(Reference::new(config.local, precision), access.clone(), client_log));
+    let reference = Reference::new(config.local, precision)
+        .smoothed(config.smoothing)
+        .leap_smeared(config.leap_smear.as_ref().map(|smear| smear.settings));
+    let server = Arc::new(Server::new(reference, access.clone(), client_log));
+    if let Some(smear) = &config.leap_smear {
+        server.set_smeared_addresses(&smear.addresses);
+    }
     let upstream = if config.sync.sources.is_empty() && config.sync.refclocks.is_empty() {
         None
     } else {
@@ -313,6 +318,7 @@ pub async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             }
             // At once: the state in the kernel is anchored to the clock before the step.
             _ = clock_stepped(&upstream) => {
+                server.clock_stepped(clock::tai_now());
                 owner.republish(&server, upstream.as_deref());
             }
             Some(ask) = asked.recv() => owner.answer(ask, &server),

@@ -180,8 +180,8 @@ fn refresh(
     let mut synchronisation = None;
     if let Some(upstream) = upstream {
         // First: the synchronisation keeps the kernel's clock state (and TAI offset) fresh.
-        let now = clock::realtime_ns();
-        let served = upstream.sync.lock().expect("sync lock").served(now as i64);
+        let now = clock::tai_now();
+        let served = upstream.sync.lock().expect("sync lock").served(now.system_time_ns() as i64);
         server.set_served(served, now);
         upstream.save_drift(false);
         synchronisation = Some(served);
@@ -192,8 +192,10 @@ fn refresh(
     let addresses = served_addresses(config)?;
     server.set_local_addresses(&addresses);
     if let Some(dataplane) = dataplane {
-        dataplane.set_local_addresses(&addresses);
-        dataplane.publish(&server.state_to_publish(now));
+        let smeared = config.leap_smear.as_ref().map_or(&[][..], |smear| &smear.addresses);
+        dataplane.set_local_addresses(&addresses, smeared);
+        let (state, smeared) = server.states_to_publish(now);
+        dataplane.publish(&state, smeared.as_ref());
     }
     Ok(synchronisation)
 }

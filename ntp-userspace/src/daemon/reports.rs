@@ -18,7 +18,7 @@ pub(super) fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking
     if let Some(upstream) = upstream {
         return upstream.sync.lock().expect("sync lock").tracking(clock::realtime_ns() as i64);
     }
-    let header = server.state_to_publish(clock::tai_now()).header();
+    let header = server.states_to_publish(clock::tai_now()).0.header();
     let synchronised = header.leap != ntp_common::wire::Leap::Unsynchronised;
     Tracking {
         reference_id: u32::from_be_bytes(header.reference_id.to_bits()),

@@ -77,6 +77,8 @@ pub struct Served {
     /// How the correction changes at the leap: -1 s for an inserted second under -x (the
     /// system clock does not leap, the served time must), 0 when the kernel leaps the clock.
     pub correction_after_leap: f64,
+    /// The estimated frequency's error bound, s/s (chrony's skew).
+    pub skew: f64,
 }
 
 /// `tracking`, as chronyc shows it.
@@ -583,20 +585,24 @@ impl Synchroniser {
                 let elapsed = seconds_between(reference.time_raw_ns, now).max(0.0);
                 let leap = self.leap_status(now, &reference.leap);
                 if matches!(leap, Leap::InsertSecond | Leap::DeleteSecond) {
+                    // An inserted second starts at midnight; a deleted one is 23:59:59, which
+                    // the clock skips.
+                    let deleted = if leap == Leap::DeleteSecond { 1 } else { 0 };
                     if self.discipline.controls_clock() {
-                        // The kernel leaps when the system clock reaches midnight.
+                        // The kernel leaps when the system clock reaches the leap.
                         let midnight = leap::next_midnight(now_system_ns.div_euclid(1_000_000_000));
-                        leap_at_ns = Some(midnight * 1_000_000_000);
+                        leap_at_ns = Some((midnight - deleted) * 1_000_000_000);
                     } else {
-                        // Under -x the served time leaps when true time reaches midnight.
+                        // Under -x the served time leaps when true time reaches the leap.
                         let true_now = self.true_time(now);
-                        let midnight = leap::next_midnight(self.true_seconds(now)) as f64;
-                        let at = now_system_ns + ((midnight - true_now) * 1e9).round() as i64;
+                        let midnight = leap::next_midnight(self.true_seconds(now));
+                        let leap_at = (midnight - deleted) as f64;
+                        let at = now_system_ns + ((leap_at - true_now) * 1e9).round() as i64;
                         let delta = if leap == Leap::InsertSecond { -1.0 } else { 1.0 };
                         self.pending_leap = Some(PendingLeap {
                             at_raw_ns: self.discipline.raw_ns(at),
                             delta,
-                            midnight: midnight as i64,
+                            midnight,
                         });
                         leap_at_ns = Some(at);
                         correction_after_leap = delta;
@@ -636,6 +642,7 @@ impl Synchroniser {
             header,
             leap_at_ns,
             correction_after_leap,
+            skew: self.skew,
         };
         (served, status)
     }

@@ -117,5 +117,12 @@ pub mod ntpxc {
         Authdata,
         /// The service addresses of `announce`: announced to the routing daemon, or why not.
         Announcements,
+        /// The time smoothing of `smoothtime`: offset, frequency, wander, time remaining.
+        Smoothing,
+        /// Reset the time smoothing (serve true time from now on) or activate it now.
+        Smoothtime {
+            #[arg(value_parser = ["reset", "activate"])]
+            action: String,
+        },
     }
 }

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use crate::{
     control::{ClientReport, NtsAuthData},
+    smoothing::SmoothingReport,
     sync::{NtpData, SourceReport, Tracking, source::SourceState},
 };
 
@@ -41,6 +42,8 @@ const REQ_ACCHECK: u16 = 25;
 const REQ_TRACKING: u16 = 33;
 const REQ_SOURCESTATS: u16 = 34;
 const REQ_ACTIVITY: u16 = 44;
+const REQ_SMOOTHING: u16 = 51;
+const REQ_SMOOTHTIME: u16 = 52;
 const REQ_SERVER_STATS: u16 = 54;
 const REQ_NTP_DATA: u16 = 57;
 const REQ_NTP_SOURCE_NAME: u16 = 65;
@@ -55,6 +58,7 @@ const RPY_SOURCE_DATA: u16 = 3;
 const RPY_TRACKING: u16 = 5;
 const RPY_SOURCESTATS: u16 = 6;
 const RPY_ACTIVITY: u16 = 12;
+const RPY_SMOOTHING: u16 = 13;
 const RPY_NTP_DATA: u16 = 16;
 const RPY_NTP_SOURCE_NAME: u16 = 19;
 const RPY_AUTH_DATA: u16 = 20;
@@ -138,6 +142,12 @@ pub enum Command {
     AuthData {
         address: Option<IpAddr>,
     },
+    /// `smoothing`: the state of `smoothtime`.
+    Smoothing,
+    /// `smoothtime reset` (false) or `smoothtime activate` (true).
+    SmoothTime {
+        activate: bool,
+    },
     /// A command ntpxd does not answer (`NotEnabled`).
     Unsupported(u16),
 }
@@ -154,6 +164,8 @@ impl Command {
             Self::SourceData { .. } => (null + 4, REPLY_HEADER + IP_LEN + 6 * 2 + 4 + 3 * 4),
             Self::SourceStats { .. } => (null + 4, REPLY_HEADER + 4 + IP_LEN + 3 * 4 + 5 * 4),
             Self::Activity => (null, REPLY_HEADER + 5 * 4),
+            Self::Smoothing => (null, REPLY_HEADER + 6 * 4),
+            Self::SmoothTime { .. } => (null + 4, null_reply),
             Self::ServerStats => (null, REPLY_HEADER + 11 * 4),
             Self::Clients { .. } => (null + 16, MAX_REQUEST),
             Self::NtpData { .. } => (null + IP_LEN, REPLY_HEADER + NTP_DATA_LEN),
@@ -168,9 +180,10 @@ impl Command {
     /// counts), which only root and ntpxd's user may ask for.
     pub fn changes_state(self) -> bool {
         match self {
-            Self::Access { .. } | Self::Reload => true,
+            Self::Access { .. } | Self::Reload | Self::SmoothTime { .. } => true,
             Self::Clients { reset, .. } => reset,
-            Self::Null
+            Self::Smoothing
+            | Self::Null
             | Self::Tracking
             | Self::NumberOfSources
             | Self::SourceData { .. }
@@ -198,6 +211,7 @@ impl Command {
                 | Self::SourceStats { .. }
                 | Self::Activity
                 | Self::SourceName { .. }
+                | Self::Smoothing
         )
     }
 }
@@ -284,6 +298,13 @@ impl Request {
                 REQ_RELOAD_SOURCES => Command::Reload,
                 REQ_NTP_SOURCE_NAME => Command::SourceName { address: ip(data).unwrap_or(None) },
                 REQ_AUTH_DATA => Command::AuthData { address: ip(data).unwrap_or(None) },
+                REQ_SMOOTHING => Command::Smoothing,
+                REQ_SMOOTHTIME => match word(data) {
+                    Some(0) => Command::SmoothTime { activate: false },
+                    Some(1) => Command::SmoothTime { activate: true },
+                    Some(_) => return Some(Self::judged(datagram, Err(Status::Invalid))),
+                    None => Command::SmoothTime { activate: false },
+                },
                 other => Command::Unsupported(other),
             };
             let (request, reply) = command.lengths();
@@ -376,6 +397,18 @@ impl Request {
         reply.u32(s.runs as u32);
         reply.u32(s.span as u32);
         for value in [s.std_dev, s.frequency_ppm, s.skew_ppm, s.offset, s.std_dev] {
+            reply.float(value);
+        }
+        reply.finish()
+    }
+
+    /// `smoothing`: chrony's RPY_SMOOTHING.
+    pub fn smoothing(&self, r: &SmoothingReport) -> Vec<u8> {
+        const ACTIVE: u32 = 1;
+        const LEAP_ONLY: u32 = 2;
+        let mut reply = Reply::new(self, RPY_SMOOTHING, Status::Success);
+        reply.u32(if r.active { ACTIVE } else { 0 } | if r.leap_only { LEAP_ONLY } else { 0 });
+        for value in [r.offset, r.frequency_ppm, r.wander_ppm, r.last_update_ago, r.remaining] {
             reply.float(value);
         }
         reply.finish()
@@ -698,6 +731,37 @@ mod tests {
     }
 
     #[test]
+    fn smoothing_and_smoothtime_are_chronys_51_and_52() {
+        let smoothing = Request::parse(&request(REQ_SMOOTHING, 52)).unwrap();
+        assert_eq!(smoothing.command, Ok(Command::Smoothing));
+        assert!(Command::Smoothing.is_open() && !Command::Smoothing.changes_state());
+        let report = SmoothingReport {
+            active: true,
+            leap_only: true,
+            offset: 0.5,
+            frequency_ppm: -32.0,
+            wander_ppm: 0.001024,
+            last_update_ago: 10.0,
+            remaining: 100.0,
+        };
+        let reply = smoothing.smoothing(&report);
+        assert_eq!(reply.len(), 52);
+        assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), RPY_SMOOTHING);
+        assert_eq!(reply[28..32], [0, 0, 0, 3], "active, leap only");
+        let float =
+            |at: usize| decode_float(u32::from_be_bytes(reply[at..at + 4].try_into().unwrap()));
+        assert_eq!((float(32), float(36)), (0.5, -32.0));
+        assert_eq!(float(48), 100.0);
+        let mut smoothtime = request(REQ_SMOOTHTIME, 28);
+        smoothtime[20..24].copy_from_slice(&1u32.to_be_bytes());
+        let parsed = Request::parse(&smoothtime).unwrap();
+        assert_eq!(parsed.command, Ok(Command::SmoothTime { activate: true }));
+        assert!(Command::SmoothTime { activate: true }.changes_state());
+        smoothtime[20..24].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(Request::parse(&smoothtime).unwrap().command, Err(Status::Invalid));
+    }
+
+    #[test]
     fn replies_echo_the_request_and_are_never_longer_than_it() {
         let tracking = Request::parse(&request(REQ_TRACKING, 104)).unwrap();
         let reply = tracking.tracking(&Tracking { stratum: 3, ..Tracking::default() });
@@ -773,6 +837,7 @@ mod tests {
             REQ_SOURCE_DATA,
             REQ_SOURCESTATS,
             REQ_NTP_SOURCE_NAME,
+            REQ_SMOOTHING,
         ];
         for code in 0..COMMANDS {
             let Some(Ok(command)) = Request::parse(&request(code, MAX_REQUEST)).map(|r| r.command)

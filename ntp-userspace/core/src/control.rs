@@ -10,6 +10,7 @@ use crate::{
     access::Access,
     announce::AnnouncementReport,
     client_log::Cursor,
+    smoothing::SmoothingReport,
     sync::{SourceReport, Tracking},
 };
 
@@ -69,6 +70,12 @@ pub enum Request {
     AuthData,
     /// Each service address of `announce`: announced, or why not.
     Announcements,
+    /// The state of `smoothtime` (chronyc's `smoothing`).
+    Smoothing,
+    /// `smoothtime reset` (false) or `smoothtime activate` (true).
+    SmoothTime {
+        activate: bool,
+    },
 }
 
 impl Request {
@@ -76,8 +83,9 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         match self {
             Self::Clients { reset, .. } => *reset,
-            Self::Access { .. } | Self::Reload => true,
-            Self::ServerStats
+            Self::Access { .. } | Self::Reload | Self::SmoothTime { .. } => true,
+            Self::Smoothing
+            | Self::ServerStats
             | Self::AccessCheck { .. }
             | Self::Tracking
             | Self::Sources
@@ -110,6 +118,7 @@ pub enum Response {
     Announcements {
         addresses: Vec<AnnouncementReport>,
     },
+    Smoothing(SmoothingReport),
     Error {
         message: String,
     },

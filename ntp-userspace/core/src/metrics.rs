@@ -333,6 +333,20 @@ impl Collector for Snapshot {
             )?;
         }
         f.gauge(
+            "ntpx_leap_smear_offset",
+            "Smeared minus true time served on the address (leapsmear)",
+            seconds(),
+            t.leap_smears.iter().map(|s| (vec![("address", s.address.to_string())], s.offset)),
+        )?;
+        if let Some(offset) = t.smoothing_offset {
+            f.gauge(
+                "ntpx_smoothing_offset",
+                "Served minus true time (smoothtime)",
+                seconds(),
+                one(offset),
+            )?;
+        }
+        f.gauge(
             "ntpx_announced",
             "Whether the service address is announced to the routing daemon (announce)",
             None,

@@ -186,7 +186,18 @@ pub fn tracking_text(t: &Tracking) -> String {
         ("Update interval", format!("{:.1} seconds", t.update_interval)),
         ("Leap status", t.leap.to_string()),
     ];
-    lines.iter().map(|(label, value)| format!("{label:<16}: {value}\n")).collect()
+    // ntpxd's own lines, after chronyc's, only where configured.
+    let smoothing = t.smoothing_offset.map(|offset| ("Smoothing", format!("{offset:+.9} seconds")));
+    let smears = t
+        .leap_smears
+        .iter()
+        .map(|smear| ("Leap smear", format!("{:+.9} seconds on {}", smear.offset, smear.address)));
+    lines
+        .into_iter()
+        .chain(smoothing)
+        .chain(smears)
+        .map(|(label, value)| format!("{label:<16}: {value}\n"))
+        .collect()
 }
 
 /// chronyc -c tracking (the system time is the correction: negative when the clock is fast).
@@ -533,6 +544,8 @@ mod tests {
             update_interval: 2.0,
             leap: crate::sync::LeapStatus::Normal,
             synchronised: true,
+            leap_smears: Vec::new(),
+            smoothing_offset: None,
         };
         let text = tracking_text(&tracking);
         // chronyc 4.3's report (the reference page), line for line.
@@ -552,6 +565,18 @@ mod tests {
         assert_eq!(text, expected);
         assert!(tracking_csv(&tracking).starts_with("CF404DC8,::1,9,1795659987.8349"));
         assert!(tracking_csv(&tracking).ends_with(",2.0,Normal\n"));
+        let smeared = Tracking {
+            leap_smears: vec![crate::smear::SmearReport {
+                address: "192.0.2.2".parse().unwrap(),
+                offset: -0.000_694_444,
+            }],
+            ..tracking
+        };
+        assert!(tracking_text(&smeared).starts_with(expected));
+        assert!(
+            tracking_text(&smeared)
+                .ends_with("Leap smear      : -0.000694444 seconds on 192.0.2.2\n")
+        );
         assert_eq!(utc_date(0.0), "Thu Jan 01 00:00:00 1970");
         assert_eq!(utc_date(951_782_400.0), "Tue Feb 29 00:00:00 2000");
     }

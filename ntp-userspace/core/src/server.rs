@@ -27,6 +27,8 @@ use crate::{
         packet::{self, Rejected},
     },
     reference::{LocalReference, Reference, TaiReading},
+    smear::SmearReport,
+    smoothing::SmoothingReport,
     sync::Served,
 };
 
@@ -135,7 +137,7 @@ pub struct Server {
     /// The addresses served (those published to the kernel too).
     local_addresses: RwLock<Vec<WireAddress>>,
     /// The addresses served leap-smeared time (`leapsmear`).
-    smeared_addresses: RwLock<Vec<WireAddress>>,
+    smeared_addresses: RwLock<Vec<IpAddr>>,
     client_log: Arc<dyn ClientLog>,
     counts: Counts,
     commands: AtomicU64,
@@ -216,19 +218,42 @@ impl Server {
         )
     }
 
-    /// The served reference, for its reports and `smoothtime`'s commands.
-    pub fn reference_mut(&self) -> std::sync::RwLockWriteGuard<'_, Reference> {
-        self.reference.write().expect("reference lock")
+    /// chronyc's `smoothing` at `now`, if `smoothtime` is configured.
+    pub fn smoothing_report(&self, now: TaiReading) -> Option<SmoothingReport> {
+        let reference = self.reference.read().expect("reference lock");
+        reference.smoothing().map(|smoothing| smoothing.report(now.tai_ns))
+    }
+
+    /// `smoothtime activate` (or `reset`) at `now`; false if `smoothtime` is not configured.
+    pub fn smooth_time(&self, activate: bool, now: TaiReading) -> bool {
+        let mut reference = self.reference.write().expect("reference lock");
+        let Some(smoothing) = reference.smoothing_mut() else { return false };
+        if activate {
+            smoothing.activate(now.tai_ns);
+        } else {
+            smoothing.reset(now.tai_ns);
+        }
+        true
     }
 
     /// The addresses served leap-smeared time.
     pub fn set_smeared_addresses(&self, addresses: &[IpAddr]) {
-        *self.smeared_addresses.write().expect("addresses lock") =
-            addresses.iter().map(|&address| address.into()).collect();
+        *self.smeared_addresses.write().expect("addresses lock") = addresses.to_vec();
     }
 
-    pub fn smeared_addresses(&self) -> Vec<WireAddress> {
-        self.smeared_addresses.read().expect("addresses lock").clone()
+    /// `tracking`'s lines of ntpxd's own at `now`: the smear on each smeared address, and the
+    /// smoothing offset.
+    pub fn departures(&self, now: TaiReading) -> (Vec<SmearReport>, Option<f64>) {
+        let reference = self.reference.read().expect("reference lock");
+        let smears = match reference.smear_offset(now) {
+            Some(offset) => {
+                let addresses = self.smeared_addresses.read().expect("addresses lock");
+                addresses.iter().map(|&address| SmearReport { address, offset }).collect()
+            }
+            None => Vec::new(),
+        };
+        let smoothing = reference.smoothing().map(|smoothing| smoothing.offset_at(now.tai_ns).0);
+        (smears, smoothing)
     }
 
     pub fn is_allowed(&self, address: IpAddr) -> bool {
@@ -329,8 +354,7 @@ impl Server {
         };
         // Anchored at the receive instant: however long the request waited in the socket, the
         // time model of the daemon, not the kernel's freshness window, decides.
-        let smeared =
-            self.smeared_addresses.read().expect("addresses lock").contains(&destination.into());
+        let smeared = self.smeared_addresses.read().expect("addresses lock").contains(&destination);
         let reference = self.reference.read().expect("reference lock");
         let state = match smeared {
             true => reference.smeared_state_at(received, MAX_STATE_AGE_NS),

@@ -116,6 +116,14 @@ pub struct LeapSmear {
     progress: Option<Progress>,
 }
 
+/// `tracking`'s line for a smeared address.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SmearReport {
+    pub address: std::net::IpAddr,
+    /// Smeared minus true time, s.
+    pub offset: f64,
+}
+
 /// A smear at an instant: smeared time minus true time, and its rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SmearOffset {

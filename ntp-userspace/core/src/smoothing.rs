@@ -11,15 +11,27 @@ use crate::{
     sync::Served,
 };
 
-/// `smoothtime`'s settings.
+/// `smoothtime`'s settings, as written.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SmoothingSettings {
-    /// The greatest frequency of served time against true time, s/s (`MAX-FREQ` is in ppm).
-    pub max_frequency: f64,
-    /// The greatest change of that frequency, s/s² (`MAX-WANDER` is in ppm per second).
-    pub max_wander: f64,
+    /// The greatest frequency of served time against true time, ppm.
+    pub max_frequency_ppm: f64,
+    /// The greatest change of that frequency, ppm per second.
+    pub max_wander_ppm: f64,
     /// Only leap seconds are smoothed.
     pub leap_only: bool,
+}
+
+impl SmoothingSettings {
+    /// s/s.
+    fn max_frequency(&self) -> f64 {
+        self.max_frequency_ppm * 1e-6
+    }
+
+    /// s/s².
+    fn max_wander(&self) -> f64 {
+        self.max_wander_ppm * 1e-6
+    }
 }
 
 /// chrony activates smoothing once the estimated skew is under this many times the wander.
@@ -49,7 +61,7 @@ pub struct Smoothing {
 }
 
 /// chronyc's `smoothing` report.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SmoothingReport {
     pub active: bool,
     pub leap_only: bool,
@@ -111,7 +123,7 @@ impl Smoothing {
         }
         let settled = served.header.is_some()
             && (self.settings.leap_only
-                || served.skew < ACTIVATION_SKEW_PER_WANDER * self.settings.max_wander);
+                || served.skew < ACTIVATION_SKEW_PER_WANDER * self.settings.max_wander());
         if !self.active && settled {
             self.activate(now.tai_ns);
         }
@@ -197,8 +209,8 @@ impl Smoothing {
     /// zero together, the frequency never changing faster than the greatest wander nor (when
     /// that can be kept) exceeding the greatest frequency.
     fn plan(&mut self) {
-        let wander = self.settings.max_wander;
-        let max_frequency = self.settings.max_frequency;
+        let wander = self.settings.max_wander();
+        let max_frequency = self.settings.max_frequency();
         let (offset, frequency) = (self.offset, self.frequency);
         let s1 = offset / wander;
         let s2 = frequency * frequency / (2.0 * wander * wander);
@@ -242,6 +254,22 @@ impl Smoothing {
     }
 }
 
+/// chronyc's `smoothing` text.
+pub fn smoothing_text(r: &SmoothingReport) -> String {
+    let active = if r.active { "Yes" } else { "No" };
+    // chronyc prints the space before the note also without it.
+    let leap_only = if r.leap_only { "(leap second only)" } else { "" };
+    format!(
+        "Active         : {active} {leap_only}\n\
+         Offset         : {:+.9} seconds\n\
+         Frequency      : {:+.6} ppm\n\
+         Wander         : {:+.6} ppm per second\n\
+         Last update    : {:.1} seconds ago\n\
+         Remaining time : {:.1} seconds\n",
+        r.offset, r.frequency_ppm, r.wander_ppm, r.last_update_ago, r.remaining
+    )
+}
+
 fn seconds_between(from_ns: u64, to_ns: u64) -> f64 {
     (to_ns as i64 - from_ns as i64) as f64 * 1e-9
 }
@@ -283,8 +311,8 @@ mod tests {
 
     fn leap_only(max_ppm: f64, wander_ppm: f64) -> Smoothing {
         Smoothing::new(SmoothingSettings {
-            max_frequency: max_ppm * 1e-6,
-            max_wander: wander_ppm * 1e-6,
+            max_frequency_ppm: max_ppm,
+            max_wander_ppm: wander_ppm,
             leap_only: true,
         })
     }
@@ -317,8 +345,8 @@ mod tests {
     #[test]
     fn offsets_are_smoothed_within_the_limits() {
         let mut smoothing = Smoothing::new(SmoothingSettings {
-            max_frequency: 20e-6,
-            max_wander: 0.01e-6,
+            max_frequency_ppm: 20.0,
+            max_wander_ppm: 0.01,
             leap_only: false,
         });
         smoothing.update(at(0.0), &synchronised(), 0.0, 0.0);
@@ -367,5 +395,27 @@ mod tests {
         assert_eq!(smoothing.offset_at(at(1.0).tai_ns).0, 0.0, "served at once");
         assert!(smoothing.activate(at(2.0).tai_ns));
         assert!(!smoothing.activate(at(3.0).tai_ns));
+    }
+
+    #[test]
+    fn the_report_reads_as_chronycs() {
+        let report = SmoothingReport {
+            active: true,
+            leap_only: false,
+            offset: -0.25,
+            frequency_ppm: 12.5,
+            wander_ppm: -0.001,
+            last_update_ago: 3.0,
+            remaining: 4000.0,
+        };
+        assert_eq!(
+            smoothing_text(&report),
+            "Active         : Yes \n\
+             Offset         : -0.250000000 seconds\n\
+             Frequency      : +12.500000 ppm\n\
+             Wander         : -0.001000 ppm per second\n\
+             Last update    : 3.0 seconds ago\n\
+             Remaining time : 4000.0 seconds\n"
+        );
     }
 }

@@ -9,7 +9,7 @@ use ntp_userspace::{
     announce,
     cli::ntpxc::{Args, Command},
     control::{self, Request, Response},
-    report,
+    report, smoothing,
 };
 
 fn access_request(access: Access, rule: &[String]) -> Result<Request, String> {
@@ -83,6 +83,10 @@ fn main() -> ExitCode {
         Command::Sources { .. } | Command::Sourcestats { .. } => Ok(Request::Sources),
         Command::Authdata => Ok(Request::AuthData),
         Command::Announcements => Ok(Request::Announcements),
+        Command::Smoothing => Ok(Request::Smoothing),
+        Command::Smoothtime { action } => {
+            Ok(Request::SmoothTime { activate: action == "activate" })
+        }
     };
     let request = match request {
         Ok(request) => request,
@@ -129,6 +133,17 @@ fn main() -> ExitCode {
             (Response::Announcements { addresses }, false) => {
                 announce::announcements_text(addresses)
             }
+            (Response::Smoothing(report), true) => format!(
+                "{},{},{:.9},{:.6},{:.6},{:.1},{:.1}\n",
+                if report.active { "Yes" } else { "No" },
+                if report.leap_only { "(leap second only)" } else { "" },
+                report.offset,
+                report.frequency_ppm,
+                report.wander_ppm,
+                report.last_update_ago,
+                report.remaining
+            ),
+            (Response::Smoothing(report), false) => smoothing::smoothing_text(report),
             (Response::AccessCheck { allowed: true }, _) => "208 Access allowed\n".into(),
             (Response::AccessCheck { allowed: false }, _) => "209 Access denied\n".into(),
             (Response::Ok, _) => "200 OK\n".into(),

@@ -132,10 +132,10 @@ impl fmt::Display for Config {
             }
             writeln!(f, " maxdistance {max_distance} holddown {hold_down}")?;
         }
-        if let Some(SmoothingSettings { max_frequency, max_wander, leap_only }) = smoothing {
-            let (frequency, wander) = (max_frequency * 1e6, max_wander * 1e6);
+        if let Some(SmoothingSettings { max_frequency_ppm, max_wander_ppm, leap_only }) = smoothing
+        {
             let leap_only = if *leap_only { " leaponly" } else { "" };
-            writeln!(f, "smoothtime {frequency} {wander}{leap_only}")?;
+            writeln!(f, "smoothtime {max_frequency_ppm} {max_wander_ppm}{leap_only}")?;
         }
         if let Some(LeapSmearConfig { addresses, settings }) = leap_smear {
             write!(f, "leapsmear")?;

@@ -185,6 +185,7 @@ fn the_printed_configuration_reads_back_the_same() {
         port 1123\nbindaddress 192.0.2.1\nbindaddress ::1\nuser _ntpx\nxdp eth0\nxdp eth1 generic\n\
         ratelimit interval 2 kod 1\nclientlog entries 77\n\
         announce 192.0.2.123 2001:db8::123 maxdistance 0.05 holddown 3\nannounce 192.0.2.124\n\
+        leapsmear 192.0.2.125 2001:db8::125 cosine window 7200\n\
         server 192.0.2.1 iburst minpoll 2 trust\npool p.example maxsources 2 noselect require\n\
         refclock SHM 0:perm=0644 refid NMEA offset 0.2 delay 0.1 noselect\n\
         refclock PPS /dev/pps0:clear lock NMEA rate 2 prefer precision 1e-7\n\
@@ -413,5 +414,40 @@ fn announce_lines_name_service_addresses_and_their_health_bounds() {
     ] {
         let error = error_of(text);
         assert!(error.contains(message) && error.contains("test.conf:1:"), "{text}: {error}");
+    }
+}
+
+#[test]
+fn smoothtime_and_leapsmear_lines() {
+    let config = parse_text("smoothtime 400 0.001024 leaponly\n").unwrap().config;
+    let smoothing = config.smoothing.unwrap();
+    assert_eq!((smoothing.max_frequency_ppm, smoothing.max_wander_ppm), (400.0, 0.001024));
+    assert!(smoothing.leap_only);
+    let printed = config.to_string();
+    assert!(printed.contains("smoothtime 400 0.001024 leaponly\n"), "{printed}");
+    assert_eq!(parse_text(&printed).unwrap().config, config);
+    let config = parse_text("leapsmear 192.0.2.2 2001:db8::2 cosine window 7200\n").unwrap().config;
+    let smear = config.leap_smear.unwrap();
+    assert_eq!(smear.addresses.len(), 2);
+    assert_eq!(smear.settings.shape, crate::smear::SmearShape::Cosine);
+    assert_eq!(smear.settings.window, 7200.0);
+    let default = parse_text("leapsmear 192.0.2.2\n").unwrap().config.leap_smear.unwrap();
+    assert_eq!(default.settings.shape, crate::smear::SmearShape::Linear);
+    assert_eq!(default.settings.window, 86_400.0);
+    for (line, error) in [
+        ("smoothtime 400", "usage: smoothtime"),
+        ("smoothtime 400 0.001 always", "usage: smoothtime"),
+        ("smoothtime 0 0.001", "MAX-FREQ"),
+        ("smoothtime 400 -1", "MAX-WANDER"),
+        ("leapsmear", "usage: leapsmear"),
+        ("leapsmear ntp.example", "needs IP addresses"),
+        ("leapsmear 192.0.2.2 192.0.2.2", "given twice"),
+        ("leapsmear 192.0.2.2 window 10", "window is 60 to 345600 s"),
+        ("leapsmear 192.0.2.2\nleapsmear 192.0.2.3", "leapsmear is given twice"),
+        ("leapsmear 192.0.2.2\nsmoothtime 400 0.001", "cannot be combined"),
+    ] {
+        let message = parse_text(&format!("{line}\n")).unwrap_err().to_string();
+        assert!(message.contains(error), "{line}: {message}");
+        assert!(message.starts_with("test.conf:"), "{line}: {message}");
     }
 }

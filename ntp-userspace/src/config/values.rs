@@ -356,12 +356,12 @@ pub(super) fn parse_smoothtime(args: &[&str]) -> Result<SmoothingSettings, Strin
         _ => return Err(usage()),
     };
     let ppm = |word: &str, what: &str| match word.parse::<f64>() {
-        Ok(value) if value > 0.0 && value <= 1e6 => Ok(value * 1e-6),
+        Ok(value) if value > 0.0 && value <= 1e6 => Ok(value),
         _ => Err(format!("smoothtime's {what} is over 0 and at most 1e6 ppm, not {word:?}")),
     };
     Ok(SmoothingSettings {
-        max_frequency: ppm(max_frequency, "MAX-FREQ")?,
-        max_wander: ppm(max_wander, "MAX-WANDER")?,
+        max_frequency_ppm: ppm(max_frequency, "MAX-FREQ")?,
+        max_wander_ppm: ppm(max_wander, "MAX-WANDER")?,
         leap_only,
     })
 }

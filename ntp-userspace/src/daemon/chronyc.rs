@@ -343,6 +343,16 @@ fn answer(
                 None => request.status(Status::NoSuchSource),
             }
         }
+        Command::Smoothing => match context.server.smoothing_report(clock::tai_now()) {
+            Some(report) => request.smoothing(&report),
+            None => request.status(Status::NotEnabled),
+        },
+        Command::SmoothTime { activate } => {
+            match context.server.smooth_time(activate, clock::tai_now()) {
+                true => request.status(Status::Success),
+                false => request.status(Status::NotEnabled),
+            }
+        }
         Command::Unsupported(_) => request.status(Status::NotEnabled),
     })
 }

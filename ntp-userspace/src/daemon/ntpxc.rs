@@ -205,8 +205,20 @@ pub(super) fn respond(request: &Request, context: &ControlContext) -> anyhow::Re
         }
         Request::Sources => Response::Sources { sources: context.sources() },
         Request::AuthData => Response::AuthData { sources: context.auth_data() },
+        Request::Smoothing => match server.smoothing_report(clock::tai_now()) {
+            Some(report) => Response::Smoothing(report),
+            None => not_smoothing(),
+        },
+        Request::SmoothTime { activate } => match server.smooth_time(*activate, clock::tai_now()) {
+            true => Response::Ok,
+            false => not_smoothing(),
+        },
         Request::Announcements => Response::Announcements {
             addresses: context.announcements.lock().expect("announcements lock").clone(),
         },
     })
+}
+
+fn not_smoothing() -> Response {
+    Response::Error { message: "time smoothing is not enabled (smoothtime)".into() }
 }

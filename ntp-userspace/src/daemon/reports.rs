@@ -7,23 +7,35 @@ use super::context::{Ask, ControlContext, KernelView};
 use crate::{
     client_table::Client,
     control::{ClientReport, ServerStats},
+    reference::TaiReading,
     server::Server,
     sync::{LeapStatus, Tracking},
     sys::clock::{self},
     upstream::Upstream,
 };
 
-/// `tracking`: the synchronisation's, or what the server serves without one.
+/// `tracking`: the synchronisation's, or what the server serves without one; with the smear
+/// and the smoothing where configured.
 pub(super) fn tracking(server: &Server, upstream: Option<&Upstream>) -> Tracking {
-    if let Some(upstream) = upstream {
-        return upstream.sync.lock().expect("sync lock").tracking(clock::realtime_ns() as i64);
-    }
-    let header = server.states_to_publish(clock::tai_now()).0.header();
+    let now = clock::tai_now();
+    let mut tracking = match upstream {
+        Some(upstream) => {
+            upstream.sync.lock().expect("sync lock").tracking(now.system_time_ns() as i64)
+        }
+        None => unsynchronised_tracking(server, now),
+    };
+    (tracking.leap_smears, tracking.smoothing_offset) = server.departures(now);
+    tracking
+}
+
+/// `tracking` without sources: the header served (a `local` reference, or unsynchronised).
+fn unsynchronised_tracking(server: &Server, now: TaiReading) -> Tracking {
+    let header = server.states_to_publish(now).0.header();
     let synchronised = header.leap != ntp_common::wire::Leap::Unsynchronised;
     Tracking {
         reference_id: u32::from_be_bytes(header.reference_id.to_bits()),
         stratum: header.stratum,
-        reference_time: header.reference_time.to_unix_nanos_near(clock::realtime_ns() as i64)
+        reference_time: header.reference_time.to_unix_nanos_near(now.system_time_ns() as i64)
             as f64
             * 1e-9,
         root_delay: header.root_delay.to_seconds(),

@@ -102,6 +102,12 @@ pub struct Tracking {
     pub update_interval: f64,
     pub leap: LeapStatus,
     pub synchronised: bool,
+    /// `leapsmear`: smeared minus true time now, for each smeared address (ntpxd's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leap_smears: Vec<crate::smear::SmearReport>,
+    /// `smoothtime`: served minus true time now (ntpxd's own; chronyc's `smoothing` has more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothing_offset: Option<f64>,
 }
 
 /// One row of `sources` and `sourcestats`.
@@ -693,6 +699,8 @@ impl Synchroniser {
             update_interval: interval,
             leap: LeapStatus::of(served.header.map(|h| h.leap)),
             synchronised: served.header.is_some(),
+            leap_smears: Vec::new(),
+            smoothing_offset: None,
         }
     }
 

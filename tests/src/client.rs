@@ -92,12 +92,25 @@ impl Exchange {
 /// Sends a request stamped with this machine's clock from `source` to `server`, and measures
 /// the server's offset from the reply.
 pub fn exchange(source: SocketAddr, server: SocketAddr, timeout: Duration) -> Option<Exchange> {
+    exchange_with(source, server, &[], timeout)
+}
+
+/// As [`exchange`], with `trailer` (extension fields) after the request's header: a request
+/// the XDP program passes to the slow path.
+pub fn exchange_with(
+    source: SocketAddr,
+    server: SocketAddr,
+    trailer: &[u8],
+    timeout: Duration,
+) -> Option<Exchange> {
     let now = || ntp_userspace::sys::clock::realtime_ns() as i64;
     let socket = UdpSocket::bind(source).unwrap_or_else(|e| panic!("binding {source}: {e}"));
     socket.set_read_timeout(Some(timeout)).unwrap();
     let sent_ns = now();
     let transmit = NtpTimestamp::from_unix_nanos(sent_ns as u64);
-    socket.send_to(&NtpHeader::client_request(4, 6, transmit).to_bytes(), server).ok()?;
+    let mut request = NtpHeader::client_request(4, 6, transmit).to_bytes().to_vec();
+    request.extend_from_slice(trailer);
+    socket.send_to(&request, server).ok()?;
     let mut buffer = [0u8; 512];
     loop {
         let (length, from) = socket.recv_from(&mut buffer).ok()?;

@@ -195,6 +195,16 @@ impl Link {
     }
 }
 
+impl Link {
+    /// A second pair of addresses on the server's end (10.77.0.3, fd77::3).
+    pub fn second_server_address(&self) -> (&'static str, &'static str) {
+        let (other, other_v6) = ("10.77.0.3", "fd77::3");
+        self.server_ns.ip(&["addr", "add", &format!("{other}/24"), "dev", "veth-srv"]);
+        self.server_ns.ip(&["addr", "add", &format!("{other_v6}/64"), "dev", "veth-srv", "nodad"]);
+        (other, other_v6)
+    }
+}
+
 impl Default for Link {
     fn default() -> Self {
         Self::new()

@@ -21,20 +21,63 @@ pub struct OffsetServer {
     _worker: Background,
 }
 
+/// A leap second the test upstream announces and makes, as a stratum 1 server does.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamLeap {
+    /// The UTC midnight (Unix s) that ends the leap day.
+    pub midnight: i64,
+    pub inserted: bool,
+}
+
+impl UpstreamLeap {
+    /// Where the served time (Unix ns, before the leap) makes the leap: an inserted second at
+    /// midnight, a deleted one at 23:59:59.
+    fn at_ns(&self) -> i64 {
+        (self.midnight - if self.inserted { 0 } else { 1 }) * 1_000_000_000
+    }
+
+    /// The time served at `continuous_ns` (a timescale that makes no leap), and the leap
+    /// indicator with it.
+    fn serve(&self, continuous_ns: i64) -> (i64, Leap) {
+        match (continuous_ns >= self.at_ns(), self.inserted) {
+            (false, true) => (continuous_ns, Leap::InsertSecond),
+            (false, false) => (continuous_ns, Leap::DeleteSecond),
+            (true, true) => (continuous_ns - 1_000_000_000, Leap::NoWarning),
+            (true, false) => (continuous_ns + 1_000_000_000, Leap::NoWarning),
+        }
+    }
+}
+
 impl OffsetServer {
     /// Serves on `address` in `netns`, `offset_ns` ahead of this machine's clock, at stratum 1.
     pub fn start(netns: &Netns, address: SocketAddr, offset_ns: i64) -> Self {
-        Self::serve(netns, address, offset_ns, false)
+        Self::serve(netns, address, offset_ns, None, false)
+    }
+
+    /// As `start`, announcing and then making `leap`.
+    pub fn start_with_leap(
+        netns: &Netns,
+        address: SocketAddr,
+        offset_ns: i64,
+        leap: UpstreamLeap,
+    ) -> Self {
+        Self::serve(netns, address, offset_ns, Some(leap), false)
     }
 
     /// As `start`, but each reply follows a forgery from the same address and port: the reply
     /// with a wrong origin timestamp, as an off-path attacker who guessed the client's port
     /// would send it.
     pub fn start_with_forgeries(netns: &Netns, address: SocketAddr, offset_ns: i64) -> Self {
-        Self::serve(netns, address, offset_ns, true)
+        Self::serve(netns, address, offset_ns, None, true)
     }
 
-    fn serve(netns: &Netns, address: SocketAddr, offset_ns: i64, forge: bool) -> Self {
+    fn serve(
+        netns: &Netns,
+        address: SocketAddr,
+        offset_ns: i64,
+        leap: Option<UpstreamLeap>,
+        forge: bool,
+    ) -> Self {
         // A socket stays in the namespace it was opened in.
         let socket =
             netns.enter(|| std::net::UdpSocket::bind(address)).expect("binding the upstream");
@@ -68,13 +111,16 @@ impl OffsetServer {
                 // TAI and the system clock, read together, to place the receive instant in TAI.
                 let tai_minus_realtime = clock::tai_ns() as i64 - clock::realtime_ns() as i64;
                 let received_tai = received_realtime.saturating_add_signed(tai_minus_realtime);
+                let continuous = received_realtime as i64 + offset_ns;
+                let (served, leap) =
+                    leap.map_or((continuous, Leap::NoWarning), |l| l.serve(continuous));
                 let anchor = TimeAnchor {
                     tai_ns: received_tai,
-                    served_unix_ns: received_realtime.saturating_add_signed(offset_ns),
+                    served_unix_ns: served as u64,
                     frequency: 0.0,
                 };
                 let header = ReplyHeader {
-                    leap: Leap::NoWarning,
+                    leap,
                     stratum: 1,
                     precision: -24,
                     root_delay: NtpShort::ZERO,

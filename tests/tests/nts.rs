@@ -20,13 +20,6 @@ fn make_certificates(dir: &Path) {
 }
 
 /// A second address for a second server, on the same link (both families: a server binds both).
-fn second_server_address(link: &Link) -> (&'static str, &'static str) {
-    let (other, other_v6) = ("10.77.0.3", "fd77::3");
-    link.server_ns.ip(&["addr", "add", &format!("{other}/24"), "dev", "veth-srv"]);
-    link.server_ns.ip(&["addr", "add", &format!("{other_v6}/64"), "dev", "veth-srv", "nodad"]);
-    (other, other_v6)
-}
-
 /// `chronyc -N authdata`'s row for `address`: Mode KeyID Type KLen Last Atmp NAK Cook CLen.
 fn authdata(chronyd: &Chronyd, address: &str) -> Vec<String> {
     let report = chronyd.chronyc(&["-n", "authdata"]);
@@ -235,7 +228,7 @@ fn as_an_nts_client_of_chronyd_ntpxd_selects_only_the_authenticated_server() {
 fn a_server_sharing_the_key_file_answers_cookies_another_handed_out() {
     require_root();
     let link = Link::new();
-    let (other, other_v6) = second_server_address(&link);
+    let (other, other_v6) = link.second_server_address();
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let path = |name: &str| dir.path().join(name).display().to_string();
@@ -288,7 +281,7 @@ fn write_secret(path: &Path, mode: u32) {
 fn a_fleet_derives_its_cookie_keys_from_one_master_secret_across_key_changes() {
     require_root();
     let link = Link::new();
-    let (other, other_v6) = second_server_address(&link);
+    let (other, other_v6) = link.second_server_address();
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let path = |name: &str| dir.path().join(name).display().to_string();

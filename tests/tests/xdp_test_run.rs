@@ -506,6 +506,7 @@ fn the_smeared_addresses_are_served_smeared_time_across_the_window() {
             leap_at_ns: Some(leap_at),
             correction_after_leap: -1.0,
             skew: 0.0,
+            leap_made: None,
         };
         let mut reference = Reference::new(None, -24).leap_smeared(Some(settings));
         if to_leap > 0 {

@@ -268,6 +268,7 @@ mod tests {
             leap_at_ns,
             correction_after_leap: -1.0,
             skew: 0.0,
+            leap_made: None,
         }
     }
 

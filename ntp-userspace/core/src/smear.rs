@@ -145,7 +145,22 @@ impl LeapSmear {
     /// Follows the synchronisation's word at `now`: a leap announced (or withdrawn) while
     /// synchronised; unsynchronised, the smear carries on as it was.
     pub fn update(&mut self, now: TaiReading, served: &Served) {
+        // Nothing is smeared before the first synchronisation: from it on, the smear starts
+        // where it stands (a restart within the window resumes it).
+        if self.progress.is_none() && served.header.is_none() {
+            return;
+        }
         self.leap = follow_announcement(self.leap, now, served);
+        // Started after a leap, within its window: the smear resumes where it is.
+        if self.progress.is_none()
+            && let Some((ago, leap)) = served.leap_made
+            && ago < self.settings.window / 2.0
+        {
+            self.leap = Some(LeapInstant {
+                midnight_tai_ns: now.tai_ns.saturating_sub((ago * 1e9) as u64),
+                seconds: if leap == Leap::InsertSecond { 1.0 } else { -1.0 },
+            });
+        }
         let (target, target_rate) = self.target(now.tai_ns);
         let progress = match self.progress {
             // From the start (or a restart within the window): where the smear is by now.
@@ -259,6 +274,7 @@ mod tests {
             leap_at_ns: announced.then_some(leap_at(leap) * 1_000_000_000),
             correction_after_leap: 0.0,
             skew: 0.0,
+            leap_made: None,
         }
     }
 
@@ -369,8 +385,31 @@ mod tests {
     #[test]
     fn a_restart_within_the_window_resumes_where_the_smear_is() {
         let mut smear = linear();
+        // Unsynchronised at first: nothing smeared, nothing started.
+        let unsynchronised =
+            Served { header: None, leap_at_ns: None, ..served(Leap::NoWarning, 0.0) };
+        smear.update(tai((MIDNIGHT - 3_700) as f64, 1), &unsynchronised);
         let offsets = run(&mut smear, Leap::InsertSecond, MIDNIGHT - 3_600, MIDNIGHT - 3_600);
         assert!((offsets[0].1 + (43_200.0 - 3_600.0) / 86_400.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_restart_after_the_leap_resumes_from_the_leap_table() {
+        let mut smear = linear();
+        let now = tai((MIDNIGHT + 3_600) as f64, 1);
+        // An hour after an inserted second: 3601 s of real time.
+        smear.update(
+            now,
+            &Served {
+                leap_made: Some((3_601.0, Leap::InsertSecond)),
+                ..served(Leap::NoWarning, 0.0)
+            },
+        );
+        let offset = smear.offset_at(now.tai_ns).offset;
+        assert!((offset - (0.5 - 3_601.0 / 86_400.0)).abs() < 1e-9, "{offset}");
+        // Once running, the table's word changes nothing.
+        smear.update(tai((MIDNIGHT + 3_601) as f64, 1), &served(Leap::NoWarning, 0.0));
+        assert!(smear.is_smearing());
     }
 
     #[test]

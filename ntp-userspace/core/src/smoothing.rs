@@ -302,6 +302,7 @@ mod tests {
             leap_at_ns: None,
             correction_after_leap: 0.0,
             skew: 1e-9,
+            leap_made: None,
         }
     }
 

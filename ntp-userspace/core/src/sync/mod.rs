@@ -79,6 +79,9 @@ pub struct Served {
     pub correction_after_leap: f64,
     /// The estimated frequency's error bound, s/s (chrony's skew).
     pub skew: f64,
+    /// A leap second the leap table says was made at the start of today (UTC), and how long
+    /// ago, s: what a smear restarted after it resumes from.
+    pub leap_made: Option<(f64, Leap)>,
 }
 
 /// `tracking`, as chronyc shows it.
@@ -527,6 +530,20 @@ impl Synchroniser {
         self.true_time(now_raw_ns).floor() as i64
     }
 
+    /// The leap the table says started today, and how long ago it was made (an inserted second
+    /// is a second longer ago than true time says).
+    fn leap_made(&self, now_raw_ns: i64) -> Option<(f64, Leap)> {
+        let true_now = self.true_time(now_raw_ns);
+        let start_of_day = true_now.div_euclid(86_400.0) * 86_400.0;
+        let leap = self.leap_table.as_ref()?.leap_today(start_of_day as i64 - 1);
+        let ago = true_now - start_of_day;
+        match leap {
+            Leap::InsertSecond => Some((ago + 1.0, leap)),
+            Leap::DeleteSecond => Some((ago, leap)),
+            _ => None,
+        }
+    }
+
     /// The leap status: the leap table's when there is one, else the sources' majority, taken
     /// only on the last day of June or December.
     fn leap_status(&self, now_raw_ns: i64, sources_leap: &Leap) -> Leap {
@@ -649,6 +666,7 @@ impl Synchroniser {
             leap_at_ns,
             correction_after_leap,
             skew: self.skew,
+            leap_made: header.and_then(|_| self.leap_made(now)),
         };
         (served, status)
     }

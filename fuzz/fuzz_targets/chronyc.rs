@@ -8,6 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use ntp_userspace::{
     chronyc::{Command, Request, Status},
     control::ClientReport,
+    smoothing::SmoothingReport,
     sync::{
         LeapStatus, NtpData, SourceReport, Tracking,
         regression::Sample,
@@ -84,6 +85,16 @@ fuzz_target!(|data: &[u8]| {
         Ok(Command::AccessCheck { .. }) => request.status(Status::AccessDenied),
         Ok(Command::SourceName { .. }) => request.source_name(&"n".repeat(300)),
         Ok(Command::AuthData { .. }) => request.auth_data(Some(Default::default())),
+        Ok(Command::Smoothing) => request.smoothing(&SmoothingReport {
+            active: true,
+            leap_only: true,
+            offset: -1e9,
+            frequency_ppm: 1e6,
+            wander_ppm: -1e3,
+            last_update_ago: 1e12,
+            remaining: f64::MAX,
+        }),
+        Ok(Command::SmoothTime { .. }) => request.status(Status::Success),
         Ok(Command::Unsupported(_)) => request.status(Status::NotEnabled),
     };
     assert!(reply.len() <= data.len(), "a {}-byte reply to {} bytes", reply.len(), data.len());

@@ -25,6 +25,10 @@ use crate::{netns::Netns, peers::scratch_dir};
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 /// This namespace's UDP port forwarded to the guest's port 123.
 pub const GUEST_NTP_PORT_ON_HOST: u16 = 11123;
+/// A second address of the guest's, which a test may add (a `leapsmear` address), and this
+/// namespace's UDP port forwarded to its port 123.
+pub const GUEST_SECOND_ADDRESS: &str = "10.0.2.16";
+pub const GUEST_SECOND_NTP_PORT_ON_HOST: u16 = 11124;
 
 /// TCG boots a Debian guest to userspace in 40 to 60 s here; leave room for a loaded machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -102,7 +106,8 @@ impl Guest {
             .arg("-virtfs")
             .arg(format!("local,path={},mount_tag=host,security_model=none", share.display()))
             .args(["-netdev", &format!(
-                "user,id=net0,hostfwd=udp:127.0.0.1:{GUEST_NTP_PORT_ON_HOST}-:123"
+                "user,id=net0,hostfwd=udp:127.0.0.1:{GUEST_NTP_PORT_ON_HOST}-:123,\
+                 hostfwd=udp:127.0.0.1:{GUEST_SECOND_NTP_PORT_ON_HOST}-{GUEST_SECOND_ADDRESS}:123"
             )])
             .args(["-device", "virtio-net-pci,netdev=net0"])
             .args(qemu_args)

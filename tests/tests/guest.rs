@@ -10,13 +10,19 @@
 /// One module, so that `cargo xtask test` can leave these to `cargo xtask vmtest`
 /// (`--skip in_guest::`) when it runs every other ignored test.
 mod in_guest {
-    use std::time::{Duration, Instant};
+    use std::{
+        net::SocketAddr,
+        time::{Duration, Instant},
+    };
 
     use ntp_common::wire::{ERA_1_UNIX_NS, Leap};
     use ntpx_tests::{
         client::{self, Exchange},
         gnss::NmeaServer,
-        guest::{GUEST_NTP_PORT_ON_HOST, Guest, HOST_FROM_GUEST},
+        guest::{
+            GUEST_NTP_PORT_ON_HOST, GUEST_SECOND_ADDRESS, GUEST_SECOND_NTP_PORT_ON_HOST, Guest,
+            HOST_FROM_GUEST,
+        },
         peers::{self, Chronyd, wait_for},
     };
 
@@ -583,9 +589,14 @@ mod in_guest {
     }
 
     /// One answer through XDP seen from the host side, and the guest's clock then.
+    #[derive(Clone, Copy)]
     struct Observation {
         /// The time served, Unix ns.
         served_ns: i64,
+        /// When the request left, by this machine's clock, Unix ns.
+        sent_ns: i64,
+        /// After the leap in `leap_between`, by this machine's clock.
+        after_leap: bool,
         /// Served time minus the guest's clock, s.
         error: f64,
         /// The exchange's delay, s: its offset is known within half of it.
@@ -598,18 +609,33 @@ mod in_guest {
     /// difference between the guest's and this machine's clock moves only by the guest's drift
     /// in between, or by a whole second at a leap (`leap_between`).
     fn observe_until(guest: &Guest, until_ns: i64, leap_between: Option<i64>) -> Vec<Observation> {
-        let server = format!("127.0.0.1:{GUEST_NTP_PORT_ON_HOST}").parse().unwrap();
+        let [observations] =
+            observe_ports_until(guest, [GUEST_NTP_PORT_ON_HOST], until_ns, leap_between);
+        observations
+    }
+
+    /// As [`observe_until`], asking each of the guest's forwarded `ports` in turn every second
+    /// (until the first serves `until_ns`).
+    fn observe_ports_until<const N: usize>(
+        guest: &Guest,
+        ports: [u16; N],
+        until_ns: i64,
+        leap_between: Option<i64>,
+    ) -> [Vec<Observation>; N] {
         let host_ns = || ntp_userspace::sys::clock::realtime_ns() as i64;
         let first = (host_ns(), measured_offset(guest));
-        let mut exchanges = Vec::new();
+        let mut exchanges: [Vec<Exchange>; N] = std::array::from_fn(|_| Vec::new());
         let deadline = Instant::now() + Duration::from_secs(240);
-        while exchanges.last().is_none_or(|e: &Exchange| e.served_ns() < until_ns) {
+        while exchanges[0].last().is_none_or(|e: &Exchange| e.served_ns() < until_ns) {
             assert!(Instant::now() < deadline, "the guest's clock did not reach {until_ns}");
             let source = "127.0.0.1:0".parse().unwrap();
-            if let Some(exchange) =
-                guest.netns.enter(|| client::exchange(source, server, Duration::from_secs(1)))
-            {
-                exchanges.push(exchange);
+            for (port, exchanges) in ports.iter().zip(&mut exchanges) {
+                let server = SocketAddr::from(([127, 0, 0, 1], *port));
+                if let Some(exchange) =
+                    guest.netns.enter(|| client::exchange(source, server, Duration::from_secs(1)))
+                {
+                    exchanges.push(exchange);
+                }
             }
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -627,19 +653,23 @@ mod in_guest {
         // The guest's clock repeats a second at an inserted leap: which side an answer is on, this
         // machine's clock tells.
         let leap_at_host_ns = leap_between.map(|leap| leap + (first.1 * 1e9) as i64);
-        exchanges
-            .iter()
-            .map(|exchange| {
-                let served_ns = exchange.served_ns();
-                let after_leap = leap_at_host_ns.is_some_and(|leap| exchange.sent_ns >= leap);
-                Observation {
-                    served_ns,
-                    error: exchange.offset + host_minus_guest(exchange.sent_ns, after_leap),
-                    delay: exchange.delay,
-                    leap: exchange.reply.leap,
-                }
-            })
-            .collect()
+        exchanges.map(|exchanges| {
+            exchanges
+                .iter()
+                .map(|exchange| {
+                    let served_ns = exchange.served_ns();
+                    let after_leap = leap_at_host_ns.is_some_and(|leap| exchange.sent_ns >= leap);
+                    Observation {
+                        served_ns,
+                        sent_ns: exchange.sent_ns,
+                        after_leap,
+                        error: exchange.offset + host_minus_guest(exchange.sent_ns, after_leap),
+                        delay: exchange.delay,
+                        leap: exchange.reply.leap,
+                    }
+                })
+                .collect()
+        })
     }
 
     /// Checks an answer against the guest's clock: within 5 ms, beyond what the exchange's own
@@ -707,11 +737,13 @@ mod in_guest {
         // 38 from 2027-01-01 (NTP seconds 3692217600 and 4007750400).
         let midnight = 1_798_761_600_000_000_000i64;
         let list = "3692217600\t37\t# 1 Jan 2017\n4007750400\t38\t# 1 Jan 2027 (a test's)\n#@\t4102444800\n";
+        // Beside the guest's address, a second one serves leap-smeared time (`leapsmear`).
         let (guest, _host_server) = guest_serving_at(
             "2026-12-31 23:59:00",
-            "leapseclist /etc/ntpx/leap-seconds.list\n",
+            &format!("leapseclist /etc/ntpx/leap-seconds.list\nleapsmear {GUEST_SECOND_ADDRESS}\n"),
             &[("/etc/ntpx/leap-seconds.list", list)],
         );
+        guest.run(&format!("ip addr add {GUEST_SECOND_ADDRESS}/24 dev eth0"));
         let announced = guest.wait_until(
             "ntpxc -c tracking | grep -q ',Insert second$' \
              && [ $(( $(adjtimex --print | awk '/status:/ {print $2}') & 16 )) -ne 0 ]",
@@ -722,7 +754,12 @@ mod in_guest {
             "no leap announced:\n{}",
             guest.run("ntpxc tracking; adjtimex --print")
         );
-        let observations = observe_until(&guest, midnight + 10_000_000_000, Some(midnight));
+        let [observations, smeared] = observe_ports_until(
+            &guest,
+            [GUEST_NTP_PORT_ON_HOST, GUEST_SECOND_NTP_PORT_ON_HOST],
+            midnight + 10_000_000_000,
+            Some(midnight),
+        );
         for o in &observations {
             eprintln!(
                 "leap: served {:+.3} s from midnight, LI {:?}, {:+.6} s from the guest's clock, \
@@ -743,6 +780,40 @@ mod in_guest {
         }
         assert!(observations.iter().any(|o| o.served_ns < midnight - 1_000_000_000));
         assert!(observations.iter().any(|o| o.served_ns > midnight + 2_000_000_000));
+
+        // The smeared address: half a second behind the guest's clock before midnight, half a
+        // second ahead after its kernel inserted the second (a linear smear from noon to noon,
+        // 1/86400 a second), never a step, never a leap announced.
+        for o in &smeared {
+            // The continuous time (no leap) within a millisecond: smeared time plus about 0.5 s.
+            let continuous = o.served_ns as f64 * 1e-9 + 0.5;
+            let share = (continuous - (midnight as f64 * 1e-9 - 43_200.0)) / 86_400.0;
+            let expected = if o.after_leap { 1.0 - share } else { -share };
+            eprintln!(
+                "leap smear: served {:+.3} s from midnight, LI {:?}, {:+.6} s from the guest's \
+                 clock (the smear: {expected:+.6} s), delay {:.6} s",
+                (o.served_ns - midnight) as f64 * 1e-9,
+                o.leap,
+                o.error,
+                o.delay
+            );
+            assert_eq!(o.leap, Leap::NoWarning, "the smeared address announced a leap");
+            // Within a second of the leap, which side of it the guest's clock was is not
+            // certain from this machine's.
+            if (continuous - midnight as f64 * 1e-9).abs() > 1.0 {
+                assert_close_to_the_guest_clock(&Observation { error: o.error - expected, ..*o });
+            }
+        }
+        let steps: Vec<f64> = smeared
+            .windows(2)
+            .map(|w| {
+                ((w[1].served_ns - w[0].served_ns) - (w[1].sent_ns - w[0].sent_ns)) as f64 * 1e-9
+            })
+            .filter(|step| step.abs() > 0.01)
+            .collect();
+        assert_eq!(steps, Vec::<f64>::new(), "the smeared time stepped");
+        assert!(smeared.iter().any(|o| o.after_leap) && smeared.iter().any(|o| !o.after_leap));
+        assert!(answered_in_kernel(&guest) >= (observations.len() + smeared.len()) as u64);
         let kernel = guest.run("journalctl -k --no-pager");
         assert!(kernel.contains("inserting leap second"), "the kernel inserted no leap second");
         assert_eq!(tracking(&guest)[13], "Normal");

@@ -7,7 +7,8 @@
 //!
 //! Three moments of each leap run at once, each in its own namespaces with its own ntpxd: the
 //! smear's start at noon on the leap day, the leap at midnight, and the smear's end at noon
-//! the day after (ntpxd started after the leap, resuming the smear from its table).
+//! the day after (ntpxd started after the leap, resuming the smear from its table). A fourth
+//! serves chrony's leap smear (`smoothtime ... leaponly`) on every address across midnight.
 
 use std::{
     net::SocketAddr,
@@ -90,8 +91,20 @@ struct World {
 }
 
 impl World {
-    /// The upstream's continuous time set to `u_now` (Unix s) now; ntpxd synchronised to it.
+    /// The upstream's continuous time set to `u_now` (Unix s) now; ntpxd synchronised to it,
+    /// smearing on its second address.
     fn start(u_now: f64, inserted: bool) -> Self {
+        Self::start_with(u_now, inserted, |smeared, smeared_v6| {
+            format!("leapsmear {smeared} {smeared_v6}")
+        })
+    }
+
+    /// As [`World::start`], with `departure` (given the second addresses) for `leapsmear`.
+    fn start_with(
+        u_now: f64,
+        inserted: bool,
+        departure: impl FnOnce(&str, &str) -> String,
+    ) -> Self {
         let link = Link::new();
         let (smeared_address, smeared_v6) = link.second_server_address();
         let upstreams = Upstreams::new(&link.server_ns);
@@ -106,11 +119,11 @@ impl World {
         let ntpxd = Ntpxd::start(
             &link.server_ns,
             &format!(
-                "server {} iburst minpoll -1 maxpoll -1\nleapseclist {}\n\
-                 leapsmear {smeared_address} {smeared_v6}\nallow 10.77.0.0/24\n\
-                 xdp veth-srv native\n",
+                "server {} iburst minpoll -1 maxpoll -1\nleapseclist {}\n{}\n\
+                 allow 10.77.0.0/24\nxdp veth-srv native\n",
                 UPSTREAM_V4[0],
-                list.display()
+                list.display(),
+                departure(smeared_address, smeared_v6),
             ),
         );
         let synchronised = peers::wait_for(Duration::from_secs(30), || {
@@ -270,6 +283,9 @@ fn at_noon_before(inserted: bool) {
         .unwrap_or_else(|| panic!("no smear in tracking:\n{tracking}"));
     let expected = expected_smear(world.u_now(), inserted);
     assert!((reported - expected).abs() < TOLERANCE, "tracking's smear {reported}, not {expected}");
+    // No `smoothtime` here: Debian's chronyc hears chronyd's answer for that.
+    let (smoothing, _) = world.ntpxd.chronyc(&["smoothing"]);
+    assert!(smoothing.contains("505 Facility not enabled in daemon"), "{smoothing}");
 }
 
 /// Across the leap: the true address announces and makes it, the smeared one moves on
@@ -357,9 +373,66 @@ fn at_noon_after(inserted: bool) {
     assert!(first.smear().abs() > 200e-6, "no smear left to end: {:+.6} s", first.smear());
 }
 
-fn the_three_moments(inserted: bool) {
+/// chrony's leap smear on every address (`smoothtime 400 0.001024 leaponly`): no leap
+/// announced, no step; at the leap, served time keeps going, a second ahead of true time, and
+/// then catches up over 62500 s. Debian's chronyc reports it.
+fn smoothed_across_midnight(inserted: bool) {
+    let leap = leap_at(inserted);
+    let world =
+        World::start_with(leap - 40.0, inserted, |_, _| "smoothtime 400 0.001024 leaponly".into());
+    let (smoothing, ok) = world.ntpxd.chronyc(&["smoothing"]);
+    assert!(
+        ok && smoothing.starts_with("Active         : Yes (leap second only)\n"),
+        "{smoothing}"
+    );
+    world.waits_until(leap - 20.0);
+    let pairs = world.observe_until(leap + 20.0, false);
+    let seconds = if inserted { 1.0 } else { -1.0 };
+    for pair in &pairs {
+        // Served (smoothed) minus true time; true time made the leap.
+        let made = if pair.u >= leap { -seconds } else { 0.0 };
+        let smoothed = pair.true_time.offset - world.shift_ns as f64 * 1e-9 - made;
+        let expected = if pair.u >= leap { seconds } else { 0.0 };
+        eprintln!(
+            "smoothed: {:+8.3} s from midnight: served minus true {smoothed:+.6} s, LI {:?}",
+            pair.u - MIDNIGHT as f64,
+            pair.true_time.reply.leap
+        );
+        assert_eq!(pair.true_time.reply.leap, Leap::NoWarning, "a smoothed leap is not announced");
+        if (pair.u - leap).abs() > 1.0 {
+            assert!(
+                (smoothed - expected).abs() < 1e-3 + pair.true_time.delay,
+                "at {:+.3} s served minus true time is {smoothed:+.6} s",
+                pair.u - MIDNIGHT as f64
+            );
+        }
+    }
+    let steps: Vec<f64> = pairs
+        .windows(2)
+        .map(|w| w[1].true_time.offset - w[0].true_time.offset)
+        .filter(|d| d.abs() > 0.01)
+        .collect();
+    assert_eq!(steps, Vec::<f64>::new(), "smoothed time stepped");
+    let (smoothing, ok) = world.ntpxd.chronyc(&["smoothing"]);
+    let offset = peers::report_seconds(&smoothing, "Offset").unwrap_or_default();
+    assert!(
+        ok && (offset - seconds).abs() < 1e-3,
+        "chronyc smoothing after the leap:\n{smoothing}"
+    );
+    let tracking = world.ntpxd.ntpxc(&["tracking"]).unwrap();
+    let reported = peers::report_seconds(&tracking, "Smoothing").unwrap_or_default();
+    assert!((reported - seconds).abs() < 1e-3, "{tracking}");
+    // Reset: true time at once (chrony's `smoothtime reset`).
+    let (reset, ok) = world.ntpxd.chronyc(&["smoothtime", "reset"]);
+    assert!(ok && reset.contains("200 OK"), "{reset}");
+    let (smoothing, _) = world.ntpxd.chronyc(&["smoothing"]);
+    assert_eq!(peers::report_seconds(&smoothing, "Offset"), Some(0.0), "{smoothing}");
+}
+
+fn the_moments(inserted: bool) {
     std::thread::scope(|scope| {
-        let moments: [fn(bool); 3] = [at_noon_before, across_midnight, at_noon_after];
+        let moments: [fn(bool); 4] =
+            [at_noon_before, across_midnight, at_noon_after, smoothed_across_midnight];
         let runs: Vec<_> =
             moments.into_iter().map(|moment| scope.spawn(move || moment(inserted))).collect();
         for run in runs {
@@ -374,12 +447,12 @@ fn the_three_moments(inserted: bool) {
 #[ignore = "needs root"]
 fn an_inserted_second_is_smeared_on_one_address_and_made_on_the_other() {
     require_root();
-    the_three_moments(true);
+    the_moments(true);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_deleted_second_is_smeared_on_one_address_and_made_on_the_other() {
     require_root();
-    the_three_moments(false);
+    the_moments(false);
 }

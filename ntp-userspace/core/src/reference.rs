@@ -83,13 +83,13 @@ impl Reference {
     /// What the synchronisation serves at `at`; the smoothing and the smear follow it.
     pub fn set_served(&mut self, served: Served, at: TaiReading) {
         if let Some(smoothing) = &mut self.smoothing {
+            // How the new word moves true time at this instant, against the last one's.
             let (jump, frequency_change) = match self.served {
-                Some((old, _)) => (
-                    (true_time_ns(Some((served, at.system_time_ns())), at)
-                        - true_time_ns(self.served, at)) as f64
-                        * 1e-9,
-                    served.frequency - old.frequency,
-                ),
+                Some((old, _)) => {
+                    let before = true_time_ns(self.served, at) as i64;
+                    let after = true_time_ns(Some((served, at.system_time_ns())), at) as i64;
+                    ((after - before) as f64 * 1e-9, served.frequency - old.frequency)
+                }
                 None => (0.0, 0.0),
             };
             smoothing.update(at, &served, jump, frequency_change);
@@ -384,5 +384,23 @@ mod tests {
         assert!((smeared_after - true_after - 500_000_000).abs() < 100_000);
         let smear = reference.smear_offset(after).unwrap();
         assert!((smear - 0.5).abs() < 1e-4, "{smear}");
+    }
+
+    #[test]
+    fn smoothtime_absorbs_a_correction_and_says_so_in_its_reference_id() {
+        let settings =
+            SmoothingSettings { max_frequency_ppm: 400.0, max_wander_ppm: 0.01, leap_only: false };
+        let mut reference = Reference::new(None, -25).smoothed(Some(settings));
+        let steady = Served { frequency: 0.0, ..synchronised(0.0, None) };
+        reference.set_served(steady, NOW);
+        // True time moves 10 ms ahead; served time does not jump.
+        let later = TaiReading { tai_ns: NOW.tai_ns + 1_000_000_000, ..NOW };
+        reference.set_served(Served { correction: 0.010, ..steady }, later);
+        let state = reference.state_at(later, 3_000_000_000);
+        let served = state.served_time(later.tai_ns).unwrap().to_unix_nanos_near(NOW_UNIX_NS);
+        assert!((served - later.system_time_ns() as i64).abs() < 1_000, "{served}");
+        assert_eq!(state.header().reference_id, REFERENCE_ID_SMOOTHED);
+        let (offset, _) = reference.smoothing().unwrap().offset_at(later.tai_ns);
+        assert!((offset + 0.010).abs() < 1e-9);
     }
 }

@@ -33,7 +33,7 @@ use crate::{
     sys::{
         clock::{self, KernelClock},
         files::Pidfile,
-        privileges, service,
+        nic, privileges, service,
         socket::NtpSocket,
     },
     upstream::{self, Upstream},
@@ -149,6 +149,13 @@ pub fn prepare(config_file: PathBuf, config: Config, options: Options) -> anyhow
     let server = Arc::new(Server::new(reference, access.clone(), client_log));
     if let Some(smear) = &config.leap_smear {
         server.set_smeared_addresses(&smear.addresses);
+        let local = nic::local_addresses().unwrap_or_default();
+        for address in smear.addresses.iter().filter(|a| !local.contains(a)) {
+            tracing::warn!(
+                %address,
+                "leapsmear: not an address of this host (yet); smeared once it is added"
+            );
+        }
     }
     let upstream = if config.sync.sources.is_empty() && config.sync.refclocks.is_empty() {
         None

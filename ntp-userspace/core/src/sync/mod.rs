@@ -62,6 +62,9 @@ struct Reference {
     leap: Leap,
 }
 
+/// How long before a leap the kernel's TAI offset is left to the kernel.
+const LEAVE_TAI_OFFSET_BEFORE_LEAP_NS: i64 = 10_000_000_000;
+
 /// The served time and header at a moment.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Served {
@@ -654,9 +657,16 @@ impl Synchroniser {
             synchronised: header.is_some(),
             rtcsync: self.settings.rtcsync,
             leap: header.map_or(Leap::NoWarning, |h| h.leap),
+            // Left to the kernel around a leap: it changes the offset itself as it makes the
+            // leap, and through an inserted second the system clock reads the leap day's last
+            // second again, for which the table would set the old offset (CLOCK_TAI would go
+            // back a second).
             tai_offset: self
                 .leap_table
                 .as_ref()
+                .filter(|_| {
+                    leap_at_ns.is_none_or(|at| at - now_system_ns > LEAVE_TAI_OFFSET_BEFORE_LEAP_NS)
+                })
                 .and_then(|t| t.tai_offset(now.div_euclid(1_000_000_000))),
         };
         let served = Served {

@@ -500,6 +500,37 @@ fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
 }
 
 #[test]
+fn around_a_leap_the_kernel_keeps_its_own_tai_offset_and_the_leap_made_is_known_after_it() {
+    let ntp_seconds = |unix_ns: i64| unix_ns / 1_000_000_000 + UNIX_EPOCH_NTP_SECONDS as i64;
+    let table = format!(
+        "{} 37\n{} 38\n",
+        ntp_seconds(MIDNIGHT_NS) - 86_400 * 100,
+        ntp_seconds(MIDNIGHT_NS)
+    );
+    let kernel =
+        Handle(Arc::new(Mutex::new(SimulatedClock { since: START, ..SimulatedClock::default() })));
+    let mut simulation =
+        Simulation::new(LocalClock::Kernel(kernel.clone()), true, None, SyncSettings::default());
+    simulation.sync.leap_table = Some(LeapTable::parse(&table).unwrap());
+    simulation.add_upstream(0.0, 4);
+    let tai_offset = |simulation: &mut Simulation| {
+        simulation.sync.served(Simulation::system_ns(simulation));
+        kernel.0.lock().unwrap().status.expect("a status").tai_offset
+    };
+    simulation.run(3600.0 - 30.0);
+    assert_eq!(tai_offset(&mut simulation), Some(37));
+    assert_eq!(simulation.sync.served(Simulation::system_ns(&simulation)).leap_made, None);
+    // In the last seconds (and the inserted one, which reads as the last again): the kernel's.
+    simulation.run(25.0);
+    assert_eq!(tai_offset(&mut simulation), None);
+    simulation.run(65.0);
+    assert_eq!(tai_offset(&mut simulation), Some(38));
+    let (ago, leap) = simulation.sync.served(Simulation::system_ns(&simulation)).leap_made.unwrap();
+    assert_eq!(leap, Leap::InsertSecond);
+    assert!((ago - 61.0).abs() < 1.0, "{ago}");
+}
+
+#[test]
 fn reference_ids_are_ipv4_addresses_or_the_md5_of_ipv6_ones() {
     assert_eq!(
         reference_id_of("192.0.2.1".parse().unwrap()),

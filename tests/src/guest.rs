@@ -8,8 +8,8 @@
 //! with `snapshot=on`, so every boot starts clean. Commands reach the guest through a 9p share
 //! where its agent (tests/guest/ntpx-agent) runs each `requests/ID.sh` it finds.
 //!
-//! `cargo xtask vmtest` builds the image and the .deb and names them in `NTPX_GUEST_IMAGE`,
-//! `NTPX_QEMU_DIR` and `NTPX_DEB`.
+//! `cargo xtask vmtest` builds the image and the packages and names them in `NTPX_GUEST_IMAGE`,
+//! `NTPX_QEMU_DIR`, `NTPX_DEB` and `NTPX_RPM`.
 
 use std::{
     fs,
@@ -29,6 +29,8 @@ pub const GUEST_NTP_PORT_ON_HOST: u16 = 11123;
 /// namespace's UDP port forwarded to its port 123.
 pub const GUEST_SECOND_ADDRESS: &str = "10.0.2.16";
 pub const GUEST_SECOND_NTP_PORT_ON_HOST: u16 = 11124;
+/// This namespace's TCP port forwarded to the guest's NTS-KE port, 4460.
+pub const GUEST_NTS_KE_PORT_ON_HOST: u16 = 14460;
 
 /// TCG boots a Debian guest to userspace in 40 to 60 s here; leave room for a loaded machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -107,7 +109,8 @@ impl Guest {
             .arg(format!("local,path={},mount_tag=host,security_model=none", share.display()))
             .args(["-netdev", &format!(
                 "user,id=net0,hostfwd=udp:127.0.0.1:{GUEST_NTP_PORT_ON_HOST}-:123,\
-                 hostfwd=udp:127.0.0.1:{GUEST_SECOND_NTP_PORT_ON_HOST}-{GUEST_SECOND_ADDRESS}:123"
+                 hostfwd=udp:127.0.0.1:{GUEST_SECOND_NTP_PORT_ON_HOST}-{GUEST_SECOND_ADDRESS}:123,\
+                 hostfwd=tcp:127.0.0.1:{GUEST_NTS_KE_PORT_ON_HOST}-:4460"
             )])
             .args(["-device", "virtio-net-pci,netdev=net0"])
             .args(qemu_args)
@@ -234,4 +237,9 @@ impl Drop for Guest {
 /// The deb `cargo xtask vmtest` built.
 pub fn deb() -> PathBuf {
     required_env("NTPX_DEB")
+}
+
+/// The RPM `cargo xtask vmtest` built.
+pub fn rpm() -> PathBuf {
+    required_env("NTPX_RPM")
 }

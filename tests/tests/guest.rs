@@ -12,6 +12,7 @@
 mod in_guest {
     use std::{
         net::SocketAddr,
+        path::Path,
         time::{Duration, Instant},
     };
 
@@ -20,8 +21,8 @@ mod in_guest {
         client::{self, Exchange},
         gnss::NmeaServer,
         guest::{
-            GUEST_NTP_PORT_ON_HOST, GUEST_SECOND_ADDRESS, GUEST_SECOND_NTP_PORT_ON_HOST, Guest,
-            HOST_FROM_GUEST,
+            GUEST_NTP_PORT_ON_HOST, GUEST_NTS_KE_PORT_ON_HOST, GUEST_SECOND_ADDRESS,
+            GUEST_SECOND_NTP_PORT_ON_HOST, Guest, HOST_FROM_GUEST,
         },
         peers::{self, Chronyd, wait_for},
     };
@@ -533,6 +534,157 @@ mod in_guest {
         let status = guest.run("grep CapEff /proc/$(pidof ntpxd)/status");
         let effective = u64::from_str_radix(status.split_whitespace().nth(1).unwrap(), 16).unwrap();
         assert_eq!(effective & ((1 << 1) | (1 << 15)), 0, "{status}");
+    }
+
+    /// An exchange from the host side with the guest's forwarded NTP port, with `trailer`
+    /// (extension fields: a request for the slow path) after the header; None without a reply.
+    fn exchange_with(guest: &Guest, trailer: &[u8]) -> Option<Exchange> {
+        let (source, server) = (
+            "127.0.0.1:0".parse().unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], GUEST_NTP_PORT_ON_HOST)),
+        );
+        guest.netns.enter(|| client::exchange_with(source, server, trailer, Duration::from_secs(2)))
+    }
+
+    /// A chronyd NTS client on the host side of ntpxd in the guest (NTS-KE through the forwarded
+    /// 4460, NTP through the forwarded 123), trusting `ca`.
+    fn host_nts_client(guest: &Guest, ca: &Path) -> Chronyd {
+        Chronyd::start(
+            &guest.netns,
+            &format!(
+                "server 127.0.0.1 port {GUEST_NTP_PORT_ON_HOST} nts ntsport {GUEST_NTS_KE_PORT_ON_HOST} \
+                 iburst minpoll 0 maxpoll 0\nntstrustedcerts {}\nport 0\n",
+                ca.display()
+            ),
+        )
+    }
+
+    /// `chronyc -n authdata`'s cookies for the guest (its 8th column), 0 without a row.
+    fn nts_cookies(client: &Chronyd) -> u32 {
+        let report = client.chronyc(&["-n", "authdata"]);
+        report
+            .lines()
+            .find(|line| line.starts_with("127.0.0.1"))
+            .and_then(|row| row.split_whitespace().nth(8)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    #[ignore = "needs root, qemu and the guest image: cargo xtask vmtest"]
+    fn the_rpm_installs_and_serves_behind_firewalld_which_opens_what_the_guide_opens() {
+        let guest = Guest::boot();
+        let _upstream = host_stratum_one(&guest);
+        // firewalld as RHEL runs it: started, its default zone (public) for every interface.
+        guest.run("systemctl start firewalld && firewall-cmd --state");
+        assert_eq!(guest.run("firewall-cmd --get-default-zone").trim(), "public");
+
+        // The RPM, as the RPM family installs it: `rpm -i`, its scriptlets run. Debian's rpm
+        // installs only with --force-debian; its database is empty, so --nodeps stands in for
+        // the distribution's base packages the RPM requires (glibc, libgcc, /bin/sh, systemd,
+        // shadow-utils), which Debian has under other names.
+        let rpm = guest.share_file(&ntpx_tests::guest::rpm());
+        let log = guest.run(&format!(
+            "cp {rpm} /tmp/ && rpm -i --nodeps --force-debian /tmp/$(basename {rpm}) 2>&1"
+        ));
+        eprintln!("rpm: rpm -i: {log}");
+        let files = guest.run("rpm -qlv ntpx");
+        eprintln!("rpm: rpm -qlv ntpx:\n{files}");
+        for (mode, path) in [
+            ("-rwxr-xr-x", "/usr/sbin/ntpxd"),
+            ("-rwxr-xr-x", "/usr/bin/ntpxc"),
+            ("-rw-r--r--", "/etc/ntpx/ntpx.conf"),
+            ("-rw-r--r--", "/etc/sysconfig/ntpx"),
+            ("-rw-r--r--", "/usr/lib/systemd/system/ntpxd.service"),
+            ("-rw-r--r--", "/usr/lib/systemd/ntp-units.d/40-ntpx.list"),
+            ("-rw-r--r--", "/usr/lib/sysusers.d/ntpx.conf"),
+            ("-rw-r--r--", "/usr/lib/firewalld/services/ntpx-nts.xml"),
+            ("-rw-r--r--", "/usr/share/ntpx/ntpxd-refclock.conf"),
+            ("-rw-r--r--", "/usr/share/man/man8/ntpxd.8.gz"),
+            ("-rw-r--r--", "/usr/share/man/man1/ntpxc.1.gz"),
+            ("-rw-r--r--", "/usr/share/man/man5/ntpx.conf.5.gz"),
+        ] {
+            let listed =
+                files.lines().any(|l| l.starts_with(mode) && l.ends_with(&format!(" {path}")));
+            assert!(listed, "{mode} {path} not in the payload");
+        }
+        assert_eq!(guest.run("rpm -qc ntpx"), "/etc/ntpx/ntpx.conf\n/etc/sysconfig/ntpx\n");
+        let scripts = guest.run("rpm -q --scripts ntpx");
+        for scriptlet in ["preinstall", "postinstall", "preuninstall", "postuninstall"] {
+            assert!(scripts.contains(&format!("{scriptlet} scriptlet")), "{scripts}");
+        }
+        guest.run("rpm -V ntpx"); // every file as the package laid it down
+        // %pre made the user of the sysusers.d line.
+        let user = guest.run("getent passwd _ntpx");
+        assert!(
+            user.trim_end().ends_with(":ntpx daemon:/var/lib/ntpx:/usr/sbin/nologin"),
+            "{user}"
+        );
+
+        // The service from the package's files, with NTS: enabled and started, as on RHEL.
+        let dir = tempfile::tempdir().unwrap();
+        ntpx_tests::pki::make_certificates(dir.path(), "127.0.0.1");
+        for name in ["server.pem", "server.key"] {
+            let pem = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            guest.write(&format!("/etc/ntpx/{name}"), &pem);
+        }
+        guest.run("chown _ntpx /etc/ntpx/server.key && chmod 600 /etc/ntpx/server.key");
+        guest.write(
+            "/etc/ntpx/ntpx.conf",
+            &format!(
+                "server {HOST_FROM_GUEST} iburst minpoll 0 maxpoll 1\nmakestep 1 -1\n\
+                 allow 10.0.2.0/24\nxdp eth0\nntsservercert /etc/ntpx/server.pem\n\
+                 ntsserverkey /etc/ntpx/server.key\nntsdumpdir /var/lib/ntpx\n"
+            ),
+        );
+        guest.run(
+            "systemctl daemon-reload && systemctl enable --now ntpxd && systemctl is-active ntpxd \
+             || { journalctl -u ntpxd -b --no-pager | tail -n 20; false; }",
+        );
+
+        // The client side: ntpxd's polls and their replies pass firewalld without anything
+        // opened (connection tracking lets the replies in).
+        let synchronised = guest.wait_until(
+            "ntpxc -c tracking | awk -F, '$3 == 2 { found = 1 } END { exit !found }'",
+            Duration::from_secs(90),
+        );
+        assert!(
+            synchronised.is_some(),
+            "ntpxd did not synchronise:\n{}",
+            guest.run("ntpxc sources")
+        );
+
+        // Before the guide's commands: XDP answers in front of the firewall; what the slow path
+        // answers (a request with an extension field, NTS) gets nothing.
+        let mut field = vec![0xf3, 0x23, 0, 28];
+        field.extend_from_slice(&[0; 24]);
+        assert!(exchange_with(&guest, &[]).is_some(), "XDP did not answer");
+        assert!(
+            exchange_with(&guest, &field).is_none(),
+            "the slow path answered through firewalld"
+        );
+        let refused = host_nts_client(&guest, &dir.path().join("ca.pem"));
+        std::thread::sleep(Duration::from_secs(8));
+        assert_eq!(nts_cookies(&refused), 0, "{}", refused.chronyc(&["-n", "authdata"]));
+        drop(refused);
+
+        // The guide's two commands open NTP's port: the slow path answers.
+        guest.run("firewall-cmd --add-service=ntp --permanent && firewall-cmd --reload");
+        assert!(exchange_with(&guest, &field).is_some(), "the slow path did not answer");
+        let still_refused = host_nts_client(&guest, &dir.path().join("ca.pem"));
+        std::thread::sleep(Duration::from_secs(8));
+        assert_eq!(nts_cookies(&still_refused), 0, "NTS-KE got through before 4460 was opened");
+        drop(still_refused);
+
+        // The package's firewalld service opens NTS-KE's port: an NTS client is served.
+        guest.run("firewall-cmd --add-service=ntpx-nts --permanent && firewall-cmd --reload");
+        let client = host_nts_client(&guest, &dir.path().join("ca.pem"));
+        let served = wait_for(Duration::from_secs(60), || client.selects("127.0.0.1"));
+        assert!(served, "the NTS client was not served:\n{}", client.chronyc(&["-n", "authdata"]));
+        let ntpdata = client.chronyc(&["-n", "ntpdata", "127.0.0.1"]);
+        assert_eq!(peers::report_value(&ntpdata, "Authenticated"), Some("Yes"), "{ntpdata}");
+        assert!(nts_cookies(&client) > 0);
+        let services = guest.run("firewall-cmd --list-services");
+        eprintln!("firewalld: public zone's services: {}", services.trim());
     }
 
     fn requests_received(guest: &Guest) -> u64 {

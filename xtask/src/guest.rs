@@ -39,8 +39,9 @@ const QEMU_PACKAGES: &[&str] = &[
 /// The guest's Debian release and packages: systemd as PID 1 (timedatectl needs dbus), the
 /// kernel and its initramfs (virtio, ext4 and 9p are modules), adduser for the package's
 /// postinst, adjtimex to put the clock's frequency off, chrony: the daemon the package
-/// takes over from, and the chronyc people check servers with; and gpsd, a stratum 1 server's
-/// reference clock.
+/// takes over from, and the chronyc people check servers with; gpsd, a stratum 1 server's
+/// reference clock; rpm, to install the RPM as the RPM family does, and firewalld (disabled
+/// at boot: the scenario that needs it starts it).
 const SUITE: &str = "bookworm";
 const GUEST_PACKAGES: &[&str] = &[
     "systemd",
@@ -57,6 +58,8 @@ const GUEST_PACKAGES: &[&str] = &[
     "tzdata",
     "chrony",
     "gpsd",
+    "rpm",
+    "firewalld",
 ];
 /// Packages the scenarios install in the guest, downloaded into the image's
 /// /var/cache/ntpx-test (systemd-timesyncd conflicts with chrony, so it cannot be preinstalled).
@@ -172,6 +175,7 @@ fn configure_guest(rootfs: &Path) -> anyhow::Result<()> {
     fs::write(rootfs.join("etc/hostname"), "ntpx-guest\n")?;
     let chroot = |args: &[&str]| run(Command::new("chroot").arg(rootfs).args(args));
     chroot(&["systemctl", "enable", "--quiet", "ntpx-agent.service", "systemd-networkd.service"])?;
+    chroot(&["systemctl", "disable", "--quiet", "firewalld.service"])?;
     chroot(&["passwd", "--delete", "root"])?;
     // With the lists debootstrap left, so the versions match what is installed.
     let cache = "/var/cache/ntpx-test";

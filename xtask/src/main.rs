@@ -7,6 +7,7 @@ mod process;
 mod setup;
 
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -42,6 +43,9 @@ enum Task {
     Test,
     /// Build target/debian/ntpx_VERSION_amd64.deb (cargo-deb), man pages included.
     Deb,
+    /// Build target/rpm/ntpx-VERSION-1.x86_64.rpm (rpmbuild, ntp-userspace/rpm/ntpx.spec) for
+    /// RHEL, CentOS and Fedora, and lint it with rpmlint.
+    Rpm,
     /// The guest VM tests alone: the .deb installed in a Debian guest under qemu, its own kernel
     /// clock disciplined (needs root; the first run builds the guest image, a few minutes).
     Vmtest {
@@ -81,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Test => test(),
         Task::Deb => deb().map(drop),
+        Task::Rpm => rpm().map(drop),
         Task::Vmtest { filter } => {
             require_root("vmtest")?;
             vmtest(filter.as_deref())
@@ -203,10 +208,75 @@ fn deb() -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
+/// Builds target/rpm/ntpx-VERSION-1.x86_64.rpm with rpmbuild from ntp-userspace/rpm/ntpx.spec,
+/// lints it (rpmlint's errors fail; the warnings left are explained in the README) and
+/// returns its path.
+fn rpm() -> anyhow::Result<PathBuf> {
+    ensure_setup()?;
+    run(&mut cargo(&["build", "--release", "--package", "ntp-userspace", "--bins"]))?;
+    let man = workspace().join("target/man");
+    run(cargo(&["run", "--quiet", "--package", "ntp-userspace", "--example", "manpages", "--"])
+        .arg(&man))?;
+    let top = workspace().join("target/rpmbuild");
+    if top.exists() {
+        fs::remove_dir_all(&top)?;
+    }
+    let sources = top.join("SOURCES");
+    fs::create_dir_all(sources.join("examples"))?;
+    let package = workspace().join("ntp-userspace");
+    let release = workspace().join("target/release");
+    // Stripped, as the .deb's are (Debian's rpmbuild strips only what `file` recognises).
+    for binary in ["ntpxd", "ntpxc"] {
+        run(Command::new("strip").arg("-o").arg(sources.join(binary)).arg(release.join(binary)))?;
+    }
+    let staged = [
+        (package.join("conf/ntpx.conf"), "ntpx.conf"),
+        (package.join("rpm/sysconfig"), "sysconfig"),
+        (package.join("rpm/sysusers.conf"), "sysusers.conf"),
+        (package.join("debian/ntpxd.service"), "ntpxd.service"),
+        (package.join("debian/40-ntpx.list"), "40-ntpx.list"),
+        (package.join("debian/ntpxd-refclock.conf"), "ntpxd-refclock.conf"),
+        (package.join("firewalld/ntpx-nts.xml"), "ntpx-nts.xml"),
+        (workspace().join("README.md"), "README.md"),
+    ];
+    for (from, name) in staged {
+        fs::copy(&from, sources.join(name)).with_context(|| format!("{}", from.display()))?;
+    }
+    for example in fs::read_dir(package.join("doc/examples"))? {
+        let example = example?;
+        fs::copy(example.path(), sources.join("examples").join(example.file_name()))?;
+    }
+    // Gzipped, as the RPM family ships man pages; -n: no name or time in the header, so that
+    // the package is the same from the same sources.
+    for page in
+        [man.join("man1/ntpxc.1"), man.join("man8/ntpxd.8"), package.join("man/ntpx.conf.5")]
+    {
+        let name = page.file_name().context("a man page's name")?.to_string_lossy().into_owned();
+        let gzipped = fs::File::create(sources.join(format!("{name}.gz")))?;
+        run(Command::new("gzip").args(["-9", "-n", "-c"]).arg(&page).stdout(gzipped))?;
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    run(Command::new("rpmbuild")
+        .arg("-bb")
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("--define")
+        .arg(format!("ntpx_version {version}"))
+        .arg(package.join("rpm/ntpx.spec")))?;
+    let name = format!("ntpx-{version}-1.x86_64.rpm");
+    let rpm = workspace().join("target/rpm").join(&name);
+    fs::create_dir_all(rpm.parent().expect("a directory"))?;
+    fs::copy(top.join("RPMS/x86_64").join(&name), &rpm)?;
+    run(Command::new("rpmlint").arg("--config").arg(package.join("rpm/rpmlint.toml")).arg(&rpm))?;
+    println!("xtask: built {}", rpm.display());
+    Ok(rpm)
+}
+
 /// The guest VM tests (tests/tests/guest.rs), one guest at a time: each runs qemu on a core;
 /// those whose names contain `filter`, if given.
 fn vmtest(filter: Option<&str>) -> anyhow::Result<()> {
     let deb = deb()?;
+    let rpm = rpm()?;
     let image = guest::image()?;
     // The stratum 1 scenario's PPS line in the guest.
     run(&mut cargo(&["build", "--release", "--package", "ntpx-tests", "--bin", "ntpx-pulse"]))?;
@@ -223,7 +293,8 @@ fn vmtest(filter: Option<&str>) -> anyhow::Result<()> {
     .args(filter)
     .env("NTPX_QEMU_DIR", guest::qemu_dir())
     .env("NTPX_GUEST_IMAGE", image)
-    .env("NTPX_DEB", deb))
+    .env("NTPX_DEB", deb)
+    .env("NTPX_RPM", rpm))
 }
 
 /// Runs ntpx-bench's `arguments` (release builds), writing into target/bench.

@@ -4,7 +4,8 @@
 //! - bpf-linker, built against Debian's LLVM of the same major version as nightly rustc's;
 //! - the Debian packages the tests run: chrony, ntpsec-ntpdate (ntpdig), iproute2, ethtool,
 //!   prometheus (promtool, which checks /metrics), gpsd (a reference clock's writer), bird2
-//!   (the fleet's routing daemon), and debootstrap for the guest VM's image;
+//!   (the fleet's routing daemon), debootstrap for the guest VM's image, rpm (rpmbuild) and
+//!   rpmlint for the RPM;
 //! - cargo-deb, which builds the .deb, and cargo-fuzz, which runs the fuzz targets;
 //! - qemu, unpacked from Debian's packages into target/vm/qemu (see `guest`).
 //!
@@ -37,12 +38,16 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "gpsd",
     "bird2",
+    "rpm",
+    "rpmlint",
 ];
 
-/// cargo-deb, pinned: newer releases may need a newer rustc than these machines have.
-const CARGO_DEB: &str = "cargo-deb@3.8.0";
-/// cargo-fuzz, pinned likewise.
-const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
+/// The cargo subcommands setup builds: (binary, crate pinned, how long it takes). Pinned:
+/// newer releases may need a newer rustc than these machines have.
+const CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    ("cargo-deb", "cargo-deb@3.8.0", "about two minutes"),
+    ("cargo-fuzz", "cargo-fuzz@0.13.2", "about a minute"),
+];
 
 /// One thing setup provides.
 struct Step {
@@ -60,10 +65,11 @@ fn steps() -> anyhow::Result<Vec<Step>> {
     let mut steps = vec![
         Step { what: "rust-src for the nightly toolchain".into(), missing: !has_rust_src()? },
         Step { what: format!("bpf-linker (LLVM {llvm})"), missing: bpf_linker().is_none() },
-        Step { what: "cargo-deb".into(), missing: cargo_bin("cargo-deb").is_none() },
-        Step { what: "cargo-fuzz".into(), missing: cargo_bin("cargo-fuzz").is_none() },
         Step { what: "qemu (target/vm/qemu)".into(), missing: !guest::has_qemu() },
     ];
+    for (tool, _, _) in CARGO_TOOLS {
+        steps.push(Step { what: (*tool).to_owned(), missing: cargo_bin(tool).is_none() });
+    }
     for package in TEST_PACKAGES {
         steps.push(Step {
             what: format!("Debian package {package}"),
@@ -122,19 +128,13 @@ pub fn setup() -> anyhow::Result<()> {
         apt_install(&missing_packages)?;
     }
 
-    match cargo_bin("cargo-deb") {
-        Some(path) => println!("setup: cargo-deb ... present ({})", path.display()),
-        None => {
-            println!("setup: cargo-deb ... building {CARGO_DEB} (about two minutes)");
-            run(Command::new("cargo").args(["install", "--locked", CARGO_DEB]))?;
-        }
-    }
-
-    match cargo_bin("cargo-fuzz") {
-        Some(path) => println!("setup: cargo-fuzz ... present ({})", path.display()),
-        None => {
-            println!("setup: cargo-fuzz ... building {CARGO_FUZZ} (about a minute)");
-            run(Command::new("cargo").args(["install", "--locked", CARGO_FUZZ]))?;
+    for (tool, pinned, duration) in CARGO_TOOLS {
+        match cargo_bin(tool) {
+            Some(path) => println!("setup: {tool} ... present ({})", path.display()),
+            None => {
+                println!("setup: {tool} ... building {pinned} ({duration})");
+                run(Command::new("cargo").args(["install", "--locked", pinned]))?;
+            }
         }
     }
 

@@ -410,6 +410,10 @@ mod tests {
             tracking: Tracking {
                 stratum: 2,
                 leap: crate::sync::LeapStatus::Normal,
+                leap_smears: vec![crate::smear::SmearReport {
+                    address: IpAddr::from([10, 1, 0, 123]),
+                    offset: -0.25,
+                }],
                 ..Tracking::default()
             },
             announcements: vec![AnnouncementReport {
@@ -445,9 +449,11 @@ mod tests {
             r#"ntpx_kernel_packets_total{outcome="passed",reason="length"} 2"#,
             r#"ntpx_xdp_attached{interface="eth1",mode="native"} 1"#,
             "ntpx_kernel_state_age_seconds 0.25",
+            r#"ntpx_leap_smear_offset_seconds{address="10.1.0.123"} -0.25"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("ntpx_smoothing_offset"), "no smoothtime, no smoothing metric");
     }
 }

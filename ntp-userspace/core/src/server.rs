@@ -666,6 +666,74 @@ mod tests {
     }
 
     #[test]
+    fn a_smeared_address_gets_smeared_time_plain_and_over_nts() {
+        use ntp_common::{
+            state::ReplyHeader,
+            wire::{Leap, NtpShort},
+        };
+
+        use crate::{
+            nts::{KEY_LEN, SessionKeys, packet},
+            smear::{SmearSettings, SmearShape},
+        };
+        let settings = SmearSettings { shape: SmearShape::Linear, window: 86_400.0 };
+        let reference = Reference::new(None, -20).leap_smeared(Some(settings));
+        let access = AccessTable::from_rules(&[AccessRule {
+            access: Access::Allow,
+            all: true,
+            subnet: Subnet::Everything,
+        }]);
+        let server = Server::new(reference, access, Arc::new(FixedLog(Limit::Answer)));
+        let smeared: IpAddr = "192.0.2.2".parse().unwrap();
+        server.set_local_addresses(&[SERVER.parse().unwrap(), smeared]);
+        server.set_smeared_addresses(&[smeared]);
+        // An inserted second six hours from now: a quarter of it smeared.
+        let header = ReplyHeader {
+            leap: Leap::InsertSecond,
+            stratum: 2,
+            precision: -20,
+            root_delay: NtpShort::ZERO,
+            root_dispersion: NtpShort::ZERO,
+            dispersion_rate: 0.0,
+            reference_id: ReferenceId::from_bits([192, 0, 2, 7]),
+            reference_time: NtpTimestamp::from_unix_nanos(RECEIVED_UTC),
+        };
+        let served = Served {
+            correction: 0.0,
+            frequency: 0.0,
+            header: Some(header),
+            leap_at_ns: Some((RECEIVED_UTC + 6 * 3_600_000_000_000) as i64),
+            correction_after_leap: -1.0,
+            skew: 0.0,
+            leap_made: None,
+        };
+        server.set_served(served, RECEIVED);
+        let answer = |request: &[u8], to: IpAddr| {
+            server.handle_datagram(request, from_client(), (to, NIC), RECEIVED, || RECEIVED_TAI)
+        };
+        let time = |reply: &Reply| {
+            let header = NtpHeader::from_bytes(reply.header());
+            (header.leap, header.receive_timestamp.to_unix_nanos_near(RECEIVED_UTC as i64))
+        };
+        let (true_leap, true_time) = time(&answer(&request(), SERVER.parse().unwrap()).unwrap());
+        let (smeared_leap, smeared_time) = time(&answer(&request(), smeared).unwrap());
+        assert_eq!((true_leap, smeared_leap), (Leap::InsertSecond, Leap::NoWarning));
+        assert!(
+            (true_time - smeared_time - 250_000_000).abs() < 1_000,
+            "{}",
+            true_time - smeared_time
+        );
+        // NTS: the same time, authenticated.
+        let keys = SessionKeys { c2s: [1; KEY_LEN], s2c: [2; KEY_LEN] };
+        let ring = KeyRing::generate();
+        server.set_nts_keys(ring.clone());
+        let (protected, unique_id) = packet::protect(&request(), &ring.seal(&keys), 0, &keys);
+        let reply = answer(&protected, smeared).unwrap();
+        packet::verify_reply(reply.bytes(), &unique_id, &keys).unwrap();
+        assert_eq!(time(&reply), (Leap::NoWarning, smeared_time));
+    }
+
+    #[test]
     fn nts_requests_are_answered_authenticated_naked_or_dropped_never_kissed() {
         use crate::nts::{KEY_LEN, SessionKeys, packet};
         let keys = SessionKeys { c2s: [1; KEY_LEN], s2c: [2; KEY_LEN] };

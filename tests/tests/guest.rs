@@ -612,7 +612,8 @@ mod in_guest {
         for scriptlet in ["preinstall", "postinstall", "preuninstall", "postuninstall"] {
             assert!(scripts.contains(&format!("{scriptlet} scriptlet")), "{scripts}");
         }
-        guest.run("rpm -V ntpx"); // every file as the package laid it down
+        // Every file as the package laid it down (its requirements are Debian's, by other names).
+        guest.run("rpm -V --nodeps ntpx");
         // %pre made the user of the sysusers.d line.
         let user = guest.run("getent passwd _ntpx");
         assert!(

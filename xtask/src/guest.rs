@@ -60,6 +60,8 @@ const GUEST_PACKAGES: &[&str] = &[
     "gpsd",
     "rpm",
     "firewalld",
+    // What firewalld's polkitd needs as logind, which debootstrap does not pick by itself.
+    "libpam-systemd",
 ];
 /// Packages the scenarios install in the guest, downloaded into the image's
 /// /var/cache/ntpx-test (systemd-timesyncd conflicts with chrony, so it cannot be preinstalled).

@@ -138,10 +138,6 @@ impl LeapSmear {
         Self { settings, leap: None, progress: None }
     }
 
-    pub fn settings(&self) -> SmearSettings {
-        self.settings
-    }
-
     /// Follows the synchronisation's word at `now`: a leap announced (or withdrawn) while
     /// synchronised; unsynchronised, the smear carries on as it was.
     pub fn update(&mut self, now: TaiReading, served: &Served) {

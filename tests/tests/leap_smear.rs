@@ -288,6 +288,21 @@ fn at_noon_before(inserted: bool) {
     assert!(smoothing.contains("505 Facility not enabled in daemon"), "{smoothing}");
 }
 
+/// What a chronyd client's `ntpdata` said of its server's last reply.
+#[derive(Debug)]
+struct ChronydView {
+    leap: Option<String>,
+    offset: Option<f64>,
+}
+
+/// Both chronyd clients' views at the upstream's continuous time `u`.
+#[derive(Debug)]
+struct ChronydViews {
+    u: f64,
+    true_server: ChronydView,
+    smeared_server: ChronydView,
+}
+
 /// Across the leap: the true address announces and makes it, the smeared one moves on
 /// without a step, as chronyd clients of each see.
 fn across_midnight(inserted: bool) {
@@ -304,8 +319,10 @@ fn across_midnight(inserted: bool) {
     // chronyd's view, sampled alongside: the leap status and offset of each last reply.
     let sample = |client: &Chronyd, address: &str| {
         let ntpdata = client.chronyc(&["-n", "ntpdata", address]);
-        let leap = peers::report_value(&ntpdata, "Leap status").map(str::to_owned);
-        (leap, peers::report_seconds(&ntpdata, "Offset"))
+        ChronydView {
+            leap: peers::report_value(&ntpdata, "Leap status").map(str::to_owned),
+            offset: peers::report_seconds(&ntpdata, "Offset"),
+        }
     };
     let mut chronyd_views = Vec::new();
     let mut pairs = Vec::new();
@@ -313,11 +330,11 @@ fn across_midnight(inserted: bool) {
     while world.u_now() < leap + 30.0 && Instant::now() < deadline {
         // Through the slow path too: there the smear is half a second, far beyond its delays.
         if let Some(pair) = world.pair(true) {
-            chronyd_views.push((
-                pair.u,
-                sample(&true_client, netns::SERVER_V4),
-                sample(&smeared_client, world.smeared_address),
-            ));
+            chronyd_views.push(ChronydViews {
+                u: pair.u,
+                true_server: sample(&true_client, netns::SERVER_V4),
+                smeared_server: sample(&smeared_client, world.smeared_address),
+            });
             pairs.push(pair);
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -338,23 +355,26 @@ fn across_midnight(inserted: bool) {
     // chronyd: the true server's replies announce the leap, the smeared one's never do; the
     // smeared server's offsets never jump, the true one's jump by the leap.
     let announced = if inserted { "Insert second" } else { "Delete second" };
-    let true_announced = chronyd_views.iter().any(|(u, (leap, _), _)| {
-        *u < leap_at(inserted) - 2.0 && leap.as_deref() == Some(announced)
-    });
+    let true_announced = chronyd_views
+        .iter()
+        .any(|v| v.u < leap_at(inserted) - 2.0 && v.true_server.leap.as_deref() == Some(announced));
     assert!(true_announced, "chronyd never saw the leap announced: {chronyd_views:?}");
     assert!(
-        chronyd_views.iter().all(|(_, _, (leap, _))| leap.as_deref().is_none_or(|l| l == "Normal")),
+        chronyd_views.iter().all(|v| v
+            .smeared_server
+            .leap
+            .as_deref()
+            .is_none_or(|l| l == "Normal")),
         "chronyd saw a leap announced by the smeared address: {chronyd_views:?}"
     );
-    let chronyd_steps = |pick: fn(
-        &(f64, (Option<String>, Option<f64>), (Option<String>, Option<f64>)),
-    ) -> Option<f64>| {
+    let chronyd_steps = |pick: fn(&ChronydViews) -> Option<f64>| {
         let mut offsets: Vec<f64> = chronyd_views.iter().filter_map(pick).collect();
         offsets.dedup();
         steps(offsets)
     };
-    assert_eq!(chronyd_steps(|v| v.2.1), Vec::<f64>::new(), "chronyd saw the smeared server step");
-    let true_jumps = chronyd_steps(|v| v.1.1);
+    let smeared_jumps = chronyd_steps(|v| v.smeared_server.offset);
+    assert_eq!(smeared_jumps, Vec::<f64>::new(), "chronyd saw the smeared server step");
+    let true_jumps = chronyd_steps(|v| v.true_server.offset);
     assert!(
         true_jumps.len() == 1 && (true_jumps[0] - leap_step).abs() < 0.01,
         "chronyd's offsets to the true server jumped by {true_jumps:?}"

@@ -196,6 +196,119 @@ fn sock_samples_lead_a_server_source_and_a_clock_100_ms_off_is_a_falseticker() {
     remove_shm(15);
 }
 
+/// chrony's SOCK sample: time (seconds, microseconds), offset, pulse, leap, magic; the rest
+/// left zero.
+fn sock_datagram(seconds: i64, microseconds: i64, offset: f64, leap: i32, magic: i32) -> Vec<u8> {
+    let mut sample = Vec::with_capacity(40);
+    sample.extend(seconds.to_ne_bytes());
+    sample.extend(microseconds.to_ne_bytes());
+    sample.extend(offset.to_ne_bytes());
+    for field in [0i32, leap, 0, magic] {
+        sample.extend(field.to_ne_bytes());
+    }
+    sample
+}
+
+#[test]
+#[ignore = "needs root"]
+fn garbage_on_the_sock_socket_never_becomes_a_sample_and_good_samples_still_do() {
+    require_root();
+    const MAGIC: i32 = 0x534f_434b;
+    let link = Link::new();
+    let dir = scratch_dir();
+    let socket = dir.path().join("gnss.sock");
+    let ntpxd = Ntpxd::start(
+        &link.server_ns,
+        &format!("refclock SOCK {} refid SOCK poll 0\nallow 10.77.0.0/24\n", socket.display()),
+    );
+    let now = || ntp_userspace::sys::clock::realtime_ns() as i64;
+    let good = || {
+        let now = now();
+        sock_datagram(now / 1_000_000_000, now % 1_000_000_000 / 1000, 0.0, 0, MAGIC)
+    };
+    let mut long = good();
+    long.resize(1000, 0);
+    let cases: Vec<(&str, Box<dyn Fn() -> Vec<u8>>)> = vec![
+        ("empty", Box::new(Vec::new)),
+        ("one byte", Box::new(|| vec![0])),
+        ("39 bytes", Box::new(move || good()[..39].to_vec())),
+        ("41 bytes", Box::new(move || [good(), vec![0]].concat())),
+        ("a good sample and more", Box::new(move || long.clone())),
+        (
+            "wrong magic",
+            Box::new(move || {
+                let mut d = good();
+                d[36] ^= 1;
+                d
+            }),
+        ),
+        (
+            "NaN offset",
+            Box::new(move || sock_datagram(now() / 1_000_000_000, 0, f64::NAN, 0, MAGIC)),
+        ),
+        (
+            "infinite offset",
+            Box::new(move || sock_datagram(now() / 1_000_000_000, 0, f64::INFINITY, 0, MAGIC)),
+        ),
+        (
+            "1e12 s offset",
+            Box::new(move || sock_datagram(now() / 1_000_000_000, 0, 1e12, 0, MAGIC)),
+        ),
+        (
+            "a million microseconds",
+            Box::new(move || sock_datagram(now() / 1_000_000_000, 1_000_000, 0.0, 0, MAGIC)),
+        ),
+        (
+            "negative microseconds",
+            Box::new(move || sock_datagram(now() / 1_000_000_000, -1, 0.0, 0, MAGIC)),
+        ),
+        ("leap 7", Box::new(move || sock_datagram(now() / 1_000_000_000, 0, 0.0, 7, MAGIC))),
+        (
+            "not synchronised",
+            Box::new(move || sock_datagram(now() / 1_000_000_000, 0, 0.0, 3, MAGIC)),
+        ),
+        ("seconds overflow", Box::new(move || sock_datagram(i64::MAX, 0, 0.0, 0, MAGIC))),
+        ("seconds underflow", Box::new(move || sock_datagram(i64::MIN, 0, 0.0, 0, MAGIC))),
+        (
+            "an hour old",
+            Box::new(move || sock_datagram(now() / 1_000_000_000 - 3600, 0, 0.0, 0, MAGIC)),
+        ),
+        (
+            "an hour ahead",
+            Box::new(move || sock_datagram(now() / 1_000_000_000 + 3600, 0, 0.0, 0, MAGIC)),
+        ),
+    ];
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    // Every kind, over and over, for five polls of the clock (1 s each).
+    for _ in 0..10 {
+        for (label, datagram) in &cases {
+            sender.send_to(&datagram(), &socket).unwrap_or_else(|e| panic!("{label}: {e}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The readings that parse (stale, unsynchronised) count in the reach register, as a
+    // device that delivers; none is a sample: the clock has none and is unusable.
+    let samples = |ntpxd: &Ntpxd| {
+        let stats = ntpxd.ntpxc(&["-c", "sourcestats"]).unwrap_or_default();
+        stats
+            .lines()
+            .find(|line| line.starts_with("SOCK,"))
+            .and_then(|line| line.split(',').nth(1)?.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no SOCK in {stats}"))
+    };
+    assert_eq!(samples(&ntpxd), 0, "a garbage datagram was taken as a sample");
+    assert!(has_state(&ntpxd, "?", "SOCK"), "{}", ntpxd.ntpxc(&["sources"]).unwrap_or_default());
+    // ntpxd carries on, and a good sample is taken at once.
+    let _writer = SockWriter::start(socket.clone(), 0.0);
+    let taken = peers::wait_for(Duration::from_secs(30), || has_state(&ntpxd, "*", "SOCK"));
+    assert!(
+        taken,
+        "good samples after garbage:\n{}",
+        ntpxd.ntpxc(&["sources"]).unwrap_or_default()
+    );
+    assert!(samples(&ntpxd) > 0);
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_reference_clock_that_cannot_be_opened_stops_the_start_with_its_line() {

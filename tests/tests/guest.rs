@@ -597,6 +597,7 @@ mod in_guest {
             ("-rw-r--r--", "/usr/lib/systemd/system/ntpxd.service"),
             ("-rw-r--r--", "/usr/lib/systemd/ntp-units.d/40-ntpx.list"),
             ("-rw-r--r--", "/usr/lib/sysusers.d/ntpx.conf"),
+            ("drwxr-xr-x", "/usr/lib/firewalld/services"),
             ("-rw-r--r--", "/usr/lib/firewalld/services/ntpx-nts.xml"),
             ("-rw-r--r--", "/usr/share/ntpx/ntpxd-refclock.conf"),
             ("-rw-r--r--", "/usr/share/man/man8/ntpxd.8.gz"),

@@ -228,7 +228,9 @@ fn garbage_on_the_sock_socket_never_becomes_a_sample_and_good_samples_still_do()
     };
     let mut long = good();
     long.resize(1000, 0);
-    let cases: Vec<(&str, Box<dyn Fn() -> Vec<u8>>)> = vec![
+    // Each kind of garbage, and how to make one (some carry the current time).
+    type Garbage<'a> = (&'static str, Box<dyn Fn() -> Vec<u8> + 'a>);
+    let cases: Vec<Garbage<'_>> = vec![
         ("empty", Box::new(Vec::new)),
         ("one byte", Box::new(|| vec![0])),
         ("39 bytes", Box::new(move || good()[..39].to_vec())),

@@ -7,8 +7,9 @@
 //! day that decision announces. Its progress is measured on CLOCK_TAI, which does not leap, as
 //! the share of the leap already smeared (`smeared`, seconds, +1 in all for an inserted second,
 //! -1 for a deleted one). The smeared time is true UTC minus that share before the leap, and
-//! plus the rest of it after. If the announcement is withdrawn before midnight, the smear
-//! unwinds at its own greatest rate, so the smeared addresses never step.
+//! plus the rest of it after. If the announcement is withdrawn before midnight, or the server
+//! is unsynchronised (the kernel is then not told to make the leap), the smear unwinds at its own
+//! greatest rate, so the smeared addresses never step.
 
 use std::f64::consts::PI;
 
@@ -79,8 +80,8 @@ pub(crate) struct LeapInstant {
 }
 
 /// The leap to expect after the synchronisation's word at `now`, `current` the one expected
-/// before it: the one announced while synchronised, none once withdrawn before it is made,
-/// and unsynchronised, the one expected before. A leap made stays (its smear goes on).
+/// before it: the one announced while synchronised, and none before it is made once withdrawn
+/// or unsynchronised (the kernel's leap flag follows the same word). A leap made stays.
 pub(crate) fn follow_announcement(
     current: Option<LeapInstant>,
     now: TaiReading,
@@ -88,13 +89,20 @@ pub(crate) fn follow_announcement(
 ) -> Option<LeapInstant> {
     let made = current.filter(|leap| now.tai_ns >= leap.midnight_tai_ns);
     // During an inserted second the system clock reads the leap day again: not a new leap.
-    let (None, Some(header)) = (made, served.header) else { return current };
-    match (header.leap, served.leap_at_ns) {
-        (Leap::InsertSecond | Leap::DeleteSecond, Some(leap_at)) => Some(LeapInstant {
-            midnight_tai_ns: TaiReading::from_system_time(leap_at.max(0) as u64, now.tai_offset_s)
+    if made.is_some() {
+        return current;
+    }
+    match (served.header.map(|h| h.leap), served.leap_at_ns) {
+        (Some(leap @ (Leap::InsertSecond | Leap::DeleteSecond)), Some(leap_at)) => {
+            Some(LeapInstant {
+                midnight_tai_ns: TaiReading::from_system_time(
+                    leap_at.max(0) as u64,
+                    now.tai_offset_s,
+                )
                 .tai_ns,
-            seconds: if header.leap == Leap::InsertSecond { 1.0 } else { -1.0 },
-        }),
+                seconds: if leap == Leap::InsertSecond { 1.0 } else { -1.0 },
+            })
+        }
         _ => None,
     }
 }
@@ -138,8 +146,8 @@ impl LeapSmear {
         Self { settings, leap: None, progress: None }
     }
 
-    /// Follows the synchronisation's word at `now`: a leap announced (or withdrawn) while
-    /// synchronised; unsynchronised, the smear carries on as it was.
+    /// Follows the synchronisation's word at `now`: a leap announced, or withdrawn (also by
+    /// losing synchronisation before it is made).
     pub fn update(&mut self, now: TaiReading, served: &Served) {
         // Nothing is smeared before the first synchronisation: from it on, the smear starts
         // where it stands (a restart within the window resumes it).
@@ -364,18 +372,34 @@ mod tests {
     }
 
     #[test]
-    fn no_announcement_no_smear_and_unsynchronised_carries_on() {
+    fn no_announcement_no_smear() {
         let mut smear = linear();
         let offsets = run(&mut smear, Leap::NoWarning, MIDNIGHT - 43_200, MIDNIGHT + 100);
         assert!(offsets.iter().all(|(_, o)| *o == 0.0));
+    }
 
+    #[test]
+    fn unsynchronised_before_the_leap_it_unwinds_and_after_it_carries_on() {
+        let lost = Served { header: None, leap_at_ns: None, ..served(Leap::NoWarning, 0.0) };
+        // The kernel is not told to leap while unsynchronised: the smear goes back, smoothly.
         let mut smear = linear();
         run(&mut smear, Leap::InsertSecond, MIDNIGHT - 600, MIDNIGHT - 500);
-        let lost = Served { header: None, leap_at_ns: None, ..served(Leap::NoWarning, 0.0) };
-        let now = tai((MIDNIGHT - 400) as f64, 1);
+        let before = smear.offset_at(tai((MIDNIGHT - 500) as f64, 0).tai_ns).offset;
+        let now = tai((MIDNIGHT - 400) as f64, 0);
         smear.update(now, &lost);
         let offset = smear.offset_at(now.tai_ns).offset;
-        assert!((offset + 0.5 - 400.0 / 86_400.0).abs() < 1e-6, "{offset}");
+        assert!((offset - (before + 100.0 / 86_400.0)).abs() < 1e-9, "{before} -> {offset}");
+        let later = tai((MIDNIGHT + 100) as f64, 0);
+        smear.update(later, &lost);
+        assert!(smear.offset_at(later.tai_ns).offset > offset, "still unwinding, no leap");
+
+        // A leap made stays made: the smear runs on.
+        let mut smear = linear();
+        run(&mut smear, Leap::InsertSecond, MIDNIGHT - 10, MIDNIGHT + 100);
+        let now = tai((MIDNIGHT + 400) as f64, 1);
+        smear.update(now, &lost);
+        let offset = smear.offset_at(now.tai_ns).offset;
+        assert!((offset - (0.5 - 401.0 / 86_400.0)).abs() < 1e-6, "{offset}");
     }
 
     #[test]

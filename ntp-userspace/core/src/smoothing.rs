@@ -37,6 +37,10 @@ impl SmoothingSettings {
 /// chrony activates smoothing once the estimated skew is under this many times the wander.
 const ACTIVATION_SKEW_PER_WANDER: f64 = 10_000.0;
 
+/// How long after its instant a leap absorbed is remembered: through an inserted second the
+/// system clock reads the leap day's last second again, and the leap is announced again.
+const ABSORBED_LEAP_REMEMBERED_NS: u64 = 2_000_000_000;
+
 /// One stage of the profile: the frequency changes by `wander` per second for `length` s.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Stage {
@@ -58,6 +62,8 @@ pub struct Smoothing {
     stages: [Stage; 3],
     /// A leap announced and not yet absorbed.
     leap: Option<LeapInstant>,
+    /// The leap last absorbed, for `ABSORBED_LEAP_REMEMBERED_NS` after its instant.
+    absorbed: Option<LeapInstant>,
 }
 
 /// chronyc's `smoothing` report.
@@ -93,6 +99,7 @@ impl Smoothing {
             last_update_tai_ns: 0,
             stages: [Stage::default(); 3],
             leap: None,
+            absorbed: None,
         }
     }
 
@@ -103,8 +110,8 @@ impl Smoothing {
     /// Served minus true time at `tai_ns` (s), and its rate (s/s).
     pub fn offset_at(&self, tai_ns: u64) -> (f64, f64) {
         let smoothed = self.smoothed(tai_ns);
-        // A leap made since the last update is absorbed at its instant.
-        let leap = self.leap.filter(|leap| tai_ns >= leap.midnight_tai_ns);
+        // A leap made since the last update is absorbed at its instant (once active).
+        let leap = self.leap.filter(|leap| self.active && tai_ns >= leap.midnight_tai_ns);
         (smoothed.offset + leap.map_or(0.0, |leap| leap.seconds), -smoothed.frequency)
     }
 
@@ -115,7 +122,13 @@ impl Smoothing {
             // True time went back an inserted second: served time keeps going.
             self.absorb(leap.midnight_tai_ns, leap.seconds, 0.0);
             self.leap = None;
-        } else {
+            self.absorbed = Some(leap);
+        }
+        let just_absorbed = self.absorbed.is_some_and(|leap| {
+            now.tai_ns < leap.midnight_tai_ns.saturating_add(ABSORBED_LEAP_REMEMBERED_NS)
+        });
+        if !just_absorbed {
+            self.absorbed = None;
             self.leap = follow_announcement(self.leap, now, served);
         }
         if !self.settings.leap_only {
@@ -341,6 +354,35 @@ mod tests {
         assert!((report.remaining - 31_250.0).abs() < 1.0);
         assert!(smoothing.offset_at(at(100.0 + 62_500.0).tai_ns).0.abs() < 1e-6);
         assert_eq!(smoothing.report(at(100.0 + 70_000.0).tai_ns).remaining, 0.0);
+    }
+
+    #[test]
+    fn an_inserted_leap_announced_again_through_its_second_is_absorbed_once() {
+        let mut smoothing = leap_only(400.0, 0.001024);
+        smoothing.update(at(0.0), &synchronised(), 0.0, 0.0);
+        // Midnight is at(100.0); through the inserted second the kernel's TAI offset is 38 and
+        // the system clock reads 23:59:59 again, still on the leap day.
+        let midnight_system_ns = (at(100.0).tai_ns - 37_000_000_000) as i64;
+        let announcing = Served {
+            header: synchronised().header.map(|h| ReplyHeader { leap: Leap::InsertSecond, ..h }),
+            leap_at_ns: Some(midnight_system_ns),
+            ..synchronised()
+        };
+        smoothing.update(at(50.0), &announcing, 0.0, 0.0);
+        let in_the_leap = |s: f64| TaiReading { tai_ns: at(s).tai_ns, tai_offset_s: 38 };
+        smoothing.update(in_the_leap(100.2), &announcing, 0.0, 0.0);
+        smoothing.update(in_the_leap(100.9), &announcing, 0.0, 0.0);
+        smoothing.update(in_the_leap(101.5), &synchronised(), 0.0, 0.0);
+        let (offset, _) = smoothing.offset_at(at(102.0).tai_ns);
+        assert!((offset - 1.0).abs() < 1e-3, "absorbed once: {offset}");
+    }
+
+    #[test]
+    fn before_activation_a_leap_is_the_kernels_alone() {
+        let mut smoothing = leap_only(400.0, 0.001024);
+        smoothing.leap = Some(LeapInstant { midnight_tai_ns: at(100.0).tai_ns, seconds: 1.0 });
+        assert!(!smoothing.report(at(0.0).tai_ns).active);
+        assert_eq!(smoothing.offset_at(at(100.5).tai_ns).0, 0.0);
     }
 
     #[test]

@@ -100,25 +100,20 @@ impl Parser {
         if let (Some(rate_limit), Some(no_client_log)) =
             (&self.rate_limit_at, &self.no_client_log_at)
         {
-            let later =
-                if rate_limit.line > no_client_log.line { rate_limit } else { no_client_log };
             return Err(ConfigError {
-                location: later.clone(),
+                location: later(rate_limit, no_client_log).clone(),
                 message: format!(
-                    "rate limiting (line {}) needs the client log, which noclientlog (line {}) \
-                     turns off",
-                    rate_limit.line, no_client_log.line
+                    "rate limiting ({rate_limit}) needs the client log, which noclientlog \
+                     ({no_client_log}) turns off"
                 ),
             });
         }
         if let (Some(smoothing), Some(smear)) = (&self.smoothing_at, &self.leap_smear_at) {
-            let later = if smoothing.line > smear.line { smoothing } else { smear };
             return Err(ConfigError {
-                location: later.clone(),
+                location: later(smoothing, smear).clone(),
                 message: format!(
-                    "leapsmear (line {}) and smoothtime (line {}) cannot be combined: smoothtime \
-                     smooths the time of every address",
-                    smear.line, smoothing.line
+                    "leapsmear ({smear}) and smoothtime ({smoothing}) cannot be combined: \
+                     smoothtime smooths the time of every address"
                 ),
             });
         }
@@ -437,4 +432,10 @@ impl Parser {
     fn warn(&mut self, location: &Location, message: &str) {
         self.warnings.push(Warning { location: location.clone(), message: message.to_owned() });
     }
+}
+
+/// Where to report two directives that exclude each other (the message names both): at the
+/// one further down when they share a file, else at `b`.
+fn later<'a>(a: &'a Location, b: &'a Location) -> &'a Location {
+    if a.file == b.file && a.line > b.line { a } else { b }
 }

@@ -125,8 +125,8 @@ fn reads_rate_limiting_and_the_client_log() {
     assert!(error_of("ratelimit burst").contains("needs a value"));
     assert_eq!(
         error_of("ratelimit\nallow\nnoclientlog"),
-        "test.conf:3: rate limiting (line 1) needs the client log, which noclientlog (line 3) \
-         turns off"
+        "test.conf:3: rate limiting (test.conf:1) needs the client log, which noclientlog \
+         (test.conf:3) turns off"
     );
     assert!(error_of("clientlog entries 0").contains("at least 1"));
     assert_eq!(parse_text("noclientlog").unwrap().config.client_log, ClientLogSize::Disabled);
@@ -442,7 +442,8 @@ fn smoothtime_and_leapsmear_lines() {
         ("leapsmear", "usage: leapsmear"),
         ("leapsmear ntp.example", "needs IP addresses"),
         ("leapsmear 192.0.2.2 192.0.2.2", "given twice"),
-        ("leapsmear 192.0.2.2 window 10", "window is 60 to 345600 s"),
+        ("leapsmear 192.0.2.2 window 10", "window is 60 to 172800 s"),
+        ("leapsmear 192.0.2.2 window 172801", "window is 60 to 172800 s"),
         ("leapsmear 192.0.2.2\nleapsmear 192.0.2.3", "leapsmear is given twice"),
         ("leapsmear 192.0.2.2\nsmoothtime 400 0.001", "cannot be combined"),
     ] {

@@ -383,9 +383,10 @@ pub(super) fn parse_leap_smear(args: &[&str]) -> Result<LeapSmearConfig, String>
             "window" => {
                 let seconds = words.next().ok_or("window needs seconds")?;
                 let seconds: f64 = parse_number(seconds, "seconds")?;
-                // At least a minute, at most four days: within a leap day's neighbours.
-                if !(60.0..=345_600.0).contains(&seconds) {
-                    return Err(format!("window is 60 to 345600 s, not {seconds}"));
+                // At least a minute, at most two days: a leap is announced only on its day, so
+                // a longer window would start before it is known.
+                if !(60.0..=172_800.0).contains(&seconds) {
+                    return Err(format!("window is 60 to 172800 s, not {seconds}"));
                 }
                 config.settings.window = seconds;
             }

@@ -446,9 +446,10 @@ enum Answer {
 }
 
 /// Admits the client (`key`) by the access rules, then logs it and applies its rate limit:
-/// the state to answer with (`model`'s), the time since its anchor, and the answer. A client whose record
-/// says it was admitted under the rules in use skips the trie (`admitted_by_rules`); a new
-/// client is admitted before its record is made, so that denied sources never fill the log.
+/// the state to answer with (`model`'s), the time since its anchor, and the answer. A client
+/// whose record says it was admitted under the rules in use skips the trie
+/// (`admitted_by_rules`); a new client is admitted before its record is made, so that denied
+/// sources never fill the log.
 /// A stale state passes the request on before it is logged: the slow path logs it.
 #[inline(always)]
 fn admit_and_log(

@@ -645,15 +645,7 @@ mod in_guest {
 
         // The client side: ntpxd's polls and their replies pass firewalld without anything
         // opened (connection tracking lets the replies in).
-        let synchronised = guest.wait_until(
-            "ntpxc -c tracking | awk -F, '$3 == 2 { found = 1 } END { exit !found }'",
-            Duration::from_secs(90),
-        );
-        assert!(
-            synchronised.is_some(),
-            "ntpxd did not synchronise:\n{}",
-            guest.run("ntpxc sources")
-        );
+        wait_for_stratum_2(&guest);
 
         // Before the guide's commands: XDP answers in front of the firewall; what the slow path
         // answers (a request with an extension field, NTS) gets nothing.
@@ -687,6 +679,20 @@ mod in_guest {
         assert!(nts_cookies(&client) > 0);
         let services = guest.run("firewall-cmd --list-services");
         eprintln!("firewalld: public zone's services: {}", services.trim());
+    }
+
+    /// Waits (90 s at most) for ntpxd in the guest to synchronise to its upstream, a stratum 1.
+    fn wait_for_stratum_2(guest: &Guest) {
+        let synchronised = guest.wait_until(
+            "ntpxc -c tracking | awk -F, '$3 == 2 { found = 1 } END { exit !found }'",
+            Duration::from_secs(90),
+        );
+        assert!(
+            synchronised.is_some(),
+            "ntpxd did not synchronise:\n{}{}",
+            guest.run("ntpxc tracking"),
+            guest.run("ntpxc sources")
+        );
     }
 
     fn requests_received(guest: &Guest) -> u64 {
@@ -730,15 +736,7 @@ mod in_guest {
                  makestep 1 -1\nallow 10.0.2.0/24\nxdp eth0\n{config}"
             ),
         );
-        let synchronised = guest.wait_until(
-            "ntpxc -c tracking | awk -F, '$3 == 2 { found = 1 } END { exit !found }'",
-            Duration::from_secs(90),
-        );
-        assert!(
-            synchronised.is_some(),
-            "ntpxd did not synchronise:\n{}",
-            guest.run("ntpxc tracking")
-        );
+        wait_for_stratum_2(&guest);
         (guest, host_server)
     }
 

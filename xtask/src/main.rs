@@ -187,9 +187,7 @@ fn test() -> anyhow::Result<()> {
 /// Builds the .deb and returns its path.
 fn deb() -> anyhow::Result<PathBuf> {
     ensure_setup()?;
-    let man = workspace().join("target/man");
-    run(cargo(&["run", "--quiet", "--package", "ntp-userspace", "--example", "manpages", "--"])
-        .arg(&man))?;
+    man_pages()?;
     // cargo-deb builds the release binaries and prints the package's path last.
     let output = cargo(&["deb", "--package", "ntp-userspace", "--output", "target/debian/"])
         .stderr(Stdio::inherit())
@@ -208,15 +206,22 @@ fn deb() -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
+/// Generates ntpxd(8) and ntpxc(1) from their command lines into target/man (both packages
+/// ship them; ntpx.conf(5) is written by hand) and returns that directory.
+fn man_pages() -> anyhow::Result<PathBuf> {
+    let man = workspace().join("target/man");
+    run(cargo(&["run", "--quiet", "--package", "ntp-userspace", "--example", "manpages", "--"])
+        .arg(&man))?;
+    Ok(man)
+}
+
 /// Builds target/rpm/ntpx-VERSION-1.x86_64.rpm with rpmbuild from ntp-userspace/rpm/ntpx.spec,
 /// lints it (rpmlint's errors fail; the warnings left are explained in the README) and
 /// returns its path.
 fn rpm() -> anyhow::Result<PathBuf> {
     ensure_setup()?;
     run(&mut cargo(&["build", "--release", "--package", "ntp-userspace", "--bins"]))?;
-    let man = workspace().join("target/man");
-    run(cargo(&["run", "--quiet", "--package", "ntp-userspace", "--example", "manpages", "--"])
-        .arg(&man))?;
+    let man = man_pages()?;
     let top = workspace().join("target/rpmbuild");
     if top.exists() {
         fs::remove_dir_all(&top)?;

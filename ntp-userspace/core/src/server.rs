@@ -356,11 +356,9 @@ impl Server {
         // time model of the daemon, not the kernel's freshness window, decides.
         let smeared = self.smeared_addresses.read().expect("addresses lock").contains(&destination);
         let reference = self.reference.read().expect("reference lock");
-        let state = match smeared {
-            true => reference.smeared_state_at(received, MAX_STATE_AGE_NS),
-            false => None,
-        }
-        .unwrap_or_else(|| reference.state_at(received, MAX_STATE_AGE_NS));
+        let smeared_state =
+            if smeared { reference.smeared_state_at(received, MAX_STATE_AGE_NS) } else { None };
+        let state = smeared_state.unwrap_or_else(|| reference.state_at(received, MAX_STATE_AGE_NS));
         drop(reference);
         let reply =
             responder::answer(checked.header, &state, received.tai_ns, transmit_tai_ns(), min_poll)

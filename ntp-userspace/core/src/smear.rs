@@ -236,7 +236,7 @@ fn seconds_between(from_ns: u64, to_ns: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ntp_common::{
         state::ReplyHeader,
         wire::{NtpShort, NtpTimestamp, ReferenceId},
@@ -249,7 +249,8 @@ mod tests {
     const LEAP_DAY: i64 = 1_798_675_200;
     const MIDNIGHT: i64 = LEAP_DAY + 86_400;
 
-    fn header(leap: Leap) -> ReplyHeader {
+    /// A synchronised server's header announcing `leap` (the smoothing's tests use it too).
+    pub(crate) fn header(leap: Leap) -> ReplyHeader {
         ReplyHeader {
             leap,
             stratum: 2,

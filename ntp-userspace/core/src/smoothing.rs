@@ -289,12 +289,10 @@ fn seconds_between(from_ns: u64, to_ns: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use ntp_common::{
-        state::ReplyHeader,
-        wire::{Leap, NtpShort, NtpTimestamp, ReferenceId},
-    };
+    use ntp_common::wire::Leap;
 
     use super::*;
+    use crate::smear::tests::header;
 
     const START: u64 = 1_000_000_000_000_000_000;
 
@@ -302,16 +300,7 @@ mod tests {
         Served {
             correction: 0.0,
             frequency: 0.0,
-            header: Some(ReplyHeader {
-                leap: Leap::NoWarning,
-                stratum: 2,
-                precision: -20,
-                root_delay: NtpShort::ZERO,
-                root_dispersion: NtpShort::ZERO,
-                dispersion_rate: 0.0,
-                reference_id: ReferenceId::from_bits([192, 0, 2, 1]),
-                reference_time: NtpTimestamp::ZERO,
-            }),
+            header: Some(header(Leap::NoWarning)),
             leap_at_ns: None,
             correction_after_leap: 0.0,
             skew: 1e-9,
@@ -339,7 +328,7 @@ mod tests {
         assert!(smoothing.report(at(0.0).tai_ns).active);
         let midnight = at(100.0).tai_ns;
         let announcing = Served {
-            header: synchronised().header.map(|h| ReplyHeader { leap: Leap::InsertSecond, ..h }),
+            header: Some(header(Leap::InsertSecond)),
             leap_at_ns: Some((midnight - START) as i64 + (START - 37_000_000_000) as i64),
             ..synchronised()
         };
@@ -364,7 +353,7 @@ mod tests {
         // the system clock reads 23:59:59 again, still on the leap day.
         let midnight_system_ns = (at(100.0).tai_ns - 37_000_000_000) as i64;
         let announcing = Served {
-            header: synchronised().header.map(|h| ReplyHeader { leap: Leap::InsertSecond, ..h }),
+            header: Some(header(Leap::InsertSecond)),
             leap_at_ns: Some(midnight_system_ns),
             ..synchronised()
         };

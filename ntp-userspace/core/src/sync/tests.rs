@@ -474,17 +474,22 @@ fn the_kernel_discipline_cancels_a_50_ppm_error() {
     assert!(status.synchronised && status.max_error < 0.1);
 }
 
-#[test]
-fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
+/// A leap table whose next leap inserts a second at `MIDNIGHT_NS` (TAI - UTC 37, then 38).
+fn inserting_at_midnight() -> LeapTable {
     let ntp_seconds = |unix_ns: i64| unix_ns / 1_000_000_000 + UNIX_EPOCH_NTP_SECONDS as i64;
     let table = format!(
         "{} 37\n{} 38\n",
         ntp_seconds(MIDNIGHT_NS) - 86_400 * 100,
         ntp_seconds(MIDNIGHT_NS)
     );
+    LeapTable::parse(&table).unwrap()
+}
+
+#[test]
+fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
     let clock = LocalClock::Free { frequency: 0.0, offset: 0.0 };
     let mut simulation = Simulation::new(clock, false, None, SyncSettings::default());
-    simulation.sync.leap_table = Some(LeapTable::parse(&table).unwrap());
+    simulation.sync.leap_table = Some(inserting_at_midnight());
     simulation.add_upstream(0.0, 4);
     simulation.run(3600.0 - 30.0);
     let system = Simulation::system_ns;
@@ -501,17 +506,11 @@ fn under_x_a_leap_second_moves_the_served_time_back_at_midnight() {
 
 #[test]
 fn around_a_leap_the_kernel_keeps_its_own_tai_offset_and_the_leap_made_is_known_after_it() {
-    let ntp_seconds = |unix_ns: i64| unix_ns / 1_000_000_000 + UNIX_EPOCH_NTP_SECONDS as i64;
-    let table = format!(
-        "{} 37\n{} 38\n",
-        ntp_seconds(MIDNIGHT_NS) - 86_400 * 100,
-        ntp_seconds(MIDNIGHT_NS)
-    );
     let kernel =
         Handle(Arc::new(Mutex::new(SimulatedClock { since: START, ..SimulatedClock::default() })));
     let mut simulation =
         Simulation::new(LocalClock::Kernel(kernel.clone()), true, None, SyncSettings::default());
-    simulation.sync.leap_table = Some(LeapTable::parse(&table).unwrap());
+    simulation.sync.leap_table = Some(inserting_at_midnight());
     simulation.add_upstream(0.0, 4);
     let tai_offset = |simulation: &mut Simulation| {
         simulation.sync.served(Simulation::system_ns(simulation));
